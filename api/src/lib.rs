@@ -1,0 +1,567 @@
+//! Wire types of the edgelb REST API (`/api/v1`): the one definition of every request and
+//! response that the appliance serves and the agent and users' automation send.
+//!
+//! Field names are snake_case. Requests refuse unknown fields, so a typo in automation is an
+//! error instead of a silently ignored setting. Nothing here validates semantics (that a range
+//! parses, that a port is not zero): the appliance does that and answers with a problem document
+//! naming every field that needs fixing.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// The API's path prefix.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Transport protocol of a Service port (Kubernetes spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `externalTrafficPolicy` of a Service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// `sessionAffinity` of a Service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum SessionAffinity {
+    #[default]
+    None,
+    #[serde(rename = "ClientIP")]
+    ClientIp,
+}
+
+/// IP family, as in a Service's `ipFamilies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub enum IpFamily {
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    #[serde(rename = "IPv6")]
+    Ipv6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &IpAddr) -> IpFamily {
+        match ip {
+            IpAddr::V4(_) => IpFamily::Ipv4,
+            IpAddr::V6(_) => IpFamily::Ipv6,
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IpFamily::Ipv4 => "IPv4",
+            IpFamily::Ipv6 => "IPv6",
+        })
+    }
+}
+
+/// Roles a token or console user can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including tokens and users.
+    Admin,
+    /// Pools, clusters and allocations; not tokens or users.
+    Operator,
+    /// Read-only.
+    Viewer,
+    /// An in-cluster agent: only its own cluster's services, nodes and sync.
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "viewer" => Some(Role::Viewer),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_scheduler() -> String {
+    "wlc".to_owned()
+}
+
+fn default_hold_seconds() -> u64 {
+    600
+}
+
+fn default_families() -> Vec<IpFamily> {
+    vec![IpFamily::Ipv4]
+}
+
+/// A pool as created (`POST /api/v1/pools`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Unique name: lowercase letters, digits and `-`, at most 63 characters.
+    #[schema(example = "public")]
+    pub name: String,
+    /// CIDRs (`203.0.113.0/26`, `2001:db8:1::/64`) and inclusive ranges
+    /// (`203.0.113.100-203.0.113.120`); IPv4 and IPv6 may mix.
+    #[schema(example = json!(["203.0.113.0/26", "203.0.113.100-203.0.113.120"]))]
+    pub ranges: Vec<String>,
+    /// Whether Services that name no pool may get addresses from this one.
+    #[serde(default = "default_true")]
+    pub auto_assign: bool,
+    /// Skip IPv4 addresses ending in `.0` and `.255`, which some clients mishandle.
+    #[serde(default)]
+    pub avoid_buggy_ips: bool,
+    /// Pools with a higher priority are tried first when a Service names no pool.
+    #[serde(default)]
+    pub priority: i32,
+    /// Clusters allowed to use this pool; empty means all.
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// Namespaces allowed to use this pool; empty means all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Default IPVS scheduler for Services in this pool (`rr`, `wrr`, `lc`, `wlc`, `sh`, `mh`, ...).
+    #[serde(default = "default_scheduler")]
+    pub scheduler: String,
+    /// How long a released address is held back for the Service that had it.
+    #[serde(default = "default_hold_seconds")]
+    pub hold_seconds: u64,
+}
+
+/// A partial update of a pool (`PATCH /api/v1/pools/{name}`); absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolPatch {
+    pub ranges: Option<Vec<String>>,
+    pub auto_assign: Option<bool>,
+    pub avoid_buggy_ips: Option<bool>,
+    pub priority: Option<i32>,
+    pub clusters: Option<Vec<String>>,
+    pub namespaces: Option<Vec<String>>,
+    pub scheduler: Option<String>,
+    pub hold_seconds: Option<u64>,
+}
+
+/// Address counts of a pool. `total` and `free` are decimal strings because an IPv6 pool can
+/// hold more addresses than a JSON number represents exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolUsage {
+    #[schema(example = "64")]
+    pub total: String,
+    pub allocated: u64,
+    pub held: u64,
+    #[schema(example = "60")]
+    pub free: String,
+    /// `(allocated + held) / total`, from 0 to 1.
+    pub utilization: f64,
+}
+
+/// A pool as stored, with its usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    #[serde(flatten)]
+    pub spec: PoolSpec,
+    pub usage: PoolUsage,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A cluster as created (`POST /api/v1/clusters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    #[schema(example = "prod")]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A cluster as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cluster {
+    pub name: String,
+    pub description: String,
+    pub services: u64,
+    pub nodes: u64,
+    /// When an agent of this cluster last called the API.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_contact: Option<OffsetDateTime>,
+    /// The `User-Agent` of that call.
+    pub agent_version: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: u16,
+}
+
+/// What the agent tells the appliance about a Service
+/// (`PUT /api/v1/clusters/{cluster}/services/{namespace}/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The Service's `metadata.uid`.
+    pub uid: String,
+    pub ports: Vec<ServicePort>,
+    #[serde(default)]
+    pub external_traffic_policy: TrafficPolicy,
+    #[serde(default)]
+    pub health_check_node_port: Option<u16>,
+    #[serde(default)]
+    pub session_affinity: SessionAffinity,
+    #[serde(default)]
+    pub session_affinity_timeout_seconds: Option<u32>,
+    /// `loadBalancerSourceRanges`: CIDRs allowed to reach the VIP; empty means everyone.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
+    /// Pool to allocate from; `null` lets the appliance choose.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Specific addresses wanted (at most one per family).
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub requested_ips: Vec<IpAddr>,
+    #[serde(default = "default_families")]
+    pub ip_families: Vec<IpFamily>,
+    /// Services of one cluster with the same key share one address when their ports differ.
+    #[serde(default)]
+    pub sharing_key: Option<String>,
+    /// IPVS scheduler; `null` takes the pool's.
+    #[serde(default)]
+    pub scheduler: Option<String>,
+    /// For `externalTrafficPolicy: Local`: the nodes that have ready endpoints of this Service.
+    #[serde(default)]
+    pub local_nodes: Option<Vec<String>>,
+}
+
+/// An address held for a Service, with the pool it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AssignedIp {
+    #[schema(value_type = String, example = "203.0.113.5")]
+    pub ip: IpAddr,
+    pub pool: String,
+}
+
+/// A Service as the appliance holds it, with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Service {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The addresses, in the order of `spec.ip_families`.
+    #[schema(value_type = Vec<String>, example = json!(["203.0.113.5"]))]
+    pub ips: Vec<IpAddr>,
+    /// The pool of the first address.
+    pub pool: Option<String>,
+    pub addresses: Vec<AssignedIp>,
+    /// `null` for a Service only reserved by a sync, whose spec the agent has not sent yet.
+    pub spec: Option<ServiceSpec>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    /// The addresses IPVS forwards to, in order of preference (one per family is used).
+    #[schema(value_type = Vec<String>)]
+    pub addresses: Vec<IpAddr>,
+    #[serde(default = "default_true")]
+    pub ready: bool,
+    #[serde(default = "default_true")]
+    pub schedulable: bool,
+    /// Labelled `node.kubernetes.io/exclude-from-external-load-balancers`.
+    #[serde(default)]
+    pub excluded: bool,
+}
+
+/// A cluster's whole node list (`PUT|GET /api/v1/clusters/{cluster}/nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}
+
+/// A Service as the agent sees it at start-up, with the addresses already in its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncService {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Addresses in `status.loadBalancer.ingress`; the appliance reserves them for this Service.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub ips: Vec<IpAddr>,
+}
+
+/// The agent's complete list of its cluster's Services (`POST /api/v1/clusters/{cluster}/sync`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    pub services: Vec<SyncService>,
+}
+
+/// A Service named by its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    #[schema(value_type = Vec<String>)]
+    pub ips: Vec<IpAddr>,
+}
+
+/// An address from a sync that could not be reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SyncConflict {
+    pub namespace: String,
+    pub name: String,
+    #[schema(value_type = String)]
+    pub ip: IpAddr,
+    /// Why, e.g. who holds the address or that it lies outside every pool.
+    pub detail: String,
+}
+
+/// The answer to a sync. The appliance deletes nothing on a sync: `stale` lists what the agent
+/// may release (after its own grace period) with `DELETE` on each Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SyncResponse {
+    /// Services whose addresses are now reserved (newly or already).
+    pub reserved: Vec<ServiceRef>,
+    /// Services the appliance holds that the list lacks.
+    pub stale: Vec<ServiceRef>,
+    pub conflicts: Vec<SyncConflict>,
+}
+
+/// State of an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationState {
+    /// In use by one Service, or several sharing it.
+    Allocated,
+    /// Released, held back for its last Service until `held_until`.
+    Held,
+}
+
+/// One address of a pool that is not free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Allocation {
+    #[schema(value_type = String)]
+    pub ip: IpAddr,
+    pub pool: String,
+    pub cluster: String,
+    pub state: AllocationState,
+    /// The Services using the address (several when shared); for a held address, the one it is
+    /// held for.
+    pub services: Vec<AllocationOwner>,
+    pub sharing_key: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub held_until: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: OffsetDateTime,
+}
+
+/// A Service that uses (or is held) an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AllocationOwner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// A page of a list, with the cursor of the next page (`null` on the last).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// A token as requested (`POST /api/v1/tokens`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub name: String,
+    pub role: Role,
+    /// Required for role `agent`, refused for the others.
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+/// A token as listed; the secret is never shown again after creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub cluster: Option<String>,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// A token just created: the only time its secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub token: Token,
+    /// The bearer secret: `Authorization: Bearer <secret>`.
+    pub secret: String,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub time: OffsetDateTime,
+    /// `token:<name>`, `user:<name>` or `cli`.
+    pub actor: String,
+    /// e.g. `pool.create`, `service.allocate`, `token.revoke`.
+    pub action: String,
+    /// e.g. `pool/public`, `service/prod/default/web`.
+    pub object: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// A field that needs fixing, inside a problem document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `ranges[1]`.
+    pub field: String,
+    pub message: String,
+}
+
+/// An error (`application/problem+json`, RFC 9457).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong and what to fix.
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// What the appliance tells about itself (`GET /api/v1/info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Info {
+    pub version: String,
+    /// `ipvs` or `none`.
+    pub dataplane: String,
+    /// Who is calling, and with which role.
+    pub actor: String,
+    pub role: Role,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_spec_from_the_documented_example_takes_defaults() {
+        let spec: ServiceSpec = serde_json::from_str(
+            r#"{"uid": "6f1c", "ports": [{"name": "http", "protocol": "TCP", "port": 80, "node_port": 30080}],
+                "external_traffic_policy": "Cluster", "health_check_node_port": null,
+                "session_affinity_timeout_seconds": null, "source_ranges": [], "pool": null,
+                "requested_ips": [], "ip_families": ["IPv4"], "sharing_key": null, "scheduler": null}"#,
+        )
+        .expect("documented example parses");
+        assert_eq!(spec.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(spec.session_affinity, SessionAffinity::None);
+        assert_eq!(spec.ip_families, vec![IpFamily::Ipv4]);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<PoolSpec>(r#"{"name": "a", "ranges": [], "prio": 3}"#)
+            .expect_err("typo must not be ignored");
+        assert!(err.to_string().contains("unknown field `prio`"), "{err}");
+    }
+
+    #[test]
+    fn pool_spec_defaults_match_the_documentation() {
+        let spec: PoolSpec = serde_json::from_str(r#"{"name": "a", "ranges": ["10.0.0.0/30"]}"#).expect("parses");
+        assert!(spec.auto_assign);
+        assert!(!spec.avoid_buggy_ips);
+        assert_eq!(spec.scheduler, "wlc");
+        assert_eq!(spec.hold_seconds, 600);
+    }
+}

@@ -1,0 +1,383 @@
+//! The command line for daily use. Pool, allocation and token listing go through the REST API
+//! (so they are authorized and audited like any client, and the running appliance sees them at
+//! once); `token create` and `backup` work on the data directory directly, for the first login
+//! and for scripts on the appliance host.
+
+use std::path::Path;
+
+use edgelb_api::{Allocation, Page, Pool, PoolSpec, Problem, Role, Token, TokenSpec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::{AllocCommand, ClientArgs, PoolCommand, TokenCommand};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot reach the appliance at {url}: {source}")]
+    Connect { url: String, source: reqwest::Error },
+    #[error("the appliance answered {status}: {detail}")]
+    Api { status: u16, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `edgelb token create`: a token straight into the data directory; returns its secret.
+pub async fn token_create(
+    data_dir: &Path,
+    name: &str,
+    role: Role,
+    cluster: Option<String>,
+) -> Result<String, CliError> {
+    if !data_dir.join(crate::store::DB_FILE).exists() {
+        return Err(CliError::Usage(format!(
+            "no database in {}: run `edgelb serve --data-dir {}` once first, or point --data-dir at the appliance's",
+            data_dir.display(),
+            data_dir.display()
+        )));
+    }
+    let store = Store::open(data_dir).await?;
+    let created = store
+        .create_token(
+            "cli",
+            TokenSpec {
+                name: name.to_owned(),
+                role,
+                cluster,
+            },
+        )
+        .await?;
+    Ok(created.secret)
+}
+
+/// `edgelb backup FILE`.
+pub async fn backup(data_dir: &Path, file: &Path) -> Result<(), CliError> {
+    if !data_dir.join(crate::store::DB_FILE).exists() {
+        return Err(CliError::Usage(format!("no database in {}", data_dir.display())));
+    }
+    let store = Store::open(data_dir).await?;
+    store.backup(file).await?;
+    Ok(())
+}
+
+/// A REST client for the CLI.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    json: bool,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> Result<Client, CliError> {
+        let token = match (&args.token, &args.token_file) {
+            (Some(t), _) => t.trim().to_owned(),
+            (None, Some(f)) => std::fs::read_to_string(f)?.trim().to_owned(),
+            (None, None) => {
+                return Err(CliError::Usage(
+                    "no token: set EDGELB_TOKEN, --token or --token-file (create one with `edgelb token create`)"
+                        .into(),
+                ));
+            }
+        };
+        let ca = match (&args.ca_cert, &args.data_dir) {
+            (Some(ca), _) => Some(std::fs::read(ca)?),
+            (None, dir) => {
+                let dir = dir.clone().unwrap_or_else(|| crate::config::DEFAULT_DATA_DIR.into());
+                std::fs::read(dir.join(crate::tls::SELF_SIGNED_CERT)).ok()
+            }
+        };
+        let mut builder = reqwest::Client::builder().user_agent(concat!("edgelb-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca {
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|e| CliError::Usage(format!("CA certificate: {e}")))?;
+            builder = builder.tls_certs_only([cert]);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| CliError::Usage(format!("HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base: args.server.trim_end_matches('/').to_owned(),
+            token,
+            json: args.json,
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<Option<T>, CliError> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| CliError::Connect {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| CliError::Connect {
+            url: self.base.clone(),
+            source,
+        })?;
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<Problem>(&bytes)
+                .map(|p| p.detail)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(CliError::Api {
+                status: status.as_u16(),
+                detail,
+            });
+        }
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| CliError::Api {
+            status: status.as_u16(),
+            detail: format!("unexpected answer: {e}"),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await?
+            .ok_or_else(|| CliError::Api {
+                status: 200,
+                detail: "empty answer".into(),
+            })
+    }
+
+    fn print<T: Serialize>(&self, value: &T, table: impl FnOnce() -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        } else {
+            print!("{}", table());
+        }
+    }
+}
+
+/// Formats rows as aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn pool_rows(pools: &[Pool]) -> String {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.spec.name.clone(),
+                p.spec.ranges.join(","),
+                p.usage.allocated.to_string(),
+                p.usage.held.to_string(),
+                p.usage.free.clone(),
+                p.spec.priority.to_string(),
+                if p.spec.auto_assign { "yes".into() } else { "no".into() },
+                p.spec.scheduler.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "RANGES",
+            "ALLOCATED",
+            "HELD",
+            "FREE",
+            "PRIORITY",
+            "AUTO",
+            "SCHEDULER",
+        ],
+        &rows,
+    )
+}
+
+pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
+    match cmd {
+        PoolCommand::List(args) => {
+            let c = Client::new(&args)?;
+            let pools: Vec<Pool> = c.get("/api/v1/pools").await?;
+            c.print(&pools, || pool_rows(&pools));
+        }
+        PoolCommand::Show { name, client } => {
+            let c = Client::new(&client)?;
+            let p: Pool = c.get(&format!("/api/v1/pools/{name}")).await?;
+            c.print(&p, || pool_rows(std::slice::from_ref(&p)));
+        }
+        PoolCommand::Create {
+            name,
+            ranges,
+            no_auto_assign,
+            avoid_buggy_ips,
+            priority,
+            clusters,
+            namespaces,
+            scheduler,
+            hold_seconds,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let spec = PoolSpec {
+                name,
+                ranges,
+                auto_assign: !no_auto_assign,
+                avoid_buggy_ips,
+                priority,
+                clusters,
+                namespaces,
+                scheduler,
+                hold_seconds,
+            };
+            let p: Option<Pool> = c
+                .send(c.http.post(format!("{}/api/v1/pools", c.base)).json(&spec))
+                .await?;
+            if let Some(p) = p {
+                c.print(&p, || pool_rows(std::slice::from_ref(&p)));
+            }
+        }
+        PoolCommand::Delete { name, client } => {
+            let c = Client::new(&client)?;
+            c.send::<serde_json::Value>(c.http.delete(format!("{}/api/v1/pools/{name}", c.base)))
+                .await?;
+            println!("pool '{name}' deleted");
+        }
+    }
+    Ok(())
+}
+
+pub async fn alloc(cmd: AllocCommand) -> Result<(), CliError> {
+    let AllocCommand::List {
+        pool,
+        cluster,
+        namespace,
+        client,
+    } = cmd;
+    let c = Client::new(&client)?;
+    let mut all: Vec<Allocation> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+        for (k, v) in [
+            ("pool", &pool),
+            ("cluster", &cluster),
+            ("namespace", &namespace),
+            ("cursor", &cursor),
+        ] {
+            if let Some(v) = v {
+                q.push((k, v.clone()));
+            }
+        }
+        let page: Page<Allocation> = c
+            .send(c.http.get(format!("{}/api/v1/allocations", c.base)).query(&q))
+            .await?
+            .ok_or_else(|| CliError::Api {
+                status: 200,
+                detail: "empty answer".into(),
+            })?;
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    c.print(&all, || {
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|a| {
+                vec![
+                    a.ip.to_string(),
+                    a.pool.clone(),
+                    a.cluster.clone(),
+                    format!("{:?}", a.state).to_lowercase(),
+                    a.services
+                        .iter()
+                        .map(|s| format!("{}/{}", s.namespace, s.name))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]
+            })
+            .collect();
+        table(&["IP", "POOL", "CLUSTER", "STATE", "SERVICES"], &rows)
+    });
+    Ok(())
+}
+
+pub async fn token(cmd: TokenCommand, data_dir_default: &Path) -> Result<(), CliError> {
+    match cmd {
+        TokenCommand::Create {
+            data,
+            name,
+            role,
+            cluster,
+        } => {
+            let dir = data.data_dir.unwrap_or_else(|| data_dir_default.to_path_buf());
+            let secret = token_create(&dir, &name, role, cluster).await?;
+            eprintln!("token '{name}' ({role}) created; the secret below is shown only once:");
+            println!("{secret}");
+        }
+        TokenCommand::List(args) => {
+            let c = Client::new(&args)?;
+            let tokens: Vec<Token> = c.get("/api/v1/tokens").await?;
+            c.print(&tokens, || {
+                let rows: Vec<Vec<String>> = tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            t.role.to_string(),
+                            t.cluster.clone().unwrap_or_default(),
+                            t.created_by.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "ROLE", "CLUSTER", "CREATED BY"], &rows)
+            });
+        }
+        TokenCommand::Revoke { id, client } => {
+            let c = Client::new(&client)?;
+            c.send::<serde_json::Value>(c.http.delete(format!("{}/api/v1/tokens/{id}", c.base)))
+                .await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_and_trims_line_ends() {
+        let t = table(
+            &["A", "LONGER"],
+            &[vec!["xyz".into(), "1".into()], vec!["q".into(), "".into()]],
+        );
+        assert_eq!(t, "A    LONGER\nxyz  1\nq\n");
+    }
+}

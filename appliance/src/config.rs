@@ -1,0 +1,433 @@
+//! Configuration: command-line flags (each with an `EDGELB_*` environment fallback) over an
+//! optional TOML file over embedded defaults. Parse, then validate collecting every problem,
+//! then build the typed [`Config`] the rest of the appliance uses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use edgelb_api::Role;
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "edgelb-data";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgelb",
+    version,
+    about = "edgelb: an edge load balancer appliance for Kubernetes LoadBalancer Services"
+)]
+pub struct Cli {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "EDGELB_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance: REST API over HTTPS, store, background work.
+    Serve(ServeArgs),
+    /// Validate the configuration, report every problem, and exit (non-zero if any).
+    CheckConfig(ServeArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage IP pools (through the REST API).
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// List allocations (through the REST API).
+    #[command(subcommand)]
+    Alloc(AllocCommand),
+    /// Write a consistent copy of the database, while the appliance runs.
+    Backup {
+        /// Where to write the copy (must not exist).
+        file: PathBuf,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArg {
+    /// Directory holding the database and the TLS certificate.
+    #[arg(long, env = "EDGELB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+    /// Address and port to serve HTTPS on.
+    #[arg(long, env = "EDGELB_LISTEN")]
+    pub listen: Option<String>,
+    /// PEM certificate (chain) to serve; without it a self-signed one is made in the data dir.
+    #[arg(long, env = "EDGELB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "EDGELB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long, env = "EDGELB_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "EDGELB_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token directly in the data directory (works with the appliance stopped or
+    /// running); prints the secret alone on the last line.
+    Create {
+        #[command(flatten)]
+        data: DataDirArg,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The cluster an agent token serves.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// List tokens.
+    List(ClientArgs),
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("'{s}' is not a role: use admin, operator, viewer or agent"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// List pools with their usage.
+    List(ClientArgs),
+    /// Show one pool.
+    Show {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create a pool.
+    Create {
+        name: String,
+        /// CIDR or start-end range; repeat for several.
+        #[arg(long = "range", required = true)]
+        ranges: Vec<String>,
+        /// Only for Services that name this pool.
+        #[arg(long)]
+        no_auto_assign: bool,
+        #[arg(long)]
+        avoid_buggy_ips: bool,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        #[arg(long = "cluster")]
+        clusters: Vec<String>,
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        #[arg(long, default_value = "wlc")]
+        scheduler: String,
+        #[arg(long, default_value_t = 600)]
+        hold_seconds: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a pool (refused while it holds addresses).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllocCommand {
+    /// List allocated and held addresses.
+    List {
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// How the CLI reaches a running appliance.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The appliance's URL.
+    #[arg(long, env = "EDGELB_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Bearer token.
+    #[arg(long, env = "EDGELB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, env = "EDGELB_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the appliance; defaults to the data dir's self-signed one.
+    #[arg(long, env = "EDGELB_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Data directory whose self-signed certificate to trust when no --ca-cert is given.
+    #[arg(long, env = "EDGELB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The optional TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Made on first start and kept in the data directory.
+    SelfSigned,
+}
+
+/// The validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub tls: TlsSource,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("the configuration has {} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Reads the TOML file, if one is named.
+pub fn read_file(path: Option<&Path>) -> Result<FileConfig, ConfigErrors> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![format!("config file {}: {e}", path.display())]))?;
+    toml::from_str(&text).map_err(|e| ConfigErrors(vec![format!("config file {}: {}", path.display(), e.message())]))
+}
+
+/// The data directory from a flag, the file, or the default.
+pub fn data_dir(flag: &DataDirArg, file: &FileConfig) -> PathBuf {
+    flag.data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// Validates flags over the file, collecting every problem, and builds the configuration.
+pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let data_dir = data_dir(&args.data, file);
+    check_data_dir(&data_dir, &mut problems);
+
+    let listen_text = args
+        .listen
+        .clone()
+        .or_else(|| file.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = match listen_text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "listen: '{listen_text}' is not an address and port (write e.g. 0.0.0.0:8443 or [::]:8443)"
+            ));
+            None
+        }
+    };
+
+    let cert = args.tls_cert.clone().or_else(|| file.tls_cert.clone());
+    let key = args.tls_key.clone().or_else(|| file.tls_key.clone());
+    let tls = match (cert, key) {
+        (None, None) => Some(TlsSource::SelfSigned),
+        (Some(cert), Some(key)) => {
+            let before = problems.len();
+            check_pem(&cert, "tls_cert", "CERTIFICATE", &mut problems);
+            check_pem(&key, "tls_key", "PRIVATE KEY", &mut problems);
+            (problems.len() == before).then_some(TlsSource::Files { cert, key })
+        }
+        (Some(_), None) => {
+            problems
+                .push("tls_cert is set but tls_key is not: give both, or neither for a self-signed certificate".into());
+            None
+        }
+        (None, Some(_)) => {
+            problems
+                .push("tls_key is set but tls_cert is not: give both, or neither for a self-signed certificate".into());
+            None
+        }
+    };
+
+    let grace = args
+        .shutdown_grace_seconds
+        .or(file.shutdown_grace_seconds)
+        .unwrap_or(30);
+    if grace > 600 {
+        problems.push(format!(
+            "shutdown_grace_seconds: {grace} is more than the maximum of 600"
+        ));
+    }
+    let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
+
+    match (problems.is_empty(), listen, tls) {
+        (true, Some(listen), Some(tls)) => Ok(Config {
+            data_dir,
+            listen,
+            tls,
+            log_format,
+            shutdown_grace: Duration::from_secs(grace),
+        }),
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+fn check_data_dir(dir: &Path, problems: &mut Vec<String>) {
+    if dir.exists() {
+        if !dir.is_dir() {
+            problems.push(format!("data_dir: {} exists and is not a directory", dir.display()));
+        } else if std::fs::metadata(dir).is_ok_and(|m| m.permissions().readonly()) {
+            problems.push(format!("data_dir: {} is read-only", dir.display()));
+        }
+        return;
+    }
+    // It will be created: its nearest existing ancestor must be a directory.
+    let mut parent = dir.parent();
+    while let Some(p) = parent {
+        if p.as_os_str().is_empty() || p.exists() {
+            if !p.as_os_str().is_empty() && !p.is_dir() {
+                problems.push(format!(
+                    "data_dir: cannot create {}: {} is not a directory",
+                    dir.display(),
+                    p.display()
+                ));
+            }
+            return;
+        }
+        parent = p.parent();
+    }
+}
+
+fn check_pem(path: &Path, field: &str, label: &str, problems: &mut Vec<String>) {
+    match std::fs::read_to_string(path) {
+        Ok(text)
+            if text.contains(&format!("-----BEGIN {label}-----"))
+                || (label == "PRIVATE KEY" && text.contains(" PRIVATE KEY-----")) => {}
+        Ok(_) => problems.push(format!("{field}: {} holds no PEM {label}", path.display())),
+        Err(e) => problems.push(format!("{field}: cannot read {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            data: DataDirArg { data_dir: None },
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            log_format: None,
+            shutdown_grace_seconds: None,
+        }
+    }
+
+    #[test]
+    fn defaults_build_a_self_signed_config() {
+        let c = build(&args(), &FileConfig::default()).expect("defaults are valid");
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse::<SocketAddr>().expect("addr"));
+        assert_eq!(c.tls, TlsSource::SelfSigned);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file_not_dir = dir.path().join("f");
+        std::fs::write(&file_not_dir, "x").expect("write");
+        let mut a = args();
+        a.data.data_dir = Some(file_not_dir.clone());
+        a.listen = Some("nonsense".into());
+        a.tls_cert = Some(dir.path().join("missing.pem"));
+        a.shutdown_grace_seconds = Some(601);
+        let err = build(&a, &FileConfig::default()).expect_err("invalid");
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 4, "{text}");
+        assert!(text.contains("data_dir"), "{text}");
+        assert!(text.contains("'nonsense' is not an address"), "{text}");
+        assert!(text.contains("tls_cert is set but tls_key is not"), "{text}");
+        assert!(text.contains("shutdown_grace_seconds"), "{text}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str("listen = \"127.0.0.1:9000\"\nshutdown_grace_seconds = 5").expect("toml");
+        let mut a = args();
+        let c = build(&a, &file).expect("valid");
+        assert_eq!(c.listen.port(), 9000);
+        a.listen = Some("127.0.0.1:9100".into());
+        let c = build(&a, &file).expect("valid");
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("edgelb.toml");
+        std::fs::write(&p, "listn = \"x\"\n").expect("write");
+        let err = read_file(Some(&p)).expect_err("typo");
+        assert!(err.to_string().contains("unknown field `listn`"), "{err}");
+    }
+
+    #[test]
+    fn pem_files_are_checked_for_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        std::fs::write(&cert, "not a cert").expect("write");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").expect("write");
+        let mut a = args();
+        a.tls_cert = Some(cert);
+        a.tls_key = Some(key);
+        let err = build(&a, &FileConfig::default()).expect_err("bad cert");
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("holds no PEM CERTIFICATE"), "{err}");
+    }
+}

@@ -1,0 +1,417 @@
+//! REST API handlers under `/api/v1`. Each checks the caller's role, extracts and validates its
+//! input, makes one store call and answers.
+
+use std::net::IpAddr;
+
+use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use edgelb_api::{
+    Allocation, AuditEntry, Cluster, ClusterSpec, Info, NodeList, Page, Pool, PoolPatch, PoolSpec, Service,
+    ServiceSpec, SyncRequest, SyncResponse, Token, TokenCreated, TokenSpec,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{ApiError, AppState, Caller};
+use crate::store::{AllocationFilter, AuditFilter};
+
+/// JSON body with every rejection turned into a problem document.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn created<T: serde::Serialize>(location: String, body: T) -> Response {
+    (StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response()
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/pools", get(list_pools).post(create_pool))
+        .route(
+            "/api/v1/pools/{name}",
+            get(get_pool).patch(patch_pool).delete(delete_pool),
+        )
+        .route("/api/v1/clusters", get(list_clusters).post(create_cluster))
+        .route("/api/v1/clusters/{cluster}", get(get_cluster).delete(delete_cluster))
+        .route("/api/v1/clusters/{cluster}/services", get(list_services))
+        .route(
+            "/api/v1/clusters/{cluster}/services/{namespace}/{name}",
+            get(get_service).put(put_service).delete(delete_service),
+        )
+        .route("/api/v1/clusters/{cluster}/nodes", get(get_nodes).put(put_nodes))
+        .route("/api/v1/clusters/{cluster}/sync", post(sync))
+        .route("/api/v1/allocations", get(list_allocations))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/audit", get(list_audit))
+}
+
+/// Who the caller is and what runs here.
+#[utoipa::path(get, path = "/api/v1/info", tag = "appliance", responses((status = 200, body = Info)))]
+pub async fn info(State(s): State<AppState>, caller: Caller) -> Json<Info> {
+    Json(Info {
+        version: s.info.version.clone(),
+        dataplane: s.info.dataplane.clone(),
+        actor: caller.0.actor,
+        role: caller.0.role,
+    })
+}
+
+// ---- pools ----
+
+/// Every pool with its usage, highest priority first.
+#[utoipa::path(get, path = "/api/v1/pools", tag = "pools", responses((status = 200, body = [Pool])))]
+pub async fn list_pools(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Pool>>> {
+    caller.can_read("read pools")?;
+    Ok(Json(s.store.list_pools().await?))
+}
+
+/// Creates a pool. Overlapping another pool is a 409 naming it.
+#[utoipa::path(post, path = "/api/v1/pools", tag = "pools", request_body = PoolSpec,
+    responses((status = 201, body = Pool), (status = 400, body = edgelb_api::Problem), (status = 409, body = edgelb_api::Problem)))]
+pub async fn create_pool(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(spec): ApiJson<PoolSpec>,
+) -> ApiResult<Response> {
+    caller.can_operate("create pools")?;
+    let pool = s.store.create_pool(caller.actor(), spec).await?;
+    Ok(created(format!("/api/v1/pools/{}", pool.spec.name), pool))
+}
+
+#[utoipa::path(get, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path)),
+    responses((status = 200, body = Pool), (status = 404, body = edgelb_api::Problem)))]
+pub async fn get_pool(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Pool>> {
+    caller.can_read("read pools")?;
+    Ok(Json(s.store.get_pool(&name).await?))
+}
+
+/// Changes some fields of a pool. Ranges that would leave out addresses in use are a 409.
+#[utoipa::path(patch, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path)), request_body = PoolPatch,
+    responses((status = 200, body = Pool), (status = 404, body = edgelb_api::Problem), (status = 409, body = edgelb_api::Problem)))]
+pub async fn patch_pool(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(patch): ApiJson<PoolPatch>,
+) -> ApiResult<Json<Pool>> {
+    caller.can_operate("change pools")?;
+    Ok(Json(s.store.patch_pool(caller.actor(), &name, patch).await?))
+}
+
+/// Deletes a pool; refused (409, listing them) while it holds addresses.
+#[utoipa::path(delete, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = edgelb_api::Problem), (status = 409, body = edgelb_api::Problem)))]
+pub async fn delete_pool(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.can_operate("delete pools")?;
+    s.store.delete_pool(caller.actor(), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- clusters ----
+
+#[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters", responses((status = 200, body = [Cluster])))]
+pub async fn list_clusters(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Cluster>>> {
+    caller.can_read("list clusters")?;
+    Ok(Json(s.store.list_clusters().await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = ClusterSpec,
+    responses((status = 201, body = Cluster), (status = 409, body = edgelb_api::Problem)))]
+pub async fn create_cluster(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(spec): ApiJson<ClusterSpec>,
+) -> ApiResult<Response> {
+    caller.can_operate("create clusters")?;
+    let c = s.store.create_cluster(caller.actor(), spec).await?;
+    Ok(created(format!("/api/v1/clusters/{}", c.name), c))
+}
+
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}", tag = "clusters", params(("cluster" = String, Path)),
+    responses((status = 200, body = Cluster), (status = 404, body = edgelb_api::Problem)))]
+pub async fn get_cluster(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+) -> ApiResult<Json<Cluster>> {
+    caller.can_cluster(&cluster, false, "read clusters")?;
+    Ok(Json(s.store.get_cluster(&cluster).await?))
+}
+
+/// Deletes a cluster without Services; its nodes and agent tokens go with it.
+#[utoipa::path(delete, path = "/api/v1/clusters/{cluster}", tag = "clusters", params(("cluster" = String, Path)),
+    responses((status = 204), (status = 409, body = edgelb_api::Problem)))]
+pub async fn delete_cluster(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.can_operate("delete clusters")?;
+    s.store.delete_cluster(caller.actor(), &cluster).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- services ----
+
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}/services", tag = "services", params(("cluster" = String, Path)),
+    responses((status = 200, body = [Service])))]
+pub async fn list_services(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+) -> ApiResult<Json<Vec<Service>>> {
+    caller.can_cluster(&cluster, false, "read services")?;
+    s.store.get_cluster(&cluster).await?;
+    Ok(Json(s.store.list_services(Some(&cluster)).await?))
+}
+
+#[derive(Deserialize)]
+pub struct ServicePath {
+    cluster: String,
+    namespace: String,
+    name: String,
+}
+
+/// Stores a Service's spec and allocates its addresses; asking again answers the same.
+#[utoipa::path(put, path = "/api/v1/clusters/{cluster}/services/{namespace}/{name}", tag = "services",
+    params(("cluster" = String, Path), ("namespace" = String, Path), ("name" = String, Path)), request_body = ServiceSpec,
+    responses((status = 200, body = Service), (status = 400, body = edgelb_api::Problem), (status = 404, body = edgelb_api::Problem),
+        (status = 409, description = "address taken, pool exhausted or ports collide on a shared address", body = edgelb_api::Problem),
+        (status = 422, description = "requested address outside every allowed pool, or no pool fits", body = edgelb_api::Problem)))]
+pub async fn put_service(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<ServicePath>,
+    ApiJson(spec): ApiJson<ServiceSpec>,
+) -> ApiResult<Json<Service>> {
+    caller.can_cluster(&p.cluster, true, "change services")?;
+    Ok(Json(
+        s.store
+            .put_service(caller.actor(), &p.cluster, &p.namespace, &p.name, spec)
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}/services/{namespace}/{name}", tag = "services",
+    params(("cluster" = String, Path), ("namespace" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Service), (status = 404, body = edgelb_api::Problem)))]
+pub async fn get_service(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<ServicePath>,
+) -> ApiResult<Json<Service>> {
+    caller.can_cluster(&p.cluster, false, "read services")?;
+    Ok(Json(s.store.get_service(&p.cluster, &p.namespace, &p.name).await?))
+}
+
+/// Releases a Service's addresses (each held for it for its pool's hold period) and answers
+/// with what it had.
+#[utoipa::path(delete, path = "/api/v1/clusters/{cluster}/services/{namespace}/{name}", tag = "services",
+    params(("cluster" = String, Path), ("namespace" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Service), (status = 404, body = edgelb_api::Problem)))]
+pub async fn delete_service(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<ServicePath>,
+) -> ApiResult<Json<Service>> {
+    caller.can_cluster(&p.cluster, true, "release services")?;
+    Ok(Json(
+        s.store
+            .delete_service(caller.actor(), &p.cluster, &p.namespace, &p.name)
+            .await?,
+    ))
+}
+
+// ---- nodes and sync ----
+
+/// Replaces the cluster's whole node list.
+#[utoipa::path(put, path = "/api/v1/clusters/{cluster}/nodes", tag = "nodes", params(("cluster" = String, Path)),
+    request_body = NodeList, responses((status = 200, body = NodeList), (status = 400, body = edgelb_api::Problem)))]
+pub async fn put_nodes(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiJson(list): ApiJson<NodeList>,
+) -> ApiResult<Json<NodeList>> {
+    caller.can_cluster(&cluster, true, "change nodes")?;
+    Ok(Json(s.store.put_nodes(caller.actor(), &cluster, list).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}/nodes", tag = "nodes", params(("cluster" = String, Path)),
+    responses((status = 200, body = NodeList)))]
+pub async fn get_nodes(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+) -> ApiResult<Json<NodeList>> {
+    caller.can_cluster(&cluster, false, "read nodes")?;
+    Ok(Json(s.store.get_nodes(&cluster).await?))
+}
+
+/// The agent's complete list of Services: reserves the addresses in their status and reports
+/// which Services the appliance holds that the list lacks. Deletes nothing.
+#[utoipa::path(post, path = "/api/v1/clusters/{cluster}/sync", tag = "services", params(("cluster" = String, Path)),
+    request_body = SyncRequest, responses((status = 200, body = SyncResponse)))]
+pub async fn sync(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiJson(req): ApiJson<SyncRequest>,
+) -> ApiResult<Json<SyncResponse>> {
+    caller.can_cluster(&cluster, true, "sync services")?;
+    Ok(Json(s.store.sync(caller.actor(), &cluster, req).await?))
+}
+
+// ---- allocations ----
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationQuery {
+    pool: Option<String>,
+    cluster: Option<String>,
+    namespace: Option<String>,
+    /// Service name.
+    service: Option<String>,
+    #[param(value_type = Option<String>)]
+    ip: Option<IpAddr>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// Addresses in use or held, in address order, a page at a time.
+#[utoipa::path(get, path = "/api/v1/allocations", tag = "allocations", params(AllocationQuery),
+    responses((status = 200, body = Page<Allocation>)))]
+pub async fn list_allocations(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AllocationQuery>,
+) -> ApiResult<Json<Page<Allocation>>> {
+    caller.can_read("list allocations")?;
+    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
+    }
+    let filter = AllocationFilter {
+        pool: q.pool,
+        cluster: q.cluster,
+        namespace: q.namespace,
+        service: q.service,
+        ip: q.ip,
+        cursor: q.cursor,
+        limit: q.limit.unwrap_or(100),
+    };
+    Ok(Json(s.store.list_allocations(&filter).await?))
+}
+
+// ---- tokens ----
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = [Token])))]
+pub async fn list_tokens(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Token>>> {
+    caller.can_admin("list tokens")?;
+    Ok(Json(s.store.list_tokens().await?))
+}
+
+/// Creates a token. Its secret is in this answer only.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = TokenSpec,
+    responses((status = 201, body = TokenCreated), (status = 400, body = edgelb_api::Problem)))]
+pub async fn create_token(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(spec): ApiJson<TokenSpec>,
+) -> ApiResult<Response> {
+    caller.can_admin("create tokens")?;
+    let t = s.store.create_token(caller.actor(), spec).await?;
+    Ok(created(format!("/api/v1/tokens/{}", t.token.id), t))
+}
+
+/// Revokes a token: it stops working at once.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = edgelb_api::Problem)))]
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.can_admin("revoke tokens")?;
+    s.store.revoke_token(caller.actor(), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- audit ----
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// e.g. `token:admin`.
+    actor: Option<String>,
+    /// An object (`pool/public`), everything below one (`service/prod`), or a kind (`pool`).
+    object: Option<String>,
+    /// RFC 3339 time.
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+fn parse_time(field: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
+    v.map(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map(|t| t.unix_timestamp())
+            .map_err(|_| ApiError::bad_request(format!("{field} must be an RFC 3339 time like 2026-11-26T10:00:00Z")))
+    })
+    .transpose()
+}
+
+/// The audit log, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery), responses((status = 200, body = Page<AuditEntry>)))]
+pub async fn list_audit(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<Page<AuditEntry>>> {
+    caller.can_read("read the audit log")?;
+    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
+    }
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("cursor is not one from a previous page"))
+        })
+        .transpose()?;
+    let filter = AuditFilter {
+        actor: q.actor,
+        object: q.object,
+        since: parse_time("since", q.since.as_deref())?,
+        until: parse_time("until", q.until.as_deref())?,
+        cursor,
+        limit: q.limit.unwrap_or(100),
+    };
+    Ok(Json(s.store.list_audit(&filter).await?))
+}

@@ -1,0 +1,175 @@
+//! Prometheus metrics: requests by route and status with latency, and pool usage read from
+//! the store at scrape time (so the numbers are never stale, and a deleted pool disappears).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    route: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    pool_total: Family<PoolLabels, FloatGauge>,
+    pool_allocated: Family<PoolLabels, FloatGauge>,
+    pool_held: Family<PoolLabels, FloatGauge>,
+    services: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("edgelb");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let pool_total = Family::<PoolLabels, FloatGauge>::default();
+        let pool_allocated = Family::<PoolLabels, FloatGauge>::default();
+        let pool_held = Family::<PoolLabels, FloatGauge>::default();
+        let services = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register("pool_addresses", "Addresses a pool can hand out", pool_total.clone());
+        registry.register(
+            "pool_addresses_allocated",
+            "Addresses of a pool in use by Services",
+            pool_allocated.clone(),
+        );
+        registry.register(
+            "pool_addresses_held",
+            "Released addresses of a pool still held back",
+            pool_held.clone(),
+        );
+        registry.register("services", "Services known to the appliance", services.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            pool_total,
+            pool_allocated,
+            pool_held,
+            services,
+        }
+    }
+}
+
+/// Middleware counting every request by its route template (not its raw path, which would
+/// make one series per Service).
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            method: method.clone(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    m.latency
+        .get_or_create(&LatencyLabels { route, method })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /metrics` in the OpenMetrics text format.
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    let m = &state.metrics;
+    match state.store.list_pools().await {
+        Ok(pools) => {
+            m.pool_total.clear();
+            m.pool_allocated.clear();
+            m.pool_held.clear();
+            for p in pools {
+                let l = PoolLabels {
+                    pool: p.spec.name.clone(),
+                };
+                m.pool_total
+                    .get_or_create(&l)
+                    .set(p.usage.total.parse::<f64>().unwrap_or(f64::NAN));
+                m.pool_allocated.get_or_create(&l).set(p.usage.allocated as f64);
+                m.pool_held.get_or_create(&l).set(p.usage.held as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading pool usage for metrics failed"),
+    }
+    match state.store.count_services().await {
+        Ok(n) => {
+            m.services.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Err(e) => tracing::warn!(error = %e, "counting services for metrics failed"),
+    }
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
+        tracing::error!(error = %e, "encoding metrics failed");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,81 @@
+//! `edgelb`: parses flags, loads configuration, and runs the command. Everything else lives
+//! in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use edgelb::config::{self, Cli, Command, LogFormat};
+use edgelb::{cli, server, tls};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGELB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = config::read_file(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = config::build(&args, &file)?;
+            init_logging(cfg.log_format);
+            server::run(cfg, shutdown_signal()).await?;
+        }
+        Command::CheckConfig(args) => {
+            let cfg = config::build(&args, &file)?;
+            println!(
+                "configuration is valid: data_dir={} listen={} tls={}",
+                cfg.data_dir.display(),
+                cfg.listen,
+                match cfg.tls {
+                    config::TlsSource::SelfSigned => "self-signed".to_owned(),
+                    config::TlsSource::Files { cert, .. } => cert.display().to_string(),
+                }
+            );
+        }
+        Command::Token(cmd) => {
+            let dir = config::data_dir(&config::DataDirArg { data_dir: None }, &file);
+            cli::token(cmd, &dir).await?;
+        }
+        Command::Pool(cmd) => cli::pool(cmd).await?,
+        Command::Alloc(cmd) => cli::alloc(cmd).await?,
+        Command::Backup { file: dest, data } => {
+            let dir = config::data_dir(&data, &file);
+            cli::backup(&dir, &dest).await?;
+            println!("backup written to {}", dest.display());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tls::install_crypto_provider();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgelb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

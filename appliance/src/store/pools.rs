@@ -1,0 +1,338 @@
+//! Pools: create, edit, delete, list with usage; and loading the allocation state at start.
+
+use std::collections::BTreeMap;
+
+use edgelb_api::{Pool, PoolPatch, PoolSpec, PoolUsage};
+use sqlx::{Connection, Row, SqliteConnection};
+
+use super::{Result, Store, StoreError, audit, blob_ip, ip_blob, json_vec, ts};
+use crate::ipam::{AddrInfo, Hold, Ipam, PoolDef, ServiceKey};
+
+#[derive(sqlx::FromRow)]
+struct PoolRow {
+    name: String,
+    ranges: String,
+    auto_assign: bool,
+    avoid_buggy_ips: bool,
+    priority: i64,
+    clusters: String,
+    namespaces: String,
+    scheduler: String,
+    hold_seconds: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl PoolRow {
+    fn spec(&self) -> Result<PoolSpec> {
+        Ok(PoolSpec {
+            name: self.name.clone(),
+            ranges: json_vec(&self.ranges)?,
+            auto_assign: self.auto_assign,
+            avoid_buggy_ips: self.avoid_buggy_ips,
+            priority: i32::try_from(self.priority).map_err(|_| StoreError::Corrupt("priority".into()))?,
+            clusters: json_vec(&self.clusters)?,
+            namespaces: json_vec(&self.namespaces)?,
+            scheduler: self.scheduler.clone(),
+            hold_seconds: u64::try_from(self.hold_seconds).map_err(|_| StoreError::Corrupt("hold_seconds".into()))?,
+        })
+    }
+}
+
+fn def_of(spec: &PoolSpec) -> Result<PoolDef> {
+    PoolDef::from_spec(spec).map_err(|e| StoreError::Corrupt(format!("pool '{}': {e:?}", spec.name)))
+}
+
+fn to_json(spec: &PoolSpec) -> serde_json::Value {
+    serde_json::to_value(spec).unwrap_or(serde_json::Value::Null)
+}
+
+const SELECT_POOL: &str = "SELECT name, ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, \
+     scheduler, hold_seconds, created_at, updated_at FROM pools";
+
+/// Reads every pool and address into a fresh allocation state.
+pub(super) async fn load_ipam(conn: &mut SqliteConnection) -> Result<Ipam> {
+    let mut ipam = Ipam::new();
+    let rows: Vec<PoolRow> = sqlx::query_as(SELECT_POOL).fetch_all(&mut *conn).await?;
+    for row in rows {
+        ipam.load_pool(def_of(&row.spec()?)?);
+    }
+    let mut users: BTreeMap<u128, BTreeMap<ServiceKey, Vec<crate::ipam::PortKey>>> = BTreeMap::new();
+    let links = sqlx::query(
+        "SELECT sa.ip, sa.cluster, sa.namespace, sa.name, s.spec FROM service_addresses sa \
+         JOIN services s USING (cluster, namespace, name)",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in links {
+        let ip = blob_ip(row.try_get::<&[u8], _>(0)?)?;
+        let key = ServiceKey {
+            cluster: row.try_get(1)?,
+            namespace: row.try_get(2)?,
+            name: row.try_get(3)?,
+        };
+        let ports = super::services::ports_of(row.try_get::<Option<String>, _>(4)?.as_deref())?;
+        users.entry(ip).or_default().insert(key, ports);
+    }
+    let addrs = sqlx::query(
+        "SELECT ip, pool, cluster, sharing_key, state, held_namespace, held_name, held_uid, held_until FROM addresses",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in addrs {
+        let ip = blob_ip(row.try_get::<&[u8], _>(0)?)?;
+        let cluster: String = row.try_get(2)?;
+        let held = match row.try_get::<Option<i64>, _>(8)? {
+            Some(until) => Some(Hold {
+                key: ServiceKey {
+                    cluster: cluster.clone(),
+                    namespace: row.try_get::<Option<String>, _>(5)?.unwrap_or_default(),
+                    name: row.try_get::<Option<String>, _>(6)?.unwrap_or_default(),
+                },
+                uid: row.try_get::<Option<String>, _>(7)?.unwrap_or_default(),
+                until,
+            }),
+            None => None,
+        };
+        let info = AddrInfo {
+            pool: row.try_get(1)?,
+            cluster,
+            sharing_key: row.try_get(3)?,
+            users: users.remove(&ip).unwrap_or_default(),
+            held,
+        };
+        ipam.load_addr(ip, info);
+    }
+    Ok(ipam)
+}
+
+impl Store {
+    pub async fn list_pools(&self) -> Result<Vec<Pool>> {
+        let rows: Vec<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_POOL} ORDER BY priority DESC, name"
+        )))
+        .fetch_all(self.read())
+        .await?;
+        let counts = self.usage_counts(None).await?;
+        rows.iter()
+            .map(|r| pool_of(r, counts.get(&r.name).copied().unwrap_or((0, 0))))
+            .collect()
+    }
+
+    pub async fn get_pool(&self, name: &str) -> Result<Pool> {
+        let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = ?")))
+            .bind(name)
+            .fetch_optional(self.read())
+            .await?;
+        let row = row.ok_or_else(|| StoreError::NotFound(format!("pool '{name}' does not exist")))?;
+        let counts = self.usage_counts(Some(name)).await?;
+        pool_of(&row, counts.get(name).copied().unwrap_or((0, 0)))
+    }
+
+    /// (allocated, held) per pool; expired holds count as free.
+    async fn usage_counts(&self, pool: Option<&str>) -> Result<BTreeMap<String, (u64, u64)>> {
+        let rows = sqlx::query(
+            "SELECT pool, SUM(state = 'allocated'), SUM(state = 'held' AND held_until > ?1) FROM addresses \
+             WHERE ?2 IS NULL OR pool = ?2 GROUP BY pool",
+        )
+        .bind(super::now())
+        .bind(pool)
+        .fetch_all(self.read())
+        .await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let a: i64 = row.try_get(1)?;
+            let h: i64 = row.try_get(2)?;
+            out.insert(row.try_get(0)?, (a.max(0) as u64, h.max(0) as u64));
+        }
+        Ok(out)
+    }
+
+    pub async fn create_pool(&self, actor: &str, spec: PoolSpec) -> Result<Pool> {
+        let def = PoolDef::from_spec(&spec).map_err(StoreError::Invalid)?;
+        let actor = actor.to_owned();
+        let name = spec.name.clone();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                if w.ipam.pool(&def.name).is_some() {
+                    return Err(StoreError::Conflict(format!("pool '{}' already exists", def.name)));
+                }
+                w.ipam.check_pool(&def, None, now)?;
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                insert_or_update(&mut tx, &spec, now, true).await?;
+                audit(
+                    &mut tx,
+                    now,
+                    &actor,
+                    "pool.create",
+                    &format!("pool/{}", spec.name),
+                    None,
+                    Some(&to_json(&spec)),
+                )
+                .await?;
+                tx.commit().await?;
+                w.ipam.put_pool(def, None);
+                Ok(())
+            })
+        })
+        .await?;
+        self.get_pool(&name).await
+    }
+
+    pub async fn patch_pool(&self, actor: &str, name: &str, patch: PoolPatch) -> Result<Pool> {
+        let actor = actor.to_owned();
+        let name = name.to_owned();
+        let name2 = name.clone();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = ?")))
+                    .bind(&name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let old = row
+                    .ok_or_else(|| StoreError::NotFound(format!("pool '{name}' does not exist")))?
+                    .spec()?;
+                let new = PoolSpec {
+                    name: old.name.clone(),
+                    ranges: patch.ranges.unwrap_or_else(|| old.ranges.clone()),
+                    auto_assign: patch.auto_assign.unwrap_or(old.auto_assign),
+                    avoid_buggy_ips: patch.avoid_buggy_ips.unwrap_or(old.avoid_buggy_ips),
+                    priority: patch.priority.unwrap_or(old.priority),
+                    clusters: patch.clusters.unwrap_or_else(|| old.clusters.clone()),
+                    namespaces: patch.namespaces.unwrap_or_else(|| old.namespaces.clone()),
+                    scheduler: patch.scheduler.unwrap_or_else(|| old.scheduler.clone()),
+                    hold_seconds: patch.hold_seconds.unwrap_or(old.hold_seconds),
+                };
+                if new == old {
+                    return Ok(());
+                }
+                let def = PoolDef::from_spec(&new).map_err(StoreError::Invalid)?;
+                w.ipam.check_pool(&def, Some(&name), now)?;
+                // Expired holds that the new ranges leave out go now: nothing may point outside.
+                let gone: Vec<u128> = w
+                    .ipam
+                    .expired_in_pool(&name, now)
+                    .into_iter()
+                    .filter(|ip| !def.contains(*ip))
+                    .collect();
+                for ip in &gone {
+                    sqlx::query("DELETE FROM addresses WHERE ip = ?")
+                        .bind(ip_blob(*ip))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                insert_or_update(&mut tx, &new, now, false).await?;
+                audit(
+                    &mut tx,
+                    now,
+                    &actor,
+                    "pool.update",
+                    &format!("pool/{name}"),
+                    Some(&to_json(&old)),
+                    Some(&to_json(&new)),
+                )
+                .await?;
+                tx.commit().await?;
+                w.ipam.forget(&gone);
+                w.ipam.put_pool(def, Some(&name));
+                Ok(())
+            })
+        })
+        .await?;
+        self.get_pool(&name2).await
+    }
+
+    pub async fn delete_pool(&self, actor: &str, name: &str) -> Result<()> {
+        let actor = actor.to_owned();
+        let name = name.to_owned();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = ?")))
+                    .bind(&name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let old = row
+                    .ok_or_else(|| StoreError::NotFound(format!("pool '{name}' does not exist")))?
+                    .spec()?;
+                w.ipam.check_pool_delete(&name, now)?;
+                let gone = w.ipam.expired_in_pool(&name, now);
+                for ip in &gone {
+                    sqlx::query("DELETE FROM addresses WHERE ip = ?")
+                        .bind(ip_blob(*ip))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("DELETE FROM pools WHERE name = ?")
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await?;
+                audit(
+                    &mut tx,
+                    now,
+                    &actor,
+                    "pool.delete",
+                    &format!("pool/{name}"),
+                    Some(&to_json(&old)),
+                    None,
+                )
+                .await?;
+                tx.commit().await?;
+                w.ipam.forget(&gone);
+                w.ipam.remove_pool(&name);
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64, insert: bool) -> Result<()> {
+    let sql = if insert {
+        "INSERT INTO pools (ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, scheduler, \
+         hold_seconds, name, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10)"
+    } else {
+        "UPDATE pools SET ranges = ?, auto_assign = ?, avoid_buggy_ips = ?, priority = ?, clusters = ?, \
+         namespaces = ?, scheduler = ?, hold_seconds = ?, updated_at = ?10 WHERE name = ?9"
+    };
+    let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    sqlx::query(sql)
+        .bind(json(&spec.ranges))
+        .bind(spec.auto_assign)
+        .bind(spec.avoid_buggy_ips)
+        .bind(i64::from(spec.priority))
+        .bind(json(&spec.clusters))
+        .bind(json(&spec.namespaces))
+        .bind(&spec.scheduler)
+        .bind(i64::try_from(spec.hold_seconds).unwrap_or(i64::MAX))
+        .bind(&spec.name)
+        .bind(now)
+        .execute(conn)
+        .await
+        .map_err(|e| StoreError::on_unique(e, || format!("pool '{}' already exists", spec.name)))?;
+    Ok(())
+}
+
+fn pool_of(row: &PoolRow, (allocated, held): (u64, u64)) -> Result<Pool> {
+    let spec = row.spec()?;
+    let total = def_of(&spec)?.capacity();
+    let used = u128::from(allocated) + u128::from(held);
+    let utilization = if total == 0 {
+        0.0
+    } else {
+        (used as f64 / total as f64).min(1.0)
+    };
+    Ok(Pool {
+        spec,
+        usage: PoolUsage {
+            total: total.to_string(),
+            allocated,
+            held,
+            free: total.saturating_sub(used).to_string(),
+            utilization,
+        },
+        created_at: ts(row.created_at),
+        updated_at: ts(row.updated_at),
+    })
+}

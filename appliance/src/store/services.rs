@@ -1,0 +1,1006 @@
+//! Clusters, their Services (with allocation and release), nodes, the start-up sync, and the
+//! allocation and audit listings.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+
+use edgelb_api::{
+    Allocation, AllocationOwner, AllocationState, AssignedIp, AuditEntry, Cluster, ClusterSpec, FieldError, IpFamily,
+    Node, NodeList, Page, Protocol, Service, ServiceRef, ServiceSpec, SyncConflict, SyncRequest, SyncResponse,
+};
+use sqlx::{Connection, Row, SqliteConnection};
+
+use super::{Result, Store, StoreError, audit, blob_ip, ip_blob, ts};
+use crate::ipam::{self, Assign, Decision, How, Outcome, PortKey, Release, Request, ServiceKey, from_u128, to_u128};
+
+/// Kubernetes object names: DNS labels (RFC 1123), at most 63 characters.
+fn check_k8s_name(what: &str, s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{s}' is not a valid {what} name (a DNS label of at most 63 characters)"
+        ))
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<(), String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not a CIDR: write e.g. 198.51.100.0/24"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("'{s}': '{addr}' is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match len.parse::<u8>() {
+        Ok(l) if l <= max => Ok(()),
+        _ => Err(format!("'{s}': prefix length must be from 0 to {max}")),
+    }
+}
+
+/// Checks a Service spec, collecting every problem.
+pub fn validate_service(namespace: &str, name: &str, spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut err = |field: String, message: String| errors.push(FieldError { field, message });
+    if let Err(m) = check_k8s_name("namespace", namespace) {
+        err("namespace".into(), m);
+    }
+    if let Err(m) = check_k8s_name("Service", name) {
+        err("name".into(), m);
+    }
+    if spec.uid.is_empty() || spec.uid.len() > 128 {
+        err(
+            "uid".into(),
+            "uid must be the Service's metadata.uid (1 to 128 characters)".into(),
+        );
+    }
+    if spec.ports.is_empty() {
+        err("ports".into(), "a LoadBalancer Service needs at least one port".into());
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        if p.port == 0 {
+            err(format!("ports[{i}].port"), "port must be from 1 to 65535".into());
+        }
+        if p.node_port == 0 {
+            err(
+                format!("ports[{i}].node_port"),
+                "node_port is 0: edgelb forwards to NodePorts, so the Service needs allocateLoadBalancerNodePorts: true"
+                    .into(),
+            );
+        }
+        if !seen.insert((p.protocol, p.port)) {
+            err(
+                format!("ports[{i}]"),
+                format!("port {}/{} appears twice", p.port, p.protocol),
+            );
+        }
+    }
+    if spec.health_check_node_port == Some(0) {
+        err(
+            "health_check_node_port".into(),
+            "health_check_node_port must be from 1 to 65535 or null".into(),
+        );
+    }
+    if let Some(t) = spec.session_affinity_timeout_seconds
+        && !(1..=86_400).contains(&t)
+    {
+        err(
+            "session_affinity_timeout_seconds".into(),
+            "must be from 1 to 86400 (Kubernetes' limit)".into(),
+        );
+    }
+    for (i, r) in spec.source_ranges.iter().enumerate() {
+        if let Err(m) = parse_cidr(r) {
+            err(format!("source_ranges[{i}]"), m);
+        }
+    }
+    if let Some(s) = &spec.scheduler
+        && let Err(m) = ipam::check_scheduler(s)
+    {
+        err("scheduler".into(), m);
+    }
+    if let Some(k) = &spec.sharing_key
+        && (k.is_empty() || k.len() > 253)
+    {
+        err(
+            "sharing_key".into(),
+            "sharing_key must be 1 to 253 characters or null".into(),
+        );
+    }
+    if let Some(nodes) = &spec.local_nodes
+        && nodes.iter().any(String::is_empty)
+    {
+        err("local_nodes".into(), "node names must not be empty".into());
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// The (protocol, port) pairs of a stored spec (none for a Service only reserved).
+pub(super) fn ports_of(spec: Option<&str>) -> Result<Vec<PortKey>> {
+    let Some(text) = spec else { return Ok(Vec::new()) };
+    let spec: ServiceSpec =
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("service spec: {e}")))?;
+    Ok(spec.ports.iter().map(|p| (p.protocol, p.port)).collect())
+}
+
+fn port_keys(spec: &ServiceSpec) -> Vec<(Protocol, u16)> {
+    spec.ports.iter().map(|p| (p.protocol, p.port)).collect()
+}
+
+async fn require_cluster(conn: &mut SqliteConnection, cluster: &str) -> Result<()> {
+    let found: Option<(String,)> = sqlx::query_as("SELECT name FROM clusters WHERE name = ?")
+        .bind(cluster)
+        .fetch_optional(conn)
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound(format!(
+            "cluster '{cluster}' does not exist: create it first (POST /api/v1/clusters)"
+        ))),
+    }
+}
+
+/// Writes a decision's rows. The caller commits, then applies it to the allocation state.
+async fn write_decision(
+    conn: &mut SqliteConnection,
+    key: &ServiceKey,
+    uid: &str,
+    sharing_key: Option<&str>,
+    d: &Decision,
+    now: i64,
+) -> Result<()> {
+    write_releases(conn, key, uid, &d.release).await?;
+    for a in &d.assign {
+        let ip = ip_blob(a.ip);
+        match a.how {
+            How::New => {
+                sqlx::query(
+                    "INSERT INTO addresses (ip, pool, cluster, sharing_key, state, since) VALUES (?, ?, ?, ?, 'allocated', ?)",
+                )
+                .bind(&ip)
+                .bind(&a.pool)
+                .bind(&key.cluster)
+                .bind(sharing_key)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| StoreError::on_unique(e, || format!("{} was just taken: try again", from_u128(a.ip))))?;
+            }
+            How::Reclaim | How::Recycle => {
+                sqlx::query(
+                    "UPDATE addresses SET pool = ?, cluster = ?, sharing_key = ?, state = 'allocated', held_namespace = NULL, \
+                     held_name = NULL, held_uid = NULL, held_until = NULL, since = ? WHERE ip = ?",
+                )
+                .bind(&a.pool)
+                .bind(&key.cluster)
+                .bind(sharing_key)
+                .bind(now)
+                .bind(&ip)
+                .execute(&mut *conn)
+                .await?;
+            }
+            How::Keep | How::Share => {
+                // A sole user may change its sharing key; the address follows it.
+                sqlx::query(
+                    "UPDATE addresses SET sharing_key = ?1 WHERE ip = ?2 AND sharing_key IS NOT ?1 AND NOT EXISTS \
+                     (SELECT 1 FROM service_addresses WHERE ip = ?2 AND NOT (cluster = ?3 AND namespace = ?4 AND name = ?5))",
+                )
+                .bind(sharing_key)
+                .bind(&ip)
+                .bind(&key.cluster)
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        sqlx::query("INSERT OR IGNORE INTO service_addresses (cluster, namespace, name, ip) VALUES (?, ?, ?, ?)")
+            .bind(&key.cluster)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(&ip)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn write_releases(conn: &mut SqliteConnection, key: &ServiceKey, uid: &str, releases: &[Release]) -> Result<()> {
+    for r in releases {
+        let ip = ip_blob(r.ip);
+        sqlx::query("DELETE FROM service_addresses WHERE cluster = ? AND namespace = ? AND name = ? AND ip = ?")
+            .bind(&key.cluster)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(&ip)
+            .execute(&mut *conn)
+            .await?;
+        match r.outcome {
+            Outcome::StillShared => {}
+            Outcome::Freed => {
+                sqlx::query("DELETE FROM addresses WHERE ip = ?")
+                    .bind(&ip)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Outcome::Held(until) => {
+                sqlx::query(
+                    "UPDATE addresses SET state = 'held', held_namespace = ?, held_name = ?, held_uid = ?, held_until = ? \
+                     WHERE ip = ?",
+                )
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .bind(uid)
+                .bind(until)
+                .bind(&ip)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ips_json(assign: &[Assign]) -> serde_json::Value {
+    serde_json::json!(assign.iter().map(|a| from_u128(a.ip).to_string()).collect::<Vec<_>>())
+}
+
+/// Filters of `GET /api/v1/allocations`.
+#[derive(Debug, Clone, Default)]
+pub struct AllocationFilter {
+    pub pool: Option<String>,
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    pub service: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub cursor: Option<String>,
+    pub limit: u32,
+}
+
+/// Filters of `GET /api/v1/audit`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    /// Matches objects equal to it or below it (`pool/public` and `pool/public/...`), or an
+    /// object kind alone (`pool`).
+    pub object: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub cursor: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(sqlx::FromRow)]
+struct ServiceRow {
+    cluster: String,
+    namespace: String,
+    name: String,
+    uid: String,
+    spec: Option<String>,
+    updated_at: i64,
+}
+
+impl Store {
+    // ---- clusters ----
+
+    pub async fn create_cluster(&self, actor: &str, spec: ClusterSpec) -> Result<Cluster> {
+        ipam::check_name(&spec.name).map_err(|m| StoreError::invalid("name", m))?;
+        if spec.description.len() > 1024 {
+            return Err(StoreError::invalid("description", "at most 1024 characters"));
+        }
+        let actor = actor.to_owned();
+        let name = spec.name.clone();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query("INSERT INTO clusters (name, description, created_at) VALUES (?, ?, ?)")
+                    .bind(&spec.name)
+                    .bind(&spec.description)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::on_unique(e, || format!("cluster '{}' already exists", spec.name)))?;
+                let after = serde_json::to_value(&spec).ok();
+                audit(
+                    &mut tx,
+                    now,
+                    &actor,
+                    "cluster.create",
+                    &format!("cluster/{}", spec.name),
+                    None,
+                    after.as_ref(),
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await?;
+        self.get_cluster(&name).await
+    }
+
+    const CLUSTER_SELECT: &str = "SELECT c.name, c.description, c.created_at, c.last_contact, c.agent_version, \
+         (SELECT COUNT(*) FROM services s WHERE s.cluster = c.name), \
+         (SELECT COUNT(*) FROM nodes n WHERE n.cluster = c.name) FROM clusters c";
+
+    pub async fn list_clusters(&self) -> Result<Vec<Cluster>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{} ORDER BY c.name", Self::CLUSTER_SELECT)))
+            .fetch_all(self.read())
+            .await?;
+        rows.iter().map(cluster_of).collect()
+    }
+
+    pub async fn get_cluster(&self, name: &str) -> Result<Cluster> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} WHERE c.name = ?",
+            Self::CLUSTER_SELECT
+        )))
+        .bind(name)
+        .fetch_optional(self.read())
+        .await?;
+        cluster_of(&row.ok_or_else(|| StoreError::NotFound(format!("cluster '{name}' does not exist")))?)
+    }
+
+    /// Deletes a cluster with no Services left; its nodes and agent tokens go with it.
+    pub async fn delete_cluster(&self, actor: &str, name: &str) -> Result<()> {
+        let actor = actor.to_owned();
+        let name = name.to_owned();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                require_cluster(&mut tx, &name)
+                    .await
+                    .map_err(|_| StoreError::NotFound(format!("cluster '{name}' does not exist")))?;
+                let services: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT namespace, name FROM services WHERE cluster = ? ORDER BY namespace, name LIMIT 11",
+                )
+                .bind(&name)
+                .fetch_all(&mut *tx)
+                .await?;
+                if !services.is_empty() {
+                    let mut list: Vec<String> = services.iter().take(10).map(|(n, s)| format!("{n}/{s}")).collect();
+                    if services.len() > 10 {
+                        list.push("and more".into());
+                    }
+                    return Err(StoreError::Conflict(format!(
+                        "cluster '{name}' still has Services: {}; delete them (or let its agent release them) first",
+                        list.join(", ")
+                    )));
+                }
+                // Held addresses of the cluster's former Services stay held; the pool keeps them.
+                sqlx::query("DELETE FROM clusters WHERE name = ?")
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await?;
+                audit(
+                    &mut tx,
+                    now,
+                    &actor,
+                    "cluster.delete",
+                    &format!("cluster/{name}"),
+                    None,
+                    None,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Records an agent's call (at most every 15 s per cluster, to spare the writer).
+    pub async fn touch_cluster(&self, cluster: &str, agent_version: Option<&str>) -> Result<()> {
+        let last: Option<(Option<i64>, Option<String>)> =
+            sqlx::query_as("SELECT last_contact, agent_version FROM clusters WHERE name = ?")
+                .bind(cluster)
+                .fetch_optional(self.read())
+                .await?;
+        let now = super::now();
+        if let Some((Some(t), v)) = &last
+            && now - t < 15
+            && v.as_deref() == agent_version
+        {
+            return Ok(());
+        }
+        let cluster = cluster.to_owned();
+        let agent_version = agent_version.map(str::to_owned);
+        self.write(move |w, now| {
+            Box::pin(async move {
+                sqlx::query("UPDATE clusters SET last_contact = ?, agent_version = ? WHERE name = ?")
+                    .bind(now)
+                    .bind(agent_version)
+                    .bind(cluster)
+                    .execute(&mut w.conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    // ---- services ----
+
+    /// Stores a Service's spec and allocates its addresses. Idempotent: the same request
+    /// changes nothing and writes no audit entry.
+    pub async fn put_service(
+        &self,
+        actor: &str,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        spec: ServiceSpec,
+    ) -> Result<Service> {
+        validate_service(namespace, name, &spec).map_err(StoreError::Invalid)?;
+        let actor = actor.to_owned();
+        let key = ServiceKey::new(cluster, namespace, name);
+        let key2 = key.clone();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let ports = port_keys(&spec);
+                let req = Request {
+                    key: &key,
+                    uid: &spec.uid,
+                    pool: spec.pool.as_deref(),
+                    requested: &spec.requested_ips,
+                    families: &spec.ip_families,
+                    sharing_key: spec.sharing_key.as_deref(),
+                    ports: &ports,
+                };
+                let decision = w.ipam.decide(&req, now)?;
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                require_cluster(&mut tx, &key.cluster).await?;
+                let old: Option<(String, Option<String>)> =
+                    sqlx::query_as("SELECT uid, spec FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
+                        .bind(&key.cluster)
+                        .bind(&key.namespace)
+                        .bind(&key.name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let spec_json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let unchanged = old.as_ref().is_some_and(|(_, s)| s.as_deref() == Some(spec_json.as_str()));
+                if unchanged && decision.keeps_everything() {
+                    return Ok(());
+                }
+                sqlx::query(
+                    "INSERT INTO services (cluster, namespace, name, uid, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?6, ?6) \
+                     ON CONFLICT (cluster, namespace, name) DO UPDATE SET uid = excluded.uid, spec = excluded.spec, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(&key.cluster)
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .bind(&spec.uid)
+                .bind(&spec_json)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                write_decision(&mut tx, &key, &spec.uid, spec.sharing_key.as_deref(), &decision, now).await?;
+                let before = old.as_ref().map(|(uid, s)| {
+                    serde_json::json!({"uid": uid, "spec": s.as_deref().and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())})
+                });
+                let after = serde_json::json!({"uid": spec.uid, "ips": ips_json(&decision.assign), "spec": spec});
+                let action = if decision.assign.iter().any(|a| a.how != How::Keep) { "service.allocate" } else { "service.update" };
+                audit(&mut tx, now, &actor, action, &format!("service/{key}"), before.as_ref(), Some(&after)).await?;
+                tx.commit().await?;
+                w.ipam.apply(&req, &decision);
+                Ok(())
+            })
+        })
+        .await?;
+        self.get_service(&key2.cluster, &key2.namespace, &key2.name).await
+    }
+
+    /// Releases a Service's addresses (each held for it for its pool's hold period) and
+    /// forgets the Service. Returns what it had.
+    pub async fn delete_service(&self, actor: &str, cluster: &str, namespace: &str, name: &str) -> Result<Service> {
+        let before = self.get_service(cluster, namespace, name).await?;
+        let actor = actor.to_owned();
+        let key = ServiceKey::new(cluster, namespace, name);
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let uid: Option<(String,)> =
+                    sqlx::query_as("SELECT uid FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
+                        .bind(&key.cluster)
+                        .bind(&key.namespace)
+                        .bind(&key.name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some((uid,)) = uid else {
+                    return Err(StoreError::NotFound(format!("Service {key} does not exist")));
+                };
+                let releases = w.ipam.release_all(&key, now);
+                write_releases(&mut tx, &key, &uid, &releases).await?;
+                sqlx::query("DELETE FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
+                    .bind(&key.cluster)
+                    .bind(&key.namespace)
+                    .bind(&key.name)
+                    .execute(&mut *tx)
+                    .await?;
+                let released: Vec<String> = releases.iter().map(|r| from_u128(r.ip).to_string()).collect();
+                audit(
+                    &mut tx,
+                    now,
+                    &actor,
+                    "service.release",
+                    &format!("service/{key}"),
+                    Some(&serde_json::json!({"uid": uid, "ips": released})),
+                    None,
+                )
+                .await?;
+                tx.commit().await?;
+                w.ipam.apply_release(&key, &uid, &releases);
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(before)
+    }
+
+    pub async fn get_service(&self, cluster: &str, namespace: &str, name: &str) -> Result<Service> {
+        let row: Option<ServiceRow> = sqlx::query_as(
+            "SELECT cluster, namespace, name, uid, spec, updated_at FROM services WHERE cluster = ? AND namespace = ? AND name = ?",
+        )
+        .bind(cluster)
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(self.read())
+        .await?;
+        let row =
+            row.ok_or_else(|| StoreError::NotFound(format!("Service {cluster}/{namespace}/{name} does not exist")))?;
+        let mut addrs = self.addresses_of_services(cluster, Some((namespace, name))).await?;
+        service_of(
+            row,
+            addrs
+                .remove(&(namespace.to_owned(), name.to_owned()))
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Every Service of a cluster, or of all clusters.
+    pub async fn list_services(&self, cluster: Option<&str>) -> Result<Vec<Service>> {
+        let rows: Vec<ServiceRow> = sqlx::query_as(
+            "SELECT cluster, namespace, name, uid, spec, updated_at FROM services WHERE ?1 IS NULL OR cluster = ?1 \
+             ORDER BY cluster, namespace, name",
+        )
+        .bind(cluster)
+        .fetch_all(self.read())
+        .await?;
+        let mut by_cluster: BTreeMap<String, BTreeMap<(String, String), Vec<AssignedIp>>> = BTreeMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !by_cluster.contains_key(&row.cluster) {
+                let a = self.addresses_of_services(&row.cluster, None).await?;
+                by_cluster.insert(row.cluster.clone(), a);
+            }
+            let addrs = by_cluster
+                .get_mut(&row.cluster)
+                .and_then(|m| m.remove(&(row.namespace.clone(), row.name.clone())))
+                .unwrap_or_default();
+            out.push(service_of(row, addrs)?);
+        }
+        Ok(out)
+    }
+
+    async fn addresses_of_services(
+        &self,
+        cluster: &str,
+        one: Option<(&str, &str)>,
+    ) -> Result<BTreeMap<(String, String), Vec<AssignedIp>>> {
+        let (ns, name) = one.unzip();
+        let rows = sqlx::query(
+            "SELECT sa.namespace, sa.name, sa.ip, a.pool FROM service_addresses sa JOIN addresses a USING (ip) \
+             WHERE sa.cluster = ?1 AND (?2 IS NULL OR (sa.namespace = ?2 AND sa.name = ?3)) ORDER BY sa.ip",
+        )
+        .bind(cluster)
+        .bind(ns)
+        .bind(name)
+        .fetch_all(self.read())
+        .await?;
+        let mut out: BTreeMap<(String, String), Vec<AssignedIp>> = BTreeMap::new();
+        for row in rows {
+            let ip = from_u128(blob_ip(row.try_get::<&[u8], _>(2)?)?);
+            out.entry((row.try_get(0)?, row.try_get(1)?))
+                .or_default()
+                .push(AssignedIp {
+                    ip,
+                    pool: row.try_get(3)?,
+                });
+        }
+        Ok(out)
+    }
+
+    // ---- sync ----
+
+    /// Reserves every address the agent found in its Services' status, before it allocates
+    /// anything new, and reports the Services the appliance holds that the list lacks. Deletes
+    /// nothing: releasing stale Services is the agent's decision, made on a complete list.
+    pub async fn sync(&self, actor: &str, cluster: &str, req: SyncRequest) -> Result<SyncResponse> {
+        let mut errors = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, s) in req.services.iter().enumerate() {
+            if let Err(m) = check_k8s_name("namespace", &s.namespace).and(check_k8s_name("Service", &s.name)) {
+                errors.push(FieldError {
+                    field: format!("services[{i}]"),
+                    message: m,
+                });
+            }
+            if !seen.insert((s.namespace.as_str(), s.name.as_str())) {
+                errors.push(FieldError {
+                    field: format!("services[{i}]"),
+                    message: format!("{}/{} appears twice", s.namespace, s.name),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        let actor = actor.to_owned();
+        let cluster = cluster.to_owned();
+        let cluster2 = cluster.clone();
+        let listed: HashSet<(String, String)> = req
+            .services
+            .iter()
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+            .collect();
+        let (reserved_keys, conflicts) = self
+            .write(move |w, now| {
+                Box::pin(async move {
+                    let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                    require_cluster(&mut tx, &cluster).await?;
+                    // Work on a copy: decisions in one sync depend on each other, and nothing
+                    // may change in memory unless the whole sync commits.
+                    let mut ipam = w.ipam.clone();
+                    let mut conflicts = Vec::new();
+                    let mut reserved = Vec::new();
+                    let mut count = 0usize;
+                    for s in &req.services {
+                        let key = ServiceKey::new(&cluster, &s.namespace, &s.name);
+                        let mut any = false;
+                        for ip in &s.ips {
+                            match ipam.decide_reserve(&key, &s.uid, *ip, now) {
+                                Ok(None) => any = true,
+                                Ok(Some(assign)) => {
+                                    sqlx::query(
+                                        "INSERT INTO services (cluster, namespace, name, uid, spec, created_at, updated_at) \
+                                         VALUES (?, ?, ?, ?, NULL, ?5, ?5) ON CONFLICT DO NOTHING",
+                                    )
+                                    .bind(&key.cluster)
+                                    .bind(&key.namespace)
+                                    .bind(&key.name)
+                                    .bind(&s.uid)
+                                    .bind(now)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                    let d = Decision { assign: vec![assign], release: vec![] };
+                                    let families = [IpFamily::of(ip)];
+                                    let req = Request {
+                                        key: &key,
+                                        uid: &s.uid,
+                                        pool: None,
+                                        requested: &[],
+                                        families: &families,
+                                        sharing_key: None,
+                                        ports: &[],
+                                    };
+                                    write_decision(&mut tx, &key, &s.uid, None, &d, now).await?;
+                                    ipam.apply(&req, &d);
+                                    any = true;
+                                    count += 1;
+                                }
+                                Err(e) => conflicts.push(SyncConflict {
+                                    namespace: s.namespace.clone(),
+                                    name: s.name.clone(),
+                                    ip: *ip,
+                                    detail: e.to_string(),
+                                }),
+                            }
+                        }
+                        if any {
+                            reserved.push((s.namespace.clone(), s.name.clone()));
+                        }
+                    }
+                    if count > 0 {
+                        let after = serde_json::json!({"reserved_addresses": count, "services_listed": req.services.len()});
+                        audit(&mut tx, now, &actor, "cluster.sync", &format!("cluster/{cluster}"), None, Some(&after)).await?;
+                    }
+                    tx.commit().await?;
+                    w.ipam = ipam;
+                    Ok((reserved, conflicts))
+                })
+            })
+            .await?;
+        let services = self.list_services(Some(&cluster2)).await?;
+        let reserved_set: BTreeSet<(String, String)> = reserved_keys.into_iter().collect();
+        let mut reserved = Vec::new();
+        let mut stale = Vec::new();
+        for s in services {
+            let k = (s.namespace.clone(), s.name.clone());
+            let r = ServiceRef {
+                namespace: s.namespace,
+                name: s.name,
+                uid: s.uid,
+                ips: s.ips,
+            };
+            if !listed.contains(&k) {
+                stale.push(r);
+            } else if reserved_set.contains(&k) {
+                reserved.push(r);
+            }
+        }
+        Ok(SyncResponse {
+            reserved,
+            stale,
+            conflicts,
+        })
+    }
+
+    // ---- nodes ----
+
+    /// Replaces the cluster's node list. Writes (and audits) only when it changed.
+    pub async fn put_nodes(&self, actor: &str, cluster: &str, list: NodeList) -> Result<NodeList> {
+        let mut errors = Vec::new();
+        let mut names = HashSet::new();
+        for (i, n) in list.nodes.iter().enumerate() {
+            if n.name.is_empty() || n.name.len() > 253 {
+                errors.push(FieldError {
+                    field: format!("nodes[{i}].name"),
+                    message: "node name must be 1 to 253 characters".into(),
+                });
+            }
+            if !names.insert(n.name.as_str()) {
+                errors.push(FieldError {
+                    field: format!("nodes[{i}].name"),
+                    message: format!("node '{}' appears twice", n.name),
+                });
+            }
+            if n.addresses.is_empty() {
+                errors.push(FieldError {
+                    field: format!("nodes[{i}].addresses"),
+                    message: format!("node '{}' has no address to forward to", n.name),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        let mut list = list;
+        list.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let actor = actor.to_owned();
+        let cluster = cluster.to_owned();
+        let cluster2 = cluster.clone();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                require_cluster(&mut tx, &cluster).await?;
+                let old = nodes_of(&mut tx, &cluster).await?;
+                if old == list.nodes {
+                    return Ok(());
+                }
+                sqlx::query("DELETE FROM nodes WHERE cluster = ?").bind(&cluster).execute(&mut *tx).await?;
+                for n in &list.nodes {
+                    let addrs = serde_json::to_string(&n.addresses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    sqlx::query(
+                        "INSERT INTO nodes (cluster, name, addresses, ready, schedulable, excluded, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&cluster)
+                    .bind(&n.name)
+                    .bind(addrs)
+                    .bind(n.ready)
+                    .bind(n.schedulable)
+                    .bind(n.excluded)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let summary = |nodes: &[Node]| {
+                    serde_json::json!(nodes.iter().map(|n| serde_json::json!({
+                        "name": n.name, "ready": n.ready, "schedulable": n.schedulable, "excluded": n.excluded,
+                        "addresses": n.addresses,
+                    })).collect::<Vec<_>>())
+                };
+                audit(&mut tx, now, &actor, "nodes.update", &format!("cluster/{cluster}/nodes"), Some(&summary(&old)), Some(&summary(&list.nodes)))
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await?;
+        self.get_nodes(&cluster2).await
+    }
+
+    pub async fn get_nodes(&self, cluster: &str) -> Result<NodeList> {
+        let mut conn = self.read().acquire().await?;
+        require_cluster(&mut conn, cluster).await?;
+        Ok(NodeList {
+            nodes: nodes_of(&mut conn, cluster).await?,
+        })
+    }
+
+    // ---- listings ----
+
+    /// Addresses that are not free, in address order, a page at a time. The cursor is the
+    /// last address of the previous page.
+    pub async fn list_allocations(&self, f: &AllocationFilter) -> Result<Page<Allocation>> {
+        let after = match &f.cursor {
+            Some(c) => Some(
+                u128::from_str_radix(c, 16)
+                    .map(ip_blob)
+                    .map_err(|_| StoreError::invalid("cursor", "not a cursor from a previous page"))?,
+            ),
+            None => None,
+        };
+        let limit = f.limit.clamp(1, 1000);
+        let rows = sqlx::query(
+            "SELECT a.ip, a.pool, a.cluster, a.sharing_key, a.state, a.held_namespace, a.held_name, a.held_uid, a.held_until, a.since \
+             FROM addresses a WHERE (?1 IS NULL OR a.ip > ?1) AND (?2 IS NULL OR a.pool = ?2) AND (?3 IS NULL OR a.cluster = ?3) \
+             AND (?4 IS NULL OR a.ip = ?4) \
+             AND (?5 IS NULL OR a.held_namespace = ?5 OR EXISTS (SELECT 1 FROM service_addresses sa WHERE sa.ip = a.ip AND sa.namespace = ?5)) \
+             AND (?6 IS NULL OR a.held_name = ?6 OR EXISTS (SELECT 1 FROM service_addresses sa WHERE sa.ip = a.ip AND sa.name = ?6)) \
+             ORDER BY a.ip LIMIT ?7",
+        )
+        .bind(after)
+        .bind(&f.pool)
+        .bind(&f.cluster)
+        .bind(f.ip.map(|ip| ip_blob(to_u128(ip))))
+        .bind(&f.namespace)
+        .bind(&f.service)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.read())
+        .await?;
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+        for row in rows.iter().take(limit as usize) {
+            let blob: &[u8] = row.try_get(0)?;
+            let state: String = row.try_get(4)?;
+            let services = if state == "held" {
+                vec![AllocationOwner {
+                    namespace: row.try_get::<Option<String>, _>(5)?.unwrap_or_default(),
+                    name: row.try_get::<Option<String>, _>(6)?.unwrap_or_default(),
+                    uid: row.try_get::<Option<String>, _>(7)?.unwrap_or_default(),
+                }]
+            } else {
+                let owners: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT sa.namespace, sa.name, s.uid FROM service_addresses sa JOIN services s USING (cluster, namespace, name) \
+                     WHERE sa.ip = ? ORDER BY sa.namespace, sa.name",
+                )
+                .bind(blob)
+                .fetch_all(self.read())
+                .await?;
+                owners
+                    .into_iter()
+                    .map(|(namespace, name, uid)| AllocationOwner { namespace, name, uid })
+                    .collect()
+            };
+            items.push(Allocation {
+                ip: from_u128(blob_ip(blob)?),
+                pool: row.try_get(1)?,
+                cluster: row.try_get(2)?,
+                state: if state == "held" {
+                    AllocationState::Held
+                } else {
+                    AllocationState::Allocated
+                },
+                services,
+                sharing_key: row.try_get(3)?,
+                held_until: row.try_get::<Option<i64>, _>(8)?.map(ts),
+                since: ts(row.try_get(9)?),
+            });
+        }
+        let next_cursor = if more {
+            items.last().map(|a| format!("{:032x}", to_u128(a.ip)))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// The audit log, newest first; the cursor is the id of the last entry of the previous page.
+    pub async fn list_audit(&self, f: &AuditFilter) -> Result<Page<AuditEntry>> {
+        let limit = f.limit.clamp(1, 1000);
+        let rows = sqlx::query(
+            "SELECT id, time, actor, action, object, before, after FROM audit WHERE (?1 IS NULL OR id < ?1) \
+             AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR object = ?3 OR object LIKE ?3 || '/%' ESCAPE '\\') \
+             AND (?4 IS NULL OR time >= ?4) AND (?5 IS NULL OR time <= ?5) ORDER BY id DESC LIMIT ?6",
+        )
+        .bind(f.cursor)
+        .bind(&f.actor)
+        .bind(
+            f.object
+                .as_ref()
+                .map(|o| o.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")),
+        )
+        .bind(f.since)
+        .bind(f.until)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.read())
+        .await?;
+        let more = rows.len() > limit as usize;
+        let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+        let mut items = Vec::new();
+        for row in rows.iter().take(limit as usize) {
+            items.push(AuditEntry {
+                id: row.try_get(0)?,
+                time: ts(row.try_get(1)?),
+                actor: row.try_get(2)?,
+                action: row.try_get(3)?,
+                object: row.try_get(4)?,
+                before: parse(row.try_get(5)?),
+                after: parse(row.try_get(6)?),
+            });
+        }
+        let next_cursor = if more {
+            items.last().map(|e| e.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
+
+fn cluster_of(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster> {
+    Ok(Cluster {
+        name: row.try_get(0)?,
+        description: row.try_get(1)?,
+        created_at: ts(row.try_get(2)?),
+        last_contact: row.try_get::<Option<i64>, _>(3)?.map(ts),
+        agent_version: row.try_get(4)?,
+        services: row.try_get::<i64, _>(5)?.max(0) as u64,
+        nodes: row.try_get::<i64, _>(6)?.max(0) as u64,
+    })
+}
+
+async fn nodes_of(conn: &mut SqliteConnection, cluster: &str) -> Result<Vec<Node>> {
+    let rows =
+        sqlx::query("SELECT name, addresses, ready, schedulable, excluded FROM nodes WHERE cluster = ? ORDER BY name")
+            .bind(cluster)
+            .fetch_all(conn)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Node {
+                name: r.try_get(0)?,
+                addresses: serde_json::from_str(r.try_get::<&str, _>(1)?)
+                    .map_err(|e| StoreError::Corrupt(format!("node addresses: {e}")))?,
+                ready: r.try_get(2)?,
+                schedulable: r.try_get(3)?,
+                excluded: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+fn service_of(row: ServiceRow, mut addresses: Vec<AssignedIp>) -> Result<Service> {
+    let spec: Option<ServiceSpec> = match &row.spec {
+        Some(s) => Some(serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("service spec: {e}")))?),
+        None => None,
+    };
+    // Order the addresses as the Service lists its families.
+    if let Some(spec) = &spec {
+        addresses.sort_by_key(|a| {
+            spec.ip_families
+                .iter()
+                .position(|f| *f == IpFamily::of(&a.ip))
+                .unwrap_or(usize::MAX)
+        });
+    }
+    Ok(Service {
+        uid: row.uid,
+        cluster: row.cluster,
+        namespace: row.namespace,
+        name: row.name,
+        ips: addresses.iter().map(|a| a.ip).collect(),
+        pool: addresses.first().map(|a| a.pool.clone()),
+        addresses,
+        spec,
+        updated_at: ts(row.updated_at),
+    })
+}

@@ -1,0 +1,3 @@
+//! Project tasks (the kernel lab lands here).
+
+fn main() {}
