@@ -58,43 +58,101 @@ fn print_bootstrap(b: &Bootstrap) {
     );
 }
 
-/// Runs the appliance until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-    create_data_dir(&config.data_dir)?;
-    let store = Store::open(&config.data_dir).await?;
-    if let Some(b) = store.bootstrap().await? {
-        print_bootstrap(&b);
+/// An appliance that has opened its store and bound its port, ready to serve.
+pub struct Server {
+    config: Config,
+    store: Store,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    listener: std::net::TcpListener,
+    local: std::net::SocketAddr,
+    bootstrap: Option<Bootstrap>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local", &self.local).finish()
     }
-    let tls = crate::tls::server_config(&config.tls, &config.data_dir, config.listen)
-        .await
-        .map_err(ServeError::Tls)?;
-    let listener = std::net::TcpListener::bind(config.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| ServeError::Listen {
+}
+
+impl Server {
+    /// Creates the data directory, opens (and migrates) the store, makes the first-start
+    /// credentials and the certificate if needed, and binds the listening socket.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        create_data_dir(&config.data_dir)?;
+        let store = Store::open(&config.data_dir).await?;
+        let bootstrap = store.bootstrap().await?;
+        let tls = crate::tls::server_config(&config.tls, &config.data_dir, config.listen)
+            .await
+            .map_err(ServeError::Tls)?;
+        let listener = std::net::TcpListener::bind(config.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| ServeError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServeError::Listen {
             addr: config.listen,
             source,
         })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+        Ok(Server {
+            config,
+            store,
+            tls,
+            listener,
+            local,
+            bootstrap,
+        })
+    }
 
-    warn!("dataplane: none — control plane only, no traffic is forwarded");
-    let state = AppState::new(
-        store.clone(),
-        ServerInfo {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            dataplane: "none".to_owned(),
-        },
-    );
-    let sweeper = tokio::spawn(sweep_holds(store.clone()));
+    /// The address actually bound (the port of `:0` resolved).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local
+    }
+
+    /// The first-start credentials, when this start made them.
+    pub fn bootstrap(&self) -> Option<&Bootstrap> {
+        self.bootstrap.as_ref()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        warn!("dataplane: none — control plane only, no traffic is forwarded");
+        let state = AppState::new(
+            self.store.clone(),
+            ServerInfo {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                dataplane: "none".to_owned(),
+            },
+        );
+        let sweeper = tokio::spawn(sweep_holds(self.store.clone()));
+        info!(address = %self.local, data_dir = %self.config.data_dir.display(), "edgelb started");
+        let served = http::serve(
+            self.listener,
+            self.tls,
+            http::app(state),
+            shutdown,
+            self.config.shutdown_grace,
+        )
+        .await;
+        sweeper.abort();
+        info!("edgelb stopped");
+        served.map_err(ServeError::Serve)
+    }
+}
+
+/// `edgelb serve`: binds, shows the first-start credentials once, and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let server = Server::bind(config).await?;
+    if let Some(b) = server.bootstrap() {
+        print_bootstrap(b);
+    }
     // A stable line for people and scripts (and tests that listen on port 0).
-    eprintln!("edgelb: listening on https://{local}");
-    info!(address = %local, data_dir = %config.data_dir.display(), "edgelb started");
-    let served = http::serve(listener, tls, http::app(state), shutdown, config.shutdown_grace).await;
-    sweeper.abort();
-    info!("edgelb stopped");
-    served.map_err(ServeError::Serve)
+    eprintln!("edgelb: listening on https://{}", server.local_addr());
+    server.serve(shutdown).await
 }
 
 async fn sweep_holds(store: Store) {

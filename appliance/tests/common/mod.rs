@@ -1,0 +1,182 @@
+//! A real appliance for integration tests: its own SQLite file in a temporary directory,
+//! real HTTPS on a loopback port, and a client that verifies the appliance's self-signed
+//! certificate (no "accept anything" shortcut).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edgelb::config::{Config, LogFormat, TlsSource};
+use edgelb::server::Server;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub struct TestAppliance {
+    pub url: String,
+    pub addr: SocketAddr,
+    /// The admin token made on first start.
+    pub admin: String,
+    /// The admin console password made on first start.
+    pub admin_password: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn config(data_dir: PathBuf) -> Config {
+    Config {
+        data_dir,
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        tls: TlsSource::SelfSigned,
+        log_format: LogFormat::Text,
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// A client trusting exactly the appliance's certificate in `data_dir`.
+pub fn client_for(data_dir: &std::path::Path) -> reqwest::Client {
+    let pem = std::fs::read(data_dir.join(edgelb::tls::SELF_SIGNED_CERT)).expect("self-signed certificate");
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("pem")])
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+impl TestAppliance {
+    pub async fn start() -> TestAppliance {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let mut app = TestAppliance::start_in(data_dir).await;
+        app._dir = Some(dir);
+        app
+    }
+
+    /// Starts on an existing or new data directory (kept by the caller).
+    pub async fn start_in(data_dir: PathBuf) -> TestAppliance {
+        edgelb::tls::install_crypto_provider();
+        let server = Server::bind(config(data_dir.clone())).await.expect("appliance binds");
+        let addr = server.local_addr();
+        let (admin, admin_password) = match server.bootstrap() {
+            Some(b) => (b.token.clone(), b.password.clone()),
+            None => (String::new(), String::new()),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("serve");
+        });
+        let client = client_for(&data_dir);
+        TestAppliance {
+            url: format!("https://localhost:{}", addr.port()),
+            addr,
+            admin,
+            admin_password,
+            client,
+            data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Stops serving (letting in-flight requests finish) and waits for it.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task");
+        }
+        self._dir.take()
+    }
+
+    /// Sends a request with a bearer token and a JSON body; returns status and JSON (or Null).
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.url));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request reaches the appliance");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, token, None).await
+    }
+
+    /// Creates a token of `role` (bound to `cluster` for agents) and returns its secret.
+    pub async fn token(&self, name: &str, role: &str, cluster: Option<&str>) -> String {
+        let (s, v) = self
+            .post(
+                "/api/v1/tokens",
+                &self.admin,
+                serde_json::json!({"name": name, "role": role, "cluster": cluster}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "token creation: {v}");
+        v["secret"].as_str().expect("secret").to_owned()
+    }
+
+    pub async fn pool(&self, name: &str, ranges: &[&str]) -> Value {
+        let (s, v) = self
+            .post(
+                "/api/v1/pools",
+                &self.admin,
+                serde_json::json!({"name": name, "ranges": ranges}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "pool creation: {v}");
+        v
+    }
+
+    pub async fn cluster(&self, name: &str) {
+        let (s, v) = self
+            .post("/api/v1/clusters", &self.admin, serde_json::json!({"name": name}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "cluster creation: {v}");
+    }
+}
+
+/// A minimal valid Service spec with one TCP port.
+pub fn service_spec(uid: &str) -> Value {
+    serde_json::json!({
+        "uid": uid,
+        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "node_port": 30080}],
+    })
+}

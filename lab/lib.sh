@@ -1,0 +1,228 @@
+# shellcheck shell=sh
+# lab/lib.sh: the scenario library of the kernel lab, sourced by lab/scenarios/*.sh inside the
+# guest. It owns the standard topology (network namespaces joined by veth pairs and bridges,
+# with real packets between them), the helpers to act in a namespace and to speak HTTP from the
+# client, and the assertions that print FAIL lines. It must never touch IPVS or nftables state
+# of the appliance on its own: scenarios (or the program under test) do that explicitly.
+#
+# Topology (addresses are variables below):
+#
+#   client 10.0.0.2/24 ──br-front── 10.0.0.1/24 appliance 10.1.0.1/24 ──br-back── n1 10.1.0.11
+#   (default via 10.0.0.1)          (VIP 10.0.0.100 on                            n2 10.1.0.12
+#                                    `front` when added)                          n3 10.1.0.13
+#
+# The nodes' default route is 10.1.0.254, an address nobody holds: replies to the client never go
+# back through the appliance by routing, so forwarding works only with full NAT (IPVS masquerade
+# plus an nftables masquerade by destination on the appliance; see KERNEL-LAB.md).
+
+# Debian's static busybox runs its own applets first, and its `ip` has no netns: always use the
+# full path to iproute2's. For `ip` itself prefer `$IP -n NS ...` to `in_ns NS $IP ...`: it skips
+# the mount namespace `ip netns exec` sets up, which is slow under TCG.
+IP=/usr/sbin/ip
+
+LAB_NODES="n1 n2 n3"
+LAB_CLIENT_ADDR=10.0.0.2
+LAB_FRONT_ADDR=10.0.0.1
+LAB_FRONT_PREFIX=24
+LAB_VIP=10.0.0.100
+LAB_BACK_ADDR=10.1.0.1
+LAB_BACK_PREFIX=24
+LAB_NODE_GATEWAY=10.1.0.254
+LAB_NODEPORT=30080
+LAB_HTTP_TIMEOUT=${LAB_HTTP_TIMEOUT:-5}
+
+LAB_FAILURES=0
+
+log() { echo "lab: $*"; }
+
+# A failed check: the scenario goes on, and fails at lab_done.
+fail() {
+    echo "FAIL: $*"
+    LAB_FAILURES=$((LAB_FAILURES + 1))
+}
+
+# A failed precondition: nothing after it can mean anything.
+die() {
+    echo "FAIL: $*"
+    exit 1
+}
+
+# Runs a command that must succeed, echoing it first.
+must() {
+    echo "+ $*"
+    "$@" || die "command failed (exit $?): $*"
+}
+
+# Ends the scenario: exit 0 only if no check failed.
+lab_done() {
+    if [ "$LAB_FAILURES" -ne 0 ]; then
+        echo "lab: $LAB_FAILURES check(s) failed"
+        exit 1
+    fi
+    log "all checks passed"
+    exit 0
+}
+
+# Marks a point in time for `cargo xtask kernel-lab --bench`.
+lab_bench() {
+    [ "${LAB_BENCH:-0}" = 1 ] && echo "EDGELB-LAB-BENCH name=$1 uptime=$(cut -d' ' -f1 /proc/uptime)"
+    return 0
+}
+
+# in_ns NS CMD [ARG...]: runs CMD inside network namespace NS.
+in_ns() {
+    _ns=$1
+    shift
+    "$IP" netns exec "$_ns" "$@"
+}
+
+# Address of a node: n1 -> 10.1.0.11.
+node_addr() {
+    echo "10.1.0.1${1#n}"
+}
+
+# --- assertions -----------------------------------------------------------------------------
+
+# assert_eq WHAT EXPECTED ACTUAL
+assert_eq() {
+    if [ "$2" = "$3" ]; then
+        echo "ok: $1"
+    else
+        fail "$1: expected '$2', got '$3'"
+    fi
+}
+
+# assert_contains WHAT HAYSTACK NEEDLE
+assert_contains() {
+    case "$2" in
+        *"$3"*) echo "ok: $1" ;;
+        *) fail "$1: '$3' not found in: $2" ;;
+    esac
+}
+
+# assert_ok WHAT CMD [ARG...]: CMD must exit 0.
+assert_ok() {
+    _what=$1
+    shift
+    if "$@"; then
+        echo "ok: $_what"
+    else
+        fail "$_what: command failed (exit $?): $*"
+    fi
+}
+
+# assert_fails WHAT CMD [ARG...]: CMD must exit non-zero.
+assert_fails() {
+    _what=$1
+    shift
+    if "$@"; then
+        fail "$_what: command succeeded but should have failed: $*"
+    else
+        echo "ok: $_what"
+    fi
+}
+
+# --- topology -------------------------------------------------------------------------------
+
+# lab_ns NAME: a network namespace with loopback up.
+lab_ns() {
+    must "$IP" netns add "$1"
+    must "$IP" -n "$1" link set lo up
+}
+
+# lab_bridge NAME: a bridge in the guest's root namespace (the "switch"), no address.
+lab_bridge() {
+    must "$IP" link add "$1" type bridge
+    must "$IP" link set "$1" up
+}
+
+# lab_plug NS IFNAME HOSTIF BRIDGE ADDR/PREFIX: a veth pair whose IFNAME end lives in NS with
+# ADDR, and whose HOSTIF end is a port of BRIDGE in the root namespace.
+lab_plug() {
+    must "$IP" link add "$3" type veth peer name "$2" netns "$1"
+    must "$IP" link set "$3" master "$4" up
+    must "$IP" -n "$1" addr add "$5" dev "$2"
+    must "$IP" -n "$1" link set "$2" up
+}
+
+# lab_topology: client, appliance and nodes, wired as drawn at the top of this file.
+lab_topology() {
+    lab_bridge br-front
+    lab_bridge br-back
+    lab_ns client
+    lab_plug client eth0 c-eth0 br-front "$LAB_CLIENT_ADDR/$LAB_FRONT_PREFIX"
+    must "$IP" -n client route add default via "$LAB_FRONT_ADDR"
+    lab_ns appliance
+    lab_plug appliance front a-front br-front "$LAB_FRONT_ADDR/$LAB_FRONT_PREFIX"
+    lab_plug appliance back a-back br-back "$LAB_BACK_ADDR/$LAB_BACK_PREFIX"
+    for _n in $LAB_NODES; do
+        lab_ns "$_n"
+        lab_plug "$_n" eth0 "$_n-eth0" br-back "$(node_addr "$_n")/$LAB_BACK_PREFIX"
+        must "$IP" -n "$_n" route add default via "$LAB_NODE_GATEWAY" dev eth0
+    done
+    lab_bench topology-up
+}
+
+# lab_add_vip [ADDR]: puts the VIP on the appliance's client side, as the appliance would.
+lab_add_vip() {
+    must "$IP" -n appliance addr add "${1:-$LAB_VIP}/32" dev front
+}
+
+# lab_appliance_forwarding: routing on, and conntrack for IPVS so nftables NAT sees its flows.
+lab_appliance_forwarding() {
+    must in_ns appliance sysctl -q -w net.ipv4.ip_forward=1
+    must in_ns appliance sysctl -q -w net.ipv4.vs.conntrack=1
+}
+
+# lab_masquerade_nodes: source NAT to the appliance's address for packets to the nodes. It must
+# match by destination: IPVS translates addresses itself, so `ct status dnat` never matches.
+lab_masquerade_nodes() {
+    _set=
+    for _n in $LAB_NODES; do
+        _set="${_set:+$_set, }$(node_addr "$_n")"
+    done
+    must in_ns appliance nft -f - <<NFT
+table ip lab_nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        ip daddr { $_set } masquerade
+    }
+}
+NFT
+}
+
+# lab_nodes_serve [PORT]: busybox httpd on every node, serving "node=<name>" on PORT, and waits
+# until each answers from the appliance (which proves the back side works without IPVS).
+lab_nodes_serve() {
+    _port=${1:-$LAB_NODEPORT}
+    for _n in $LAB_NODES; do
+        mkdir -p "/srv/$_n"
+        echo "node=$_n" >"/srv/$_n/index.html"
+        must in_ns "$_n" httpd -p "$_port" -h "/srv/$_n"
+    done
+    for _n in $LAB_NODES; do
+        _url="http://$(node_addr "$_n"):$_port/"
+        _i=0
+        until [ "$(in_ns appliance timeout "$LAB_HTTP_TIMEOUT" wget -q -O - "$_url" 2>/dev/null)" = "node=$_n" ]; do
+            _i=$((_i + 1))
+            [ "$_i" -lt 50 ] || die "node $_n does not answer on $_url"
+            sleep 0.1
+        done
+    done
+    lab_bench nodes-serving
+}
+
+# http_get URL: GET from the client namespace; prints the body, fails (non-zero) on any error
+# or after LAB_HTTP_TIMEOUT seconds.
+http_get() {
+    in_ns client timeout "$LAB_HTTP_TIMEOUT" wget -q -O - "$1"
+}
+
+# lab_dump: the appliance's view, for the log when something failed.
+lab_dump() {
+    echo "--- appliance state ---"
+    in_ns appliance ipvsadm -Ln --stats
+    in_ns appliance nft list ruleset
+    "$IP" -n appliance -br addr
+    echo "-----------------------"
+}
