@@ -360,6 +360,9 @@ pub struct SyncService {
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub ips: Vec<IpAddr>,
+    /// The Service's sharing key, so Services sharing an address reserve it together.
+    #[serde(default)]
+    pub sharing_key: Option<String>,
 }
 
 /// The agent's complete list of its cluster's Services (`POST /api/v1/clusters/{cluster}/sync`).

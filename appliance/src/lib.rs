@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dataplane;
 pub mod http;
 pub mod ipam;
 pub mod server;

@@ -63,6 +63,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
+        // After every route: it applies to the routes present when it is called.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -75,6 +77,14 @@ pub fn app(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint: see /api/v1/openapi.json for the API's paths")
+}
+
+/// A known path with a method it does not take; axum adds the `Allow` header.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this path does not take that method: the Allow header lists those it takes",
+    )
 }
 
 /// Liveness: the process serves requests.

@@ -642,9 +642,14 @@ impl Ipam {
         {
             for ip in ips {
                 let info = &self.addrs[ip];
+                // Sharing must not bypass the pool's cluster/namespace restriction, which a
+                // request for the same address by name is held to.
                 if info.held.is_none()
                     && IpFamily::of(&from_u128(*ip)) == family
-                    && self.pools.get(&info.pool).is_some_and(fits)
+                    && self
+                        .pools
+                        .get(&info.pool)
+                        .is_some_and(|p| fits(p) && p.allows(&req.key.cluster, &req.key.namespace))
                 {
                     self.check_ports(req, *ip)?;
                     return Ok(Assign {
@@ -726,11 +731,14 @@ impl Ipam {
     /// Reserves `ip` for a Service seen in a cluster's status at start-up, before any new
     /// allocation. A Service that holds another address of that family is a conflict: the
     /// appliance's record wins and the agent is told.
+    /// `sharing_key` (from the Service's annotation) lets it join Services already reserved
+    /// on that address with the same key; their ports are checked when the specs arrive.
     pub fn decide_reserve(
         &self,
         key: &ServiceKey,
         uid: &str,
         ip: IpAddr,
+        sharing_key: Option<&str>,
         now: i64,
     ) -> Result<Option<Assign>, IpamError> {
         let n = to_u128(ip);
@@ -753,9 +761,10 @@ impl Ipam {
             pool: None,
             requested: &requested,
             families: &families,
-            sharing_key: None,
+            sharing_key,
             ports: &[],
         };
+        check_request(&req)?;
         self.take_requested(&req, ip, now).map(Some)
     }
 
@@ -862,6 +871,16 @@ fn check_request(req: &Request<'_>) -> Result<(), IpamError> {
         return invalid("ip_families", format!("ip_families names {} twice", req.families[0]));
     }
     for (i, ip) in req.requested.iter().enumerate() {
+        // `::ffff:a.b.c.d` is the IPv4 address on the shared number line: taken as IPv6 it would
+        // give an IPv4 address for the IPv6 family and break asking again.
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return invalid(
+                &format!("requested_ips[{i}]"),
+                format!("{ip} is an IPv4-mapped IPv6 address: write it as {v4}"),
+            );
+        }
         let family = IpFamily::of(ip);
         if !req.families.contains(&family) {
             return invalid(

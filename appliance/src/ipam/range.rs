@@ -43,9 +43,9 @@ impl IpRange {
                 IpAddr::V4(_) => 32,
                 IpAddr::V6(_) => 128,
             };
-            let len: u32 = len
-                .parse()
-                .ok()
+            let len: u32 = Some(len)
+                .filter(|l| !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|l| l.parse().ok())
                 .filter(|l| *l <= max)
                 .ok_or_else(|| format!("'{text}': prefix length must be a number from 0 to {max}"))?;
             let host_bits = max - len;

@@ -1485,7 +1485,13 @@ fn dual_stack_gets_one_address_of_each_family_in_order() {
     assert_eq!(
         ipam.addresses_of(&v6_first.key),
         vec![num("10.0.0.1"), num("2001:db8::1")]
-    );
+    ); // A single-stack Service turning dual-stack keeps its address and gains one.
+    let single = svc("prod", "default", "db");
+    alloc_one(&mut ipam, &single, NOW);
+    let d = alloc(&mut ipam, &single.clone().families(&[V4, V6]), NOW).expect("dual");
+    let got: Vec<(String, How)> = d.assign.iter().map(|a| (shown(a.ip), a.how)).collect();
+    assert_eq!(got, [("10.0.0.2".into(), How::Keep), ("2001:db8::2".into(), How::New)]);
+    assert!(d.release.is_empty());
 }
 
 #[test]
@@ -1544,7 +1550,7 @@ fn reserving_addresses_from_status_follows_the_same_rules() {
     let mut v4 = ipam(&[spec("p", &["10.0.0.0/24"])]);
     let web = ServiceKey::new("prod", "default", "web");
     let a = v4
-        .decide_reserve(&web, "u1", ip("10.0.0.7"), NOW)
+        .decide_reserve(&web, "u1", ip("10.0.0.7"), None, NOW)
         .expect("free")
         .expect("new");
     assert_eq!(
@@ -1560,25 +1566,27 @@ fn reserving_addresses_from_status_follows_the_same_rules() {
         },
     );
     assert_eq!(
-        v4.decide_reserve(&web, "u1", ip("10.0.0.7"), NOW),
+        v4.decide_reserve(&web, "u1", ip("10.0.0.7"), None, NOW),
         Ok(None),
         "already its own"
     );
     let m = v4
-        .decide_reserve(&web, "u1", ip("10.0.0.8"), NOW)
+        .decide_reserve(&web, "u1", ip("10.0.0.8"), None, NOW)
         .expect_err("holds another");
     assert!(
         matches!(&m, IpamError::Conflict(m) if m.contains("holds 10.0.0.7 for Service prod/default/web")),
         "{m:?}"
     );
     let other = ServiceKey::new("prod", "default", "api");
-    let m = v4.decide_reserve(&other, "u2", ip("10.0.0.7"), NOW).expect_err("taken");
+    let m = v4
+        .decide_reserve(&other, "u2", ip("10.0.0.7"), None, NOW)
+        .expect_err("taken");
     assert!(
         matches!(&m, IpamError::Conflict(m) if m.contains("already allocated to Service prod/default/web")),
         "{m:?}"
     );
     let m = v4
-        .decide_reserve(&other, "u2", ip("192.0.2.1"), NOW)
+        .decide_reserve(&other, "u2", ip("192.0.2.1"), None, NOW)
         .expect_err("outside");
     assert!(
         matches!(&m, IpamError::Unprocessable(m) if m.contains("outside every pool")),
@@ -1598,7 +1606,7 @@ fn reserving_addresses_from_status_follows_the_same_rules() {
         },
     );
     assert!(
-        dual.decide_reserve(&web, "u1", ip("2001:db8::7"), NOW)
+        dual.decide_reserve(&web, "u1", ip("2001:db8::7"), None, NOW)
             .expect("v6")
             .is_some()
     );
@@ -1768,4 +1776,39 @@ fn a_stranding_message_lists_ten_addresses_and_counts_the_rest() {
         "{m}"
     );
     assert!(!m.contains("10.0.0.10 ("), "{m}");
+}
+
+#[test]
+fn sharing_does_not_bypass_a_pools_namespace_restriction() {
+    let mut ipam = ipam(&[
+        with(spec("team-a", &["10.0.0.0/24"]), |s| {
+            s.namespaces = vec!["team-a".into()];
+            s.priority = 10;
+        }),
+        spec("open", &["10.1.0.0/24"]),
+    ]);
+    alloc_one(&mut ipam, &svc("prod", "team-a", "web").share("k", &[80]), NOW);
+    // Another namespace with the same key gets an address of a pool it may use.
+    let other = svc("prod", "team-b", "tls").share("k", &[443]);
+    assert_eq!(alloc_one(&mut ipam, &other, NOW), ("10.1.0.0".into(), How::New));
+    // The same namespace still shares.
+    let same = svc("prod", "team-a", "tls").share("k", &[443]);
+    assert_eq!(alloc_one(&mut ipam, &same, NOW), ("10.0.0.0".into(), How::Share));
+}
+
+#[test]
+fn an_ipv4_mapped_requested_address_is_refused() {
+    let mut ipam = ipam(&[spec("p", &["10.0.0.0/24", "2001:db8::/64"])]);
+    let ask = svc("prod", "default", "web").families(&[V6]).want(&["::ffff:10.0.0.5"]);
+    match alloc(&mut ipam, &ask, NOW) {
+        Err(IpamError::Invalid { field, message }) => {
+            assert_eq!(field, "requested_ips[0]");
+            assert!(message.contains("write it as 10.0.0.5"), "{message}");
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    let key = ServiceKey::new("prod", "default", "web");
+    let reserve = ipam.decide_reserve(&key, "u", ip("::ffff:10.0.0.5"), None, NOW);
+    assert!(matches!(reserve, Err(IpamError::Invalid { .. })), "{reserve:?}");
+    assert!(ipam.is_empty());
 }

@@ -73,6 +73,11 @@ fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
+/// What an unknown user's password is checked against, so that the answer takes as long as
+/// for a real user.
+static UNKNOWN_USER_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password("no user has this password").unwrap_or_default());
+
 /// A random password a person can type: 20 characters of an unambiguous alphabet (~100 bits).
 fn new_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -329,7 +334,16 @@ impl Store {
         // Verify against a hash even for an unknown user, so timing does not tell who exists.
         let (hash, role) = row.unwrap_or_else(|| (String::new(), String::new()));
         let pw = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || !hash.is_empty() && verify_password(&pw, &hash)).await?;
+        let ok = tokio::task::spawn_blocking(move || {
+            if hash.is_empty() {
+                // Same work as for a real user, answer always no.
+                let _ = verify_password(&pw, &UNKNOWN_USER_HASH);
+                false
+            } else {
+                verify_password(&pw, &hash)
+            }
+        })
+        .await?;
         match (ok, Role::parse(&role)) {
             (true, Some(role)) => Ok(Some(Principal {
                 actor: format!("user:{name}"),

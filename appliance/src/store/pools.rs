@@ -131,14 +131,23 @@ impl Store {
 
     /// (allocated, held) per pool; expired holds count as free.
     async fn usage_counts(&self, pool: Option<&str>) -> Result<BTreeMap<String, (u64, u64)>> {
-        let rows = sqlx::query(
-            "SELECT pool, SUM(state = 'allocated'), SUM(state = 'held' AND held_until > ?1) FROM addresses \
-             WHERE ?2 IS NULL OR pool = ?2 GROUP BY pool",
-        )
-        .bind(super::now())
-        .bind(pool)
-        .fetch_all(self.read())
-        .await?;
+        const COUNTS: &str =
+            "SELECT pool, SUM(state = 'allocated'), SUM(state = 'held' AND held_until > ?) FROM addresses";
+        let rows = match pool {
+            Some(p) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("{COUNTS} WHERE pool = ? GROUP BY pool")))
+                    .bind(super::now())
+                    .bind(p)
+                    .fetch_all(self.read())
+                    .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("{COUNTS} GROUP BY pool")))
+                    .bind(super::now())
+                    .fetch_all(self.read())
+                    .await?
+            }
+        };
         let mut out = BTreeMap::new();
         for row in rows {
             let a: i64 = row.try_get(1)?;

@@ -38,8 +38,9 @@ fn parse_cidr(s: &str) -> Result<(), String> {
         .parse()
         .map_err(|_| format!("'{s}': '{addr}' is not an IP address"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
+    let digits = !len.is_empty() && len.len() <= 3 && len.bytes().all(|b| b.is_ascii_digit());
     match len.parse::<u8>() {
-        Ok(l) if l <= max => Ok(()),
+        Ok(l) if digits && l <= max => Ok(()),
         _ => Err(format!("'{s}': prefix length must be from 0 to {max}")),
     }
 }
@@ -454,9 +455,10 @@ impl Store {
                     sharing_key: spec.sharing_key.as_deref(),
                     ports: &ports,
                 };
-                let decision = w.ipam.decide(&req, now)?;
                 let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                // An unknown cluster is what the client must fix first, whatever the pools say.
                 require_cluster(&mut tx, &key.cluster).await?;
+                let decision = w.ipam.decide(&req, now)?;
                 let old: Option<(String, Option<String>)> =
                     sqlx::query_as("SELECT uid, spec FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
                         .bind(&key.cluster)
@@ -567,13 +569,23 @@ impl Store {
 
     /// Every Service of a cluster, or of all clusters.
     pub async fn list_services(&self, cluster: Option<&str>) -> Result<Vec<Service>> {
-        let rows: Vec<ServiceRow> = sqlx::query_as(
-            "SELECT cluster, namespace, name, uid, spec, updated_at FROM services WHERE ?1 IS NULL OR cluster = ?1 \
-             ORDER BY cluster, namespace, name",
-        )
-        .bind(cluster)
-        .fetch_all(self.read())
-        .await?;
+        // Separate statements, not `?1 IS NULL OR ...`, so SQLite can use the primary key.
+        const ALL: &str = "SELECT cluster, namespace, name, uid, spec, updated_at FROM services";
+        let rows: Vec<ServiceRow> = match cluster {
+            Some(c) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{ALL} WHERE cluster = ? ORDER BY namespace, name"
+                )))
+                .bind(c)
+                .fetch_all(self.read())
+                .await?
+            }
+            None => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("{ALL} ORDER BY cluster, namespace, name")))
+                    .fetch_all(self.read())
+                    .await?
+            }
+        };
         let mut by_cluster: BTreeMap<String, BTreeMap<(String, String), Vec<AssignedIp>>> = BTreeMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -595,16 +607,26 @@ impl Store {
         cluster: &str,
         one: Option<(&str, &str)>,
     ) -> Result<BTreeMap<(String, String), Vec<AssignedIp>>> {
-        let (ns, name) = one.unzip();
-        let rows = sqlx::query(
-            "SELECT sa.namespace, sa.name, sa.ip, a.pool FROM service_addresses sa JOIN addresses a USING (ip) \
-             WHERE sa.cluster = ?1 AND (?2 IS NULL OR (sa.namespace = ?2 AND sa.name = ?3)) ORDER BY sa.ip",
-        )
-        .bind(cluster)
-        .bind(ns)
-        .bind(name)
-        .fetch_all(self.read())
-        .await?;
+        const SELECT: &str = "SELECT sa.namespace, sa.name, sa.ip, a.pool FROM service_addresses sa \
+             JOIN addresses a USING (ip) WHERE sa.cluster = ?";
+        let rows = match one {
+            Some((ns, name)) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{SELECT} AND sa.namespace = ? AND sa.name = ? ORDER BY sa.ip"
+                )))
+                .bind(cluster)
+                .bind(ns)
+                .bind(name)
+                .fetch_all(self.read())
+                .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY sa.ip")))
+                    .bind(cluster)
+                    .fetch_all(self.read())
+                    .await?
+            }
+        };
         let mut out: BTreeMap<(String, String), Vec<AssignedIp>> = BTreeMap::new();
         for row in rows {
             let ip = from_u128(blob_ip(row.try_get::<&[u8], _>(2)?)?);
@@ -666,7 +688,7 @@ impl Store {
                         let key = ServiceKey::new(&cluster, &s.namespace, &s.name);
                         let mut any = false;
                         for ip in &s.ips {
-                            match ipam.decide_reserve(&key, &s.uid, *ip, now) {
+                            match ipam.decide_reserve(&key, &s.uid, *ip, s.sharing_key.as_deref(), now) {
                                 Ok(None) => any = true,
                                 Ok(Some(assign)) => {
                                     sqlx::query(
@@ -688,10 +710,10 @@ impl Store {
                                         pool: None,
                                         requested: &[],
                                         families: &families,
-                                        sharing_key: None,
+                                        sharing_key: s.sharing_key.as_deref(),
                                         ports: &[],
                                     };
-                                    write_decision(&mut tx, &key, &s.uid, None, &d, now).await?;
+                                    write_decision(&mut tx, &key, &s.uid, s.sharing_key.as_deref(), &d, now).await?;
                                     ipam.apply(&req, &d);
                                     any = true;
                                     count += 1;
@@ -839,26 +861,68 @@ impl Store {
             None => None,
         };
         let limit = f.limit.clamp(1, 1000);
-        let rows = sqlx::query(
-            "SELECT a.ip, a.pool, a.cluster, a.sharing_key, a.state, a.held_namespace, a.held_name, a.held_uid, a.held_until, a.since \
-             FROM addresses a WHERE (?1 IS NULL OR a.ip > ?1) AND (?2 IS NULL OR a.pool = ?2) AND (?3 IS NULL OR a.cluster = ?3) \
-             AND (?4 IS NULL OR a.ip = ?4) \
-             AND (?5 IS NULL OR a.held_namespace = ?5 OR EXISTS (SELECT 1 FROM service_addresses sa WHERE sa.ip = a.ip AND sa.namespace = ?5)) \
-             AND (?6 IS NULL OR a.held_name = ?6 OR EXISTS (SELECT 1 FROM service_addresses sa WHERE sa.ip = a.ip AND sa.name = ?6)) \
-             ORDER BY a.ip LIMIT ?7",
-        )
-        .bind(after)
-        .bind(&f.pool)
-        .bind(&f.cluster)
-        .bind(f.ip.map(|ip| ip_blob(to_u128(ip))))
-        .bind(&f.namespace)
-        .bind(&f.service)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.read())
-        .await?;
+        // Only the filters given go into the statement, so SQLite can use its indexes.
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT a.ip, a.pool, a.cluster, a.sharing_key, a.state, a.held_namespace, a.held_name, a.held_uid, \
+             a.held_until, a.since FROM addresses a WHERE 1 = 1",
+        );
+        if let Some(after) = after {
+            q.push(" AND a.ip > ").push_bind(after);
+        }
+        if let Some(pool) = &f.pool {
+            q.push(" AND a.pool = ").push_bind(pool.clone());
+        }
+        if let Some(cluster) = &f.cluster {
+            q.push(" AND a.cluster = ").push_bind(cluster.clone());
+        }
+        if let Some(ip) = f.ip {
+            q.push(" AND a.ip = ").push_bind(ip_blob(to_u128(ip)));
+        }
+        if f.namespace.is_some() || f.service.is_some() {
+            // A held address matches by the Service it is held for; an allocated one when one
+            // Service using it matches both filters.
+            q.push(" AND ((a.state = 'held'");
+            if let Some(ns) = &f.namespace {
+                q.push(" AND a.held_namespace = ").push_bind(ns.clone());
+            }
+            if let Some(name) = &f.service {
+                q.push(" AND a.held_name = ").push_bind(name.clone());
+            }
+            q.push(") OR EXISTS (SELECT 1 FROM service_addresses sa WHERE sa.ip = a.ip");
+            if let Some(ns) = &f.namespace {
+                q.push(" AND sa.namespace = ").push_bind(ns.clone());
+            }
+            if let Some(name) = &f.service {
+                q.push(" AND sa.name = ").push_bind(name.clone());
+            }
+            q.push("))");
+        }
+        q.push(" ORDER BY a.ip LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(self.read()).await?;
         let more = rows.len() > limit as usize;
-        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-        for row in rows.iter().take(limit as usize) {
+        let rows = &rows[..rows.len().min(limit as usize)];
+        // The users of every address on the page, in one query over the page's address span.
+        let mut owners: BTreeMap<Vec<u8>, Vec<AllocationOwner>> = BTreeMap::new();
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            let (lo, hi): (&[u8], &[u8]) = (first.try_get(0)?, last.try_get(0)?);
+            let links: Vec<(Vec<u8>, String, String, String)> = sqlx::query_as(
+                "SELECT sa.ip, sa.namespace, sa.name, s.uid FROM service_addresses sa \
+                 JOIN services s USING (cluster, namespace, name) WHERE sa.ip BETWEEN ? AND ? \
+                 ORDER BY sa.ip, sa.namespace, sa.name",
+            )
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(self.read())
+            .await?;
+            for (ip, namespace, name, uid) in links {
+                owners
+                    .entry(ip)
+                    .or_default()
+                    .push(AllocationOwner { namespace, name, uid });
+            }
+        }
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
             let blob: &[u8] = row.try_get(0)?;
             let state: String = row.try_get(4)?;
             let services = if state == "held" {
@@ -868,17 +932,7 @@ impl Store {
                     uid: row.try_get::<Option<String>, _>(7)?.unwrap_or_default(),
                 }]
             } else {
-                let owners: Vec<(String, String, String)> = sqlx::query_as(
-                    "SELECT sa.namespace, sa.name, s.uid FROM service_addresses sa JOIN services s USING (cluster, namespace, name) \
-                     WHERE sa.ip = ? ORDER BY sa.namespace, sa.name",
-                )
-                .bind(blob)
-                .fetch_all(self.read())
-                .await?;
-                owners
-                    .into_iter()
-                    .map(|(namespace, name, uid)| AllocationOwner { namespace, name, uid })
-                    .collect()
+                owners.remove(blob).unwrap_or_default()
             };
             items.push(Allocation {
                 ip: from_u128(blob_ip(blob)?),
@@ -906,23 +960,29 @@ impl Store {
     /// The audit log, newest first; the cursor is the id of the last entry of the previous page.
     pub async fn list_audit(&self, f: &AuditFilter) -> Result<Page<AuditEntry>> {
         let limit = f.limit.clamp(1, 1000);
-        let rows = sqlx::query(
-            "SELECT id, time, actor, action, object, before, after FROM audit WHERE (?1 IS NULL OR id < ?1) \
-             AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR object = ?3 OR object LIKE ?3 || '/%' ESCAPE '\\') \
-             AND (?4 IS NULL OR time >= ?4) AND (?5 IS NULL OR time <= ?5) ORDER BY id DESC LIMIT ?6",
-        )
-        .bind(f.cursor)
-        .bind(&f.actor)
-        .bind(
-            f.object
-                .as_ref()
-                .map(|o| o.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")),
-        )
-        .bind(f.since)
-        .bind(f.until)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.read())
-        .await?;
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT id, time, actor, action, object, before, after FROM audit WHERE 1 = 1",
+        );
+        if let Some(c) = f.cursor {
+            q.push(" AND id < ").push_bind(c);
+        }
+        if let Some(a) = &f.actor {
+            q.push(" AND actor = ").push_bind(a.clone());
+        }
+        if let Some(o) = &f.object {
+            let escaped = o.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            q.push(" AND (object = ").push_bind(o.clone());
+            q.push(" OR object LIKE ").push_bind(format!("{escaped}/%"));
+            q.push(" ESCAPE '\\')");
+        }
+        if let Some(t) = f.since {
+            q.push(" AND time >= ").push_bind(t);
+        }
+        if let Some(t) = f.until {
+            q.push(" AND time <= ").push_bind(t);
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(self.read()).await?;
         let more = rows.len() > limit as usize;
         let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
         let mut items = Vec::new();

@@ -180,3 +180,79 @@ pub fn service_spec(uid: &str) -> Value {
         "ports": [{"name": "http", "protocol": "TCP", "port": 80, "node_port": 30080}],
     })
 }
+
+/// A request body for [`TestAppliance::send`].
+pub enum Body {
+    None,
+    Json(Value),
+    /// Bytes sent as they are, with this `Content-Type` (or none when empty).
+    Raw(&'static str, Vec<u8>),
+}
+
+/// A whole answer: status, headers and body, for tests that look past the JSON.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    /// The body parsed as JSON, or `Null` when it is not JSON.
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.header("content-type").unwrap_or("")
+    }
+}
+
+impl TestAppliance {
+    /// Sends any body (or none) and returns the whole answer.
+    pub async fn send(&self, method: Method, path: &str, token: &str, body: Body) -> Reply {
+        let mut req = self.client.request(method, format!("{}{path}", self.url));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        req = match body {
+            Body::None => req,
+            Body::Json(v) => req.json(&v),
+            Body::Raw("", bytes) => req.body(bytes),
+            Body::Raw(content_type, bytes) => req.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes),
+        };
+        let resp = req.send().await.expect("request reaches the appliance");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+}
+
+/// Asserts that `reply` is an `application/problem+json` document with `status` whose `detail`
+/// contains every one of `needles`; returns the document.
+#[track_caller]
+pub fn assert_problem(reply: &Reply, status: StatusCode, needles: &[&str]) -> Value {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert_eq!(
+        reply.content_type(),
+        "application/problem+json",
+        "{status} must be a problem document: {}",
+        reply.text
+    );
+    let p = &reply.json;
+    assert_eq!(p["status"], status.as_u16(), "{p}");
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(!detail.is_empty(), "a problem needs a detail: {p}");
+    for n in needles {
+        assert!(detail.contains(n), "detail should mention {n:?}: {detail}");
+    }
+    p.clone()
+}

@@ -1,0 +1,275 @@
+//! Allocation benchmark over real HTTPS against a real SQLite file:
+//!
+//! 1. allocations per second and p50/p99 latency at concurrency 1, 16 and 64;
+//! 2. the cost of one allocation in a /16 pool when it is empty, 10 %, 90 % and 99.9 % full;
+//! 3. allocations in an IPv6 /64 pool.
+//!
+//! Run: `cargo run --release -p edgelb --example bench_alloc` (prints a Markdown report).
+//! The appliance runs in this process on the same two cores as the client, so the numbers are
+//! a floor for a dedicated host; compare ratios within one run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use edgelb::config::{Config, LogFormat, TlsSource};
+use edgelb::server::Server;
+use edgelb_api::{ServicePort, ServiceSpec};
+use serde_json::json;
+
+struct Target {
+    url: String,
+    token: String,
+    client: reqwest::Client,
+    server: Arc<edgelb::store::Store>,
+}
+
+async fn start(dir: &std::path::Path) -> Target {
+    let config = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        tls: TlsSource::SelfSigned,
+        log_format: LogFormat::Text,
+        shutdown_grace: Duration::from_secs(1),
+    };
+    let server = Server::bind(config).await.expect("bind");
+    let token = server.bootstrap().expect("fresh data dir").token.clone();
+    let port = server.local_addr().port();
+    let store = Arc::new(server.store().clone());
+    tokio::spawn(async move { server.serve(std::future::pending()).await });
+    let pem = std::fs::read(dir.join(edgelb::tls::SELF_SIGNED_CERT)).expect("cert");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("pem")])
+        .pool_max_idle_per_host(128)
+        .build()
+        .expect("client");
+    Target {
+        url: format!("https://localhost:{port}"),
+        token,
+        client,
+        server: store,
+    }
+}
+
+fn spec(uid: &str) -> ServiceSpec {
+    ServiceSpec {
+        uid: uid.to_owned(),
+        ports: vec![ServicePort {
+            name: None,
+            protocol: edgelb_api::Protocol::Tcp,
+            port: 80,
+            node_port: 30080,
+        }],
+        external_traffic_policy: Default::default(),
+        health_check_node_port: None,
+        session_affinity: Default::default(),
+        session_affinity_timeout_seconds: None,
+        source_ranges: vec![],
+        pool: None,
+        requested_ips: vec![],
+        ip_families: vec![edgelb_api::IpFamily::Ipv4],
+        sharing_key: None,
+        scheduler: None,
+        local_nodes: None,
+    }
+}
+
+impl Target {
+    async fn post(&self, path: &str, body: serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    /// One allocation over HTTPS; returns its latency.
+    async fn allocate(&self, name: &str, family: &str) -> Duration {
+        let mut s = spec(name);
+        s.ip_families = vec![if family == "IPv6" {
+            edgelb_api::IpFamily::Ipv6
+        } else {
+            edgelb_api::IpFamily::Ipv4
+        }];
+        let start = Instant::now();
+        let r = self
+            .client
+            .put(format!("{}/api/v1/clusters/bench/services/default/{name}", self.url))
+            .bearer_auth(&self.token)
+            .json(&s)
+            .send()
+            .await
+            .expect("put");
+        let status = r.status();
+        let _ = r.bytes().await;
+        assert!(status.is_success(), "allocation {name}: {status}");
+        start.elapsed()
+    }
+
+    /// `total` allocations by `concurrency` workers; returns (allocations/s, latencies).
+    async fn storm(
+        self: &Arc<Self>,
+        prefix: &str,
+        family: &'static str,
+        total: usize,
+        concurrency: usize,
+    ) -> (f64, Vec<Duration>) {
+        // Warm every connection first, so handshakes are not timed.
+        let mut warm = Vec::new();
+        for _ in 0..concurrency {
+            let t = self.clone();
+            warm.push(tokio::spawn(async move {
+                let _ = t.client.get(format!("{}/healthz", t.url)).send().await;
+            }));
+        }
+        for w in warm {
+            let _ = w.await;
+        }
+        let next = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..concurrency {
+            let (t, next, prefix) = (self.clone(), next.clone(), prefix.to_owned());
+            workers.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    lat.push(t.allocate(&format!("{prefix}-{i}"), family).await);
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::with_capacity(total);
+        for w in workers {
+            all.extend(w.await.expect("worker"));
+        }
+        let rate = total as f64 / start.elapsed().as_secs_f64();
+        all.sort();
+        (rate, all)
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn mean_ms(v: &[Duration]) -> f64 {
+    v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64 * 1000.0
+}
+
+/// Fills the /16 directly through the store (the same code path as the API, minus HTTP) until
+/// `target` addresses are allocated.
+async fn fill(t: &Target, from: usize, to: usize) {
+    let next = Arc::new(AtomicUsize::new(from));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (store, next) = (t.server.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= to {
+                    break;
+                }
+                let name = format!("fill-{i}");
+                store
+                    .put_service("bench", "bench", "default", &name, spec(&name))
+                    .await
+                    .expect("fill");
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("fill worker");
+    }
+}
+
+fn main() {
+    edgelb::tls::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}
+
+async fn run() {
+    println!("## Allocation benchmark\n");
+    println!(
+        "`cargo run --release -p edgelb --example bench_alloc` on {} cores\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+
+    // 1. Throughput and latency by concurrency.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Arc::new(start(dir.path()).await);
+    t.post("/api/v1/pools", json!({"name": "v4", "ranges": ["10.0.0.0/12"]}))
+        .await;
+    t.post("/api/v1/clusters", json!({"name": "bench"})).await;
+    println!("### Throughput over HTTPS (new Service per request, /12 pool)\n");
+    println!("| concurrency | allocations | allocations/s | p50 ms | p99 ms |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (c, n) in [(1usize, 1000usize), (16, 8000), (64, 16000)] {
+        let (rate, lat) = t.storm(&format!("c{c}"), "IPv4", n, c).await;
+        println!(
+            "| {c} | {n} | {rate:.0} | {:.2} | {:.2} |",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99)
+        );
+    }
+
+    // 2. Cost by fill level of a /16.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let t2 = Arc::new(start(dir2.path()).await);
+    t2.post("/api/v1/pools", json!({"name": "p16", "ranges": ["10.32.0.0/16"]}))
+        .await;
+    t2.post("/api/v1/clusters", json!({"name": "bench"})).await;
+    println!("\n### One allocation (concurrency 1, 50 samples) in a /16 by how full it is\n");
+    println!("| fill | allocated before | mean ms | p50 ms | p99 ms | vs empty (mean) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let size = 65_536usize;
+    let mut filled = 0usize;
+    let mut base = 0.0;
+    let mut sample = 0usize;
+    for (label, frac) in [("empty", 0.0), ("10%", 0.10), ("90%", 0.90), ("99.9%", 0.999)] {
+        let target = ((size as f64) * frac) as usize;
+        if target > filled {
+            fill(&t2, filled, target).await;
+            filled = target;
+        }
+        let mut lat = Vec::new();
+        for _ in 0..50 {
+            lat.push(t2.allocate(&format!("sample-{sample}"), "IPv4").await);
+            sample += 1;
+        }
+        filled += 50;
+        lat.sort();
+        let m = mean_ms(&lat);
+        if base == 0.0 {
+            base = m;
+        }
+        println!(
+            "| {label} | {target} | {m:.2} | {:.2} | {:.2} | {:.2}x |",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            m / base
+        );
+    }
+
+    // 3. IPv6 /64.
+    t.post("/api/v1/pools", json!({"name": "v6", "ranges": ["2001:db8:100::/64"]}))
+        .await;
+    let (rate, lat) = t.storm("v6", "IPv6", 4000, 16).await;
+    println!("\n### IPv6 /64 pool (concurrency 16)\n");
+    println!("| allocations | allocations/s | p50 ms | p99 ms |");
+    println!("|---:|---:|---:|---:|");
+    println!("| 4000 | {rate:.0} | {:.2} | {:.2} |", pct(&lat, 0.5), pct(&lat, 0.99));
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what the tests need, then runs
+# formatting, lints, every Rust test (unit, store, HTTPS integration, crash), and the kernel
+# lab (IPVS in a real kernel under qemu). Any missing tool fails the run; nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages: qemu and friends for the kernel lab.
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables)
+step "installing Debian packages: ${PACKAGES[*]}"
+if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -q
+"${SUDO[@]}" apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (workspace)"
+cargo test --workspace --locked
+
+step "kernel lab: every scenario in a real kernel with IPVS"
+cargo xtask kernel-lab
+
+step "kernel lab: the IPVS netlink client against the real kernel"
+cargo build --release --locked -p edgelb --example ipvs_smoke
+cargo xtask kernel-lab --ship target/release/examples/ipvs_smoke --run ipvs_smoke \
+    --env LAB_RUN_EXPECT=IPVS-SMOKE-OK
+
+step "all tests passed"
