@@ -226,3 +226,114 @@ lab_dump() {
     "$IP" -n appliance -br addr
     echo "-----------------------"
 }
+
+# --- the edgelb appliance -------------------------------------------------------------------
+# Helpers for scenarios that run the real appliance (`--ship target/release/edgelb`, and
+# `--ship /usr/bin/curl` for its REST API) in the appliance namespace.
+
+EDGELB_DATA=/var/lib/edgelb
+EDGELB_URL=https://127.0.0.1:8443
+EDGELB_STARTS=0
+
+# wait_until SECONDS WHAT CMD [ARG...]: polls CMD every 0.2 s until it succeeds; a failed check
+# (returning 1) if it never does.
+wait_until() {
+    _t=$1
+    _w=$2
+    shift 2
+    _i=0
+    until "$@" >/dev/null 2>&1; do
+        _i=$((_i + 1))
+        if [ "$_i" -ge $((_t * 5)) ]; then
+            fail "$_w: not within ${_t}s"
+            return 1
+        fi
+        sleep 0.2
+    done
+    echo "ok: $_w"
+}
+
+# edgelb_start [ARG...]: `edgelb serve` in the appliance namespace, in the background, until it
+# listens. Sets EDGELB_PID and EDGELB_LOG, and EDGELB_TOKEN on the first start.
+edgelb_start() {
+    command -v edgelb >/dev/null || die "no edgelb in the VM: --ship target/release/edgelb"
+    command -v curl >/dev/null || die "no curl in the VM: --ship /usr/bin/curl"
+    EDGELB_STARTS=$((EDGELB_STARTS + 1))
+    EDGELB_LOG=/tmp/edgelb.$EDGELB_STARTS.log
+    echo "+ edgelb serve $* (log $EDGELB_LOG)"
+    "$IP" netns exec appliance edgelb serve --data-dir "$EDGELB_DATA" --listen 127.0.0.1:8443 "$@" \
+        >"$EDGELB_LOG" 2>&1 &
+    EDGELB_PID=$!
+    _i=0
+    until grep -q "listening on" "$EDGELB_LOG"; do
+        _i=$((_i + 1))
+        if [ "$_i" -ge 150 ] || ! kill -0 "$EDGELB_PID" 2>/dev/null; then
+            cat "$EDGELB_LOG"
+            die "edgelb did not start"
+        fi
+        sleep 0.2
+    done
+    _tok=$(sed -n 's/^ *API token: *//p' "$EDGELB_LOG")
+    [ -n "$_tok" ] && EDGELB_TOKEN=$_tok
+    lab_bench "edgelb-started-$EDGELB_STARTS"
+}
+
+# edgelb_stop: SIGTERM, and waits until the process is gone.
+edgelb_stop() {
+    kill -TERM "$EDGELB_PID" 2>/dev/null
+    _i=0
+    while kill -0 "$EDGELB_PID" 2>/dev/null; do
+        _i=$((_i + 1))
+        [ "$_i" -lt 100 ] || die "edgelb did not stop on SIGTERM"
+        sleep 0.1
+    done
+    wait "$EDGELB_PID" 2>/dev/null
+    echo "edgelb stopped"
+}
+
+# edgelb_api METHOD PATH [JSON]: a REST call as the admin; prints the body, fails on an error
+# status.
+edgelb_api() {
+    if [ $# -ge 3 ]; then
+        in_ns appliance curl -sS --fail-with-body --max-time 20 --cacert "$EDGELB_DATA/tls/cert.pem" \
+            -H "Authorization: Bearer $EDGELB_TOKEN" -H 'Content-Type: application/json' \
+            -X "$1" --data "$3" "$EDGELB_URL$2"
+    else
+        in_ns appliance curl -sS --fail-with-body --max-time 20 --cacert "$EDGELB_DATA/tls/cert.pem" \
+            -H "Authorization: Bearer $EDGELB_TOKEN" -X "$1" "$EDGELB_URL$2"
+    fi
+}
+
+# ipvs_flat: the appliance's IPVS table as sorted lines, one per service
+# ("TCP 10.0.0.100:80 rr [persistent 10800]") and one per real server
+# ("<service> -> 10.1.0.11:30080 Masq 1"), so two listings compare with `=`.
+ipvs_flat() {
+    in_ns appliance ipvsadm -Ln | awk '
+        $1 == "TCP" || $1 == "UDP" || $1 == "SCTP" {
+            svc = $1 " " $2 " " $3
+            if ($4 == "persistent") svc = svc " persistent " $5
+            print svc
+            next
+        }
+        $1 == "->" && $2 != "RemoteAddress:Port" { print svc " -> " $2 " " $3 " " $4 }
+    ' | sort
+}
+
+# api_flat JSON: the same lines from a Service's status document (GET .../status).
+api_flat() {
+    echo "$1" | jq -r '.virtual_services[]
+        | ("\(.protocol) \(.ip):\(.port) \(.scheduler)"
+           + (if .persistence_timeout_seconds then " persistent \(.persistence_timeout_seconds)" else "" end)) as $s
+        | $s, (.real_servers[] | "\($s) -> \(.ip):\(.port) Masq \(.weight)")' | sort
+}
+
+# count_of WORD LIST...: how many of LIST equal WORD.
+count_of() {
+    _w=$1
+    shift
+    _c=0
+    for _x in "$@"; do
+        [ "$_x" = "$_w" ] && _c=$((_c + 1))
+    done
+    echo "$_c"
+}

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages: qemu and friends for the kernel lab.
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables)
+# Debian packages: qemu and friends for the kernel lab; chromium and its driver for the console tests.
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat chromium chromium-driver)
 step "installing Debian packages: ${PACKAGES[*]}"
 if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive
@@ -24,8 +24,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (workspace)"
 cargo test --workspace --locked
 
-step "kernel lab: every scenario in a real kernel with IPVS"
-cargo xtask kernel-lab
+step "kernel lab: every scenario in a real kernel with IPVS (edgelb, curl, jq, socat shipped in)"
+cargo build --release --locked -p edgelb --bin edgelb --example bench_dataplane
+mkdir -p target/lab-ship
+strip -o target/lab-ship/edgelb target/release/edgelb
+strip -o target/lab-ship/bench_dataplane target/release/examples/bench_dataplane
+cargo xtask kernel-lab --ship target/lab-ship/edgelb --ship target/lab-ship/bench_dataplane \
+    --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat
 
 step "kernel lab: the IPVS netlink client against the real kernel"
 cargo build --release --locked -p edgelb --example ipvs_smoke

@@ -534,6 +534,81 @@ pub struct Info {
     pub role: Role,
 }
 
+/// Traffic counters from IPVS, since the virtual service or real server was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TrafficCounters {
+    pub connections: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One real server (a node's address at the NodePort) of a virtual service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RealServerStatus {
+    #[schema(value_type = String, example = "10.1.0.11")]
+    pub ip: IpAddr,
+    pub port: u16,
+    /// 0 means drained: no new connections.
+    pub weight: u32,
+    pub active_connections: u32,
+    pub inactive_connections: u32,
+    pub counters: TrafficCounters,
+}
+
+/// One virtual service (VIP, port, protocol) as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VirtualServiceStatus {
+    #[schema(value_type = String, example = "203.0.113.5")]
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Whether the kernel holds it; `false` until the reconciler has programmed it.
+    pub programmed: bool,
+    pub scheduler: Option<String>,
+    /// Persistence (`sessionAffinity: ClientIP`) in seconds; `null` for none.
+    pub persistence_timeout_seconds: Option<u32>,
+    pub counters: TrafficCounters,
+    pub real_servers: Vec<RealServerStatus>,
+}
+
+/// What the data plane last did and holds: published by the reconciler after each pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DataplaneStatus {
+    /// `ipvs` or `none`.
+    pub mode: String,
+    /// When the last pass (observe, plan, apply) ended without error.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_sync: Option<OffsetDateTime>,
+    /// The last pass's error, `null` when it succeeded.
+    pub last_error: Option<String>,
+    /// Passes run since start.
+    pub passes: u64,
+    /// Operations applied since start.
+    pub operations: u64,
+    /// The virtual services edgelb owns, as last observed.
+    pub virtual_services: Vec<VirtualServiceStatus>,
+}
+
+/// A Service's forwarding in the kernel
+/// (`GET /api/v1/clusters/{cluster}/services/{namespace}/{name}/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceStatus {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    /// `ipvs` or `none` (then nothing is forwarded and `virtual_services` is empty).
+    pub dataplane: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_sync: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    /// One per address and port of the Service.
+    pub virtual_services: Vec<VirtualServiceStatus>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use edgelb::config::{Config, LogFormat, TlsSource};
+use edgelb::config::{Config, DataplaneConfig, LogFormat, TlsSource};
 use edgelb::server::Server;
 use edgelb_api::{ServicePort, ServiceSpec};
 use serde_json::json;
@@ -31,6 +31,7 @@ async fn start(dir: &std::path::Path) -> Target {
         tls: TlsSource::SelfSigned,
         log_format: LogFormat::Text,
         shutdown_grace: Duration::from_secs(1),
+        dataplane: DataplaneConfig::none(),
     };
     let server = Server::bind(config).await.expect("bind");
     let token = server.bootstrap().expect("fresh data dir").token.clone();
@@ -156,6 +157,9 @@ impl Target {
     }
 }
 
+/// Samples per fill level; 99.9 % of a /16 leaves 66 free addresses, so at most 60.
+const SAMPLES: usize = 60;
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
@@ -232,35 +236,37 @@ async fn run() {
     t2.post("/api/v1/pools", json!({"name": "p16", "ranges": ["10.32.0.0/16"]}))
         .await;
     t2.post("/api/v1/clusters", json!({"name": "bench"})).await;
-    println!("\n### One allocation (concurrency 1, 50 samples) in a /16 by how full it is\n");
-    println!("| fill | allocated before | mean ms | p50 ms | p99 ms | vs empty (mean) |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("\n### One allocation (concurrency 1, {SAMPLES} samples) in a /16 by how full it is\n");
+    println!("| fill | allocated before | mean ms | p50 ms | p99 ms | vs empty (p50) | vs empty (mean) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let size = 65_536usize;
     let mut filled = 0usize;
-    let mut base = 0.0;
+    let mut base = (0.0, 0.0);
     let mut sample = 0usize;
     for (label, frac) in [("empty", 0.0), ("10%", 0.10), ("90%", 0.90), ("99.9%", 0.999)] {
         let target = ((size as f64) * frac) as usize;
         if target > filled {
             fill(&t2, filled, target).await;
             filled = target;
+            // Let the background WAL checkpoint of the fill finish: it is not the cost measured.
+            tokio::time::sleep(Duration::from_secs(3)).await;
         }
         let mut lat = Vec::new();
-        for _ in 0..50 {
+        for _ in 0..SAMPLES {
             lat.push(t2.allocate(&format!("sample-{sample}"), "IPv4").await);
             sample += 1;
         }
-        filled += 50;
+        filled += SAMPLES;
         lat.sort();
-        let m = mean_ms(&lat);
-        if base == 0.0 {
-            base = m;
+        let (m, p50) = (mean_ms(&lat), pct(&lat, 0.5));
+        if base == (0.0, 0.0) {
+            base = (p50, m);
         }
         println!(
-            "| {label} | {target} | {m:.2} | {:.2} | {:.2} | {:.2}x |",
-            pct(&lat, 0.5),
+            "| {label} | {target} | {m:.2} | {p50:.2} | {:.2} | {:.2}x | {:.2}x |",
             pct(&lat, 0.99),
-            m / base
+            p50 / base.0,
+            m / base.1
         );
     }
 

@@ -24,6 +24,8 @@ pub enum CliError {
     Api { status: u16, detail: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Dataplane(#[from] crate::reconcile::ReconcileError),
 }
 
 /// `edgelb token create`: a token straight into the data directory; returns its secret.
@@ -52,6 +54,26 @@ pub async fn token_create(
         )
         .await?;
     Ok(created.secret)
+}
+
+/// `edgelb dataplane flush`: removes edgelb's IPVS services (VIPs inside its pools, read from
+/// the data directory), its VIP addresses on `interface` and its nftables table; returns how many
+/// entries it removed.
+pub async fn dataplane_flush(data_dir: &Path, interface: Option<String>) -> Result<usize, CliError> {
+    if !data_dir.join(crate::store::DB_FILE).exists() {
+        return Err(CliError::Usage(format!(
+            "no database in {}: the pools there say what edgelb owns",
+            data_dir.display()
+        )));
+    }
+    let store = Store::open(data_dir).await?;
+    let dataplane = crate::dataplane::LinuxDataplane::connect(crate::dataplane::LinuxOptions {
+        interface,
+        ..Default::default()
+    })
+    .await
+    .map_err(crate::reconcile::ReconcileError::from)?;
+    Ok(crate::reconcile::flush(&store, &dataplane).await?.len())
 }
 
 /// `edgelb backup FILE`.

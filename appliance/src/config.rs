@@ -43,6 +43,9 @@ pub enum Command {
     /// List allocations (through the REST API).
     #[command(subcommand)]
     Alloc(AllocCommand),
+    /// The data plane: remove what edgelb programmed into the kernel.
+    #[command(subcommand)]
+    Dataplane(DataplaneCommand),
     /// Write a consistent copy of the database, while the appliance runs.
     Backup {
         /// Where to write the copy (must not exist).
@@ -66,6 +69,50 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether the appliance forwards traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneMode {
+    /// IPVS forwarding in this host's kernel.
+    Ipvs,
+    /// Control plane only: pools, allocations and the API; nothing is forwarded.
+    None,
+}
+
+impl DataplaneMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataplaneMode::Ipvs => "ipvs",
+            DataplaneMode::None => "none",
+        }
+    }
+
+    /// The mode when none is configured: `ipvs` for a process holding CAP_NET_ADMIN (an
+    /// appliance: root, or the systemd unit's capability), `none` otherwise (a developer's
+    /// unprivileged `cargo run -- serve`, which could not program the kernel anyway).
+    pub fn default_for(has_cap_net_admin: bool) -> DataplaneMode {
+        if has_cap_net_admin {
+            DataplaneMode::Ipvs
+        } else {
+            DataplaneMode::None
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataplaneCommand {
+    /// Remove what edgelb owns from the kernel: its IPVS services for VIPs inside its pools (with
+    /// their real servers) and its VIP addresses. Anything else is left alone. Stop the appliance
+    /// first, or it puts everything back on its next pass.
+    Flush {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The VIP interface, to release the VIP addresses on it too.
+        #[arg(long, env = "EDGELB_INTERFACE")]
+        interface: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -84,6 +131,21 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "EDGELB_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Data plane: `ipvs` forwards VIP traffic with IPVS and refuses to start without the ip_vs
+    /// module or CAP_NET_ADMIN; `none` runs the control plane only. Default: `ipvs` when the
+    /// process holds CAP_NET_ADMIN (root or the systemd unit's capability: a production
+    /// appliance, which therefore forwards or fails loudly, never silently not), else `none` (an
+    /// unprivileged developer run, e.g. `cargo run -p edgelb -- serve`), announced in the log,
+    /// /readyz and /api/v1/info.
+    #[arg(long, env = "EDGELB_DATAPLANE", value_enum)]
+    pub dataplane: Option<DataplaneMode>,
+    /// Interface that carries the VIPs.
+    #[arg(long, env = "EDGELB_INTERFACE")]
+    pub interface: Option<String>,
+    /// Seconds between full data-plane resyncs that repair drift (default 30). Store changes are
+    /// applied at once regardless.
+    #[arg(long, env = "EDGELB_RESYNC_SECONDS")]
+    pub resync_seconds: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +267,9 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub shutdown_grace_seconds: Option<u64>,
+    pub dataplane: Option<DataplaneMode>,
+    pub interface: Option<String>,
+    pub resync_seconds: Option<u64>,
 }
 
 /// Where the TLS certificate comes from.
@@ -226,6 +291,44 @@ pub struct Config {
     pub tls: TlsSource,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub dataplane: DataplaneConfig,
+}
+
+/// The data plane's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    pub mode: DataplaneMode,
+    /// Whether the mode came from the default rather than a flag, variable or file.
+    pub defaulted: bool,
+    pub interface: Option<String>,
+    pub resync: Duration,
+}
+
+impl DataplaneConfig {
+    /// Control plane only, as chosen explicitly (for tests and tools).
+    pub fn none() -> DataplaneConfig {
+        DataplaneConfig {
+            mode: DataplaneMode::None,
+            defaulted: false,
+            interface: None,
+            resync: Duration::from_secs(DEFAULT_RESYNC_SECONDS),
+        }
+    }
+}
+
+/// Seconds between full data-plane resyncs.
+pub const DEFAULT_RESYNC_SECONDS: u64 = 30;
+
+/// Whether this process holds CAP_NET_ADMIN in its effective set (bit 12 of `CapEff`).
+pub fn has_cap_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0)
 }
 
 /// Every problem found, one per line.
@@ -305,6 +408,29 @@ pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors
     }
     let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
 
+    let chosen = args.dataplane.or(file.dataplane);
+    let resync = args
+        .resync_seconds
+        .or(file.resync_seconds)
+        .unwrap_or(DEFAULT_RESYNC_SECONDS);
+    if !(1..=3600).contains(&resync) {
+        problems.push(format!("resync_seconds: {resync} must be from 1 to 3600"));
+    }
+    let interface = args.interface.clone().or_else(|| file.interface.clone());
+    if let Some(i) = &interface
+        && (i.is_empty() || i.len() > 15 || i.contains('/') || i.chars().any(char::is_whitespace))
+    {
+        problems.push(format!(
+            "interface: '{i}' is not an interface name (1 to 15 characters)"
+        ));
+    }
+    let dataplane = DataplaneConfig {
+        mode: chosen.unwrap_or_else(|| DataplaneMode::default_for(has_cap_net_admin())),
+        defaulted: chosen.is_none(),
+        interface,
+        resync: Duration::from_secs(resync),
+    };
+
     match (problems.is_empty(), listen, tls) {
         (true, Some(listen), Some(tls)) => Ok(Config {
             data_dir,
@@ -312,6 +438,7 @@ pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors
             tls,
             log_format,
             shutdown_grace: Duration::from_secs(grace),
+            dataplane,
         }),
         _ => Err(ConfigErrors(problems)),
     }
@@ -365,6 +492,9 @@ mod tests {
             tls_key: None,
             log_format: None,
             shutdown_grace_seconds: None,
+            dataplane: None,
+            interface: None,
+            resync_seconds: None,
         }
     }
 
@@ -405,6 +535,31 @@ mod tests {
         let c = build(&a, &file).expect("valid");
         assert_eq!(c.listen.port(), 9100);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn dataplane_defaults_to_ipvs_only_with_cap_net_admin() {
+        assert_eq!(DataplaneMode::default_for(true), DataplaneMode::Ipvs);
+        assert_eq!(DataplaneMode::default_for(false), DataplaneMode::None);
+        let c = build(&args(), &FileConfig::default()).expect("valid");
+        assert!(c.dataplane.defaulted);
+        assert_eq!(c.dataplane.mode, DataplaneMode::default_for(has_cap_net_admin()));
+    }
+
+    #[test]
+    fn dataplane_settings_come_from_flags_over_the_file() {
+        let file: FileConfig =
+            toml::from_str("dataplane = \"none\"\ninterface = \"eth1\"\nresync_seconds = 5").expect("toml");
+        let c = build(&args(), &file).expect("valid");
+        assert_eq!(c.dataplane.mode, DataplaneMode::None);
+        assert!(!c.dataplane.defaulted);
+        assert_eq!(c.dataplane.interface.as_deref(), Some("eth1"));
+        assert_eq!(c.dataplane.resync, Duration::from_secs(5));
+        let mut a = args();
+        a.dataplane = Some(DataplaneMode::Ipvs);
+        a.resync_seconds = Some(0);
+        let err = build(&a, &file).expect_err("resync 0");
+        assert!(err.to_string().contains("resync_seconds"), "{err}");
     }
 
     #[test]

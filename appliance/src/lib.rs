@@ -6,8 +6,10 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod http;
 pub mod ipam;
+pub mod reconcile;
 pub mod server;
 pub mod store;
 pub mod tls;

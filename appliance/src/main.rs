@@ -56,6 +56,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = config::data_dir(&config::DataDirArg { data_dir: None }, &file);
             cli::token(cmd, &dir).await?;
         }
+        Command::Dataplane(config::DataplaneCommand::Flush { data, interface }) => {
+            init_logging(LogFormat::Text);
+            let dir = config::data_dir(&data, &file);
+            let interface = interface.or(file.interface.clone());
+            let removed = cli::dataplane_flush(&dir, interface).await?;
+            println!("removed {removed} entries edgelb owned (IPVS services, VIP addresses, its nftables table)");
+        }
         Command::Pool(cmd) => cli::pool(cmd).await?,
         Command::Alloc(cmd) => cli::alloc(cmd).await?,
         Command::Backup { file: dest, data } => {

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, DataplaneMode};
+use crate::dataplane::{DataplaneError, LinuxDataplane, LinuxOptions};
 use crate::http::{self, AppState, ServerInfo};
+use crate::reconcile::{Reconciler, RunnerOptions};
 use crate::store::{Bootstrap, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,8 @@ pub enum ServeError {
     },
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("--dataplane ipvs")]
+    Dataplane(#[from] DataplaneError),
 }
 
 /// How often expired holds are swept from the database.
@@ -66,6 +70,8 @@ pub struct Server {
     listener: std::net::TcpListener,
     local: std::net::SocketAddr,
     bootstrap: Option<Bootstrap>,
+    /// Connected and proven usable at bind time, so a misconfigured host fails before serving.
+    dataplane: Option<LinuxDataplane>,
 }
 
 impl std::fmt::Debug for Server {
@@ -81,6 +87,16 @@ impl Server {
         create_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir).await?;
         let bootstrap = store.bootstrap().await?;
+        let dataplane = match config.dataplane.mode {
+            DataplaneMode::Ipvs => Some(
+                LinuxDataplane::connect(LinuxOptions {
+                    interface: config.dataplane.interface.clone(),
+                    ..LinuxOptions::default()
+                })
+                .await?,
+            ),
+            DataplaneMode::None => None,
+        };
         let tls = crate::tls::server_config(&config.tls, &config.data_dir, config.listen)
             .await
             .map_err(ServeError::Tls)?;
@@ -101,6 +117,7 @@ impl Server {
             listener,
             local,
             bootstrap,
+            dataplane,
         })
     }
 
@@ -120,14 +137,46 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        warn!("dataplane: none — control plane only, no traffic is forwarded");
-        let state = AppState::new(
+        let dp = &self.config.dataplane;
+        let mut state = AppState::new(
             self.store.clone(),
             ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-                dataplane: "none".to_owned(),
+                dataplane: dp.mode.as_str().to_owned(),
             },
         );
+        let reconciler = match self.dataplane {
+            Some(linux) => {
+                let r = Reconciler::new(
+                    self.store.clone(),
+                    linux,
+                    RunnerOptions {
+                        resync: dp.resync,
+                        ..RunnerOptions::default()
+                    },
+                );
+                state = state.with_dataplane(r.status());
+                info!(
+                    dataplane = "ipvs",
+                    resync_seconds = dp.resync.as_secs(),
+                    defaulted = dp.defaulted,
+                    "forwarding with IPVS"
+                );
+                Some(tokio::spawn(r.run()))
+            }
+            None if dp.defaulted => {
+                warn!(
+                    dataplane = "none",
+                    "control plane only, no traffic is forwarded: the process lacks CAP_NET_ADMIN, so \
+                     --dataplane defaulted to none (run as root for ipvs, or pass --dataplane none to say so)"
+                );
+                None
+            }
+            None => {
+                warn!(dataplane = "none", "control plane only, no traffic is forwarded");
+                None
+            }
+        };
         let sweeper = tokio::spawn(sweep_holds(self.store.clone()));
         info!(address = %self.local, data_dir = %self.config.data_dir.display(), "edgelb started");
         let served = http::serve(
@@ -139,6 +188,10 @@ impl Server {
         )
         .await;
         sweeper.abort();
+        // Forwarding stays as it is: a restart or upgrade must not drop traffic.
+        if let Some(r) = reconciler {
+            r.abort();
+        }
         info!("edgelb stopped");
         served.map_err(ServeError::Serve)
     }

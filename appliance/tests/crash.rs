@@ -25,7 +25,7 @@ struct Appliance {
 /// Starts `edgelb serve` and reads its stderr until it says where it listens.
 fn spawn(data_dir: &Path) -> Appliance {
     let mut child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--dataplane", "none", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("EDGELB_LOG", "warn")
         .stdin(Stdio::null())

@@ -134,3 +134,30 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// Middleware: an API error that left some layer without a body (a timeout, a limit) still
+/// reaches the client as a problem document.
+pub async fn problem_for_bare_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !api
+        || !(status.is_client_error() || status.is_server_error())
+        || resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return resp;
+    }
+    let detail = match status {
+        StatusCode::REQUEST_TIMEOUT => "the request took too long and was abandoned: try again".to_owned(),
+        s => format!("the request failed: {}", s.canonical_reason().unwrap_or("error")),
+    };
+    let mut problem = ApiError::new(status, detail).into_response();
+    // Keep headers such as Allow or Retry-After that the layer set.
+    for (name, value) in resp.headers() {
+        problem
+            .headers_mut()
+            .entry(name.clone())
+            .or_insert_with(|| value.clone());
+    }
+    problem
+}

@@ -1,7 +1,9 @@
-//! Prometheus metrics: requests by route and status with latency, and pool usage read from
-//! the store at scrape time (so the numbers are never stale, and a deleted pool disappears).
+//! Prometheus metrics: requests by route and status with latency, pool usage read from the
+//! store at scrape time (so the numbers are never stale, and a deleted pool disappears), and
+//! per-VIP and per-real-server IPVS counters from the data plane's last published status.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -14,6 +16,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use edgelb_api::DataplaneStatus;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use tokio::sync::watch;
 
 use super::AppState;
 
@@ -50,6 +59,7 @@ pub struct Metrics {
     pool_allocated: Family<PoolLabels, FloatGauge>,
     pool_held: Family<PoolLabels, FloatGauge>,
     services: Gauge,
+    dataplane: Arc<RwLock<watch::Receiver<Arc<DataplaneStatus>>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,6 +105,9 @@ impl Metrics {
             pool_held.clone(),
         );
         registry.register("services", "Services known to the appliance", services.clone());
+        let (_, rx) = watch::channel(Arc::new(DataplaneStatus::default()));
+        let dataplane = Arc::new(RwLock::new(rx));
+        registry.register_collector(Box::new(DataplaneCollector(dataplane.clone())));
         Metrics {
             registry,
             requests,
@@ -103,7 +116,137 @@ impl Metrics {
             pool_allocated,
             pool_held,
             services,
+            dataplane,
         }
+    }
+
+    /// Reads IPVS counters from the data plane's published status from now on.
+    pub fn set_dataplane(&self, status: watch::Receiver<Arc<DataplaneStatus>>) {
+        *self.dataplane.write().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VsLabels {
+    vip: String,
+    port: u16,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RsLabels {
+    vip: String,
+    port: u16,
+    protocol: String,
+    real_server: String,
+}
+
+/// IPVS counters, encoded at scrape time from the last published status (the kernel's own
+/// counters: absolute values, so constant metrics rather than ones this process increments).
+#[derive(Debug)]
+struct DataplaneCollector(Arc<RwLock<watch::Receiver<Arc<DataplaneStatus>>>>);
+
+type CounterOf = fn(&edgelb_api::TrafficCounters) -> u64;
+
+const COUNTERS: [(&str, &str, CounterOf); 5] = [
+    ("connections", "Connections scheduled", |c| c.connections),
+    ("packets_in", "Packets from clients", |c| c.packets_in),
+    ("packets_out", "Packets to clients", |c| c.packets_out),
+    ("bytes_in", "Bytes from clients", |c| c.bytes_in),
+    ("bytes_out", "Bytes to clients", |c| c.bytes_out),
+];
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.0.read().unwrap_or_else(|e| e.into_inner()).borrow().clone();
+        if status.mode.is_empty() {
+            return Ok(());
+        }
+        let up = ConstGauge::new(i64::from(status.last_error.is_none() && status.last_sync.is_some()));
+        up.encode(encoder.encode_descriptor(
+            "dataplane_up",
+            "1 when the data plane's last pass succeeded",
+            None,
+            up.metric_type(),
+        )?)?;
+        let passes = ConstCounter::new(status.passes);
+        passes.encode(encoder.encode_descriptor(
+            "dataplane_passes",
+            "Reconcile passes",
+            None,
+            passes.metric_type(),
+        )?)?;
+        let ops = ConstCounter::new(status.operations);
+        ops.encode(encoder.encode_descriptor(
+            "dataplane_operations",
+            "Kernel operations applied",
+            None,
+            ops.metric_type(),
+        )?)?;
+        let vs_labels: Vec<VsLabels> = status
+            .virtual_services
+            .iter()
+            .map(|v| VsLabels {
+                vip: v.ip.to_string(),
+                port: v.port,
+                protocol: v.protocol.to_string(),
+            })
+            .collect();
+        for (name, help, get) in COUNTERS {
+            let name = format!("ipvs_service_{name}");
+            let help = format!("{help}, per virtual service (VIP, port, protocol)");
+            let mut family =
+                encoder.encode_descriptor(&name, &help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (v, labels) in status.virtual_services.iter().zip(&vs_labels) {
+                ConstCounter::new(get(&v.counters)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let rs: Vec<(RsLabels, &edgelb_api::RealServerStatus)> = status
+            .virtual_services
+            .iter()
+            .zip(&vs_labels)
+            .flat_map(|(v, l)| {
+                v.real_servers.iter().map(move |r| {
+                    (
+                        RsLabels {
+                            vip: l.vip.clone(),
+                            port: l.port,
+                            protocol: l.protocol.clone(),
+                            real_server: std::net::SocketAddr::new(r.ip, r.port).to_string(),
+                        },
+                        r,
+                    )
+                })
+            })
+            .collect();
+        for (name, help, get) in COUNTERS {
+            let name = format!("ipvs_real_server_{name}");
+            let help = format!("{help}, per real server");
+            let mut family =
+                encoder.encode_descriptor(&name, &help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (labels, r) in &rs {
+                ConstCounter::new(get(&r.counters)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "ipvs_real_server_weight",
+            "Weight of a real server (0: drained)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, r) in &rs {
+            ConstGauge::new(i64::from(r.weight)).encode(family.encode_family(labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "ipvs_real_server_active_connections",
+            "Established connections to a real server now",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, r) in &rs {
+            ConstGauge::new(i64::from(r.active_connections)).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
     }
 }
 

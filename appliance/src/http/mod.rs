@@ -4,9 +4,11 @@
 
 mod api;
 mod auth;
+pub mod console;
 pub mod error;
 mod metrics;
 mod openapi;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,15 +45,32 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub info: Arc<ServerInfo>,
+    /// What the data plane last published (read-only: handlers never drive it).
+    pub dataplane: tokio::sync::watch::Receiver<Arc<edgelb_api::DataplaneStatus>>,
 }
 
 impl AppState {
     pub fn new(store: Store, info: ServerInfo) -> AppState {
+        let (_, dataplane) = tokio::sync::watch::channel(Arc::new(edgelb_api::DataplaneStatus {
+            mode: info.dataplane.clone(),
+            ..Default::default()
+        }));
         AppState {
             store,
             metrics: Arc::new(Metrics::new()),
             info: Arc::new(info),
+            dataplane,
         }
+    }
+
+    /// Reads the data plane's status from the reconciler's publication.
+    pub fn with_dataplane(
+        mut self,
+        status: tokio::sync::watch::Receiver<Arc<edgelb_api::DataplaneStatus>>,
+    ) -> AppState {
+        self.metrics.set_dataplane(status.clone());
+        self.dataplane = status;
+        self
     }
 }
 
@@ -60,6 +79,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(openapi::routes())
+        .merge(status::routes())
+        .merge(console::routes(state.clone()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
@@ -72,6 +93,7 @@ pub fn app(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
+        .layer(axum::middleware::from_fn(error::problem_for_bare_errors))
         .with_state(state)
 }
 
@@ -92,11 +114,35 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the database answers. Says which data plane runs, so a control-plane-only
-/// appliance is never mistaken for one that forwards.
+/// Readiness: the database answers and, with a data plane, it has been programmed once. Says
+/// which data plane runs, so a control-plane-only appliance is never mistaken for one that
+/// forwards.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let dp = state.dataplane.borrow().clone();
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, format!("ready (dataplane: {})\n", state.info.dataplane)),
+        Ok(()) if state.info.dataplane == "none" => (
+            StatusCode::OK,
+            "ready (dataplane: none: control plane only, no traffic is forwarded)\n".to_owned(),
+        ),
+        Ok(()) if dp.last_sync.is_none() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready (dataplane: {}): not programmed yet{}\n",
+                state.info.dataplane,
+                dp.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        ),
+        Ok(()) => (
+            StatusCode::OK,
+            format!(
+                "ready (dataplane: {}){}\n",
+                state.info.dataplane,
+                dp.last_error
+                    .as_ref()
+                    .map(|e| format!(", degraded: last pass failed: {e}"))
+                    .unwrap_or_default()
+            ),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             (

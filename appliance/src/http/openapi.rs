@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::AppState;
-use super::api;
+use super::{api, status};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use super::api;
         api::list_allocations,
         api::list_tokens, api::create_token, api::revoke_token,
         api::list_audit,
+        status::service_status,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -17,6 +17,14 @@ use crate::ipam::check_name;
 
 const TOKEN_PREFIX: &str = "elb_";
 
+/// How long a verified token is trusted without reading the database again. Revoking a token or
+/// deleting its cluster through this store empties the cache at once; the lifetime only bounds
+/// how long a change made by another process (a restored backup) takes to show.
+const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Verified secrets (by their SHA-256) and whom they stand for.
+pub(super) type TokenCache = std::collections::HashMap<Vec<u8>, (Principal, std::time::Instant)>;
+
 /// Who is calling, as established from a token or a console session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -123,6 +131,41 @@ impl TokenRow {
 }
 
 impl Store {
+    fn cached_token(&self, hashed: &[u8]) -> Option<Principal> {
+        let cache = self.inner.token_cache.lock().ok()?;
+        cache
+            .get(hashed)
+            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn token_generation(&self) -> u64 {
+        self.inner.token_generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn cache_token(&self, hashed: Vec<u8>, principal: &Principal, generation: u64) {
+        if let Ok(mut cache) = self.inner.token_cache.lock() {
+            if self.token_generation() != generation {
+                return;
+            }
+            // Bounded: a flood of distinct valid tokens cannot grow it without limit.
+            if cache.len() >= 10_000 {
+                cache.clear();
+            }
+            cache.insert(hashed, (principal.clone(), std::time::Instant::now()));
+        }
+    }
+
+    /// Forgets every verified token (after a revocation or a cluster deletion).
+    pub(super) fn forget_tokens(&self) {
+        self.inner
+            .token_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut cache) = self.inner.token_cache.lock() {
+            cache.clear();
+        }
+    }
+
     /// Creates a token; its secret is in the answer and nowhere else.
     pub async fn create_token(&self, actor: &str, spec: TokenSpec) -> Result<TokenCreated> {
         check_name(&spec.name).map_err(|m| StoreError::invalid("name", m))?;
@@ -198,44 +241,52 @@ impl Store {
     pub async fn revoke_token(&self, actor: &str, id: &str) -> Result<()> {
         let actor = actor.to_owned();
         let id = id.to_owned();
-        self.write(move |w, now| {
-            Box::pin(async move {
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
-                let row: Option<TokenRow> = sqlx::query_as(
-                    "SELECT id, name, role, cluster, created_by, created_at, last_used_at FROM tokens WHERE id = ?",
-                )
-                .bind(&id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let token = row
-                    .ok_or_else(|| StoreError::NotFound(format!("token '{id}' does not exist")))?
-                    .token()?;
-                sqlx::query("DELETE FROM tokens WHERE id = ?")
+        let revoked = self
+            .write(move |w, now| {
+                Box::pin(async move {
+                    let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                    let row: Option<TokenRow> = sqlx::query_as(
+                        "SELECT id, name, role, cluster, created_by, created_at, last_used_at FROM tokens WHERE id = ?",
+                    )
                     .bind(&id)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                let before =
-                    serde_json::json!({"id": id, "name": token.name, "role": token.role, "cluster": token.cluster});
-                audit(
-                    &mut tx,
-                    now,
-                    &actor,
-                    "token.revoke",
-                    &format!("token/{id}"),
-                    Some(&before),
-                    None,
-                )
-                .await?;
-                tx.commit().await?;
-                Ok(())
+                    let token = row
+                        .ok_or_else(|| StoreError::NotFound(format!("token '{id}' does not exist")))?
+                        .token()?;
+                    sqlx::query("DELETE FROM tokens WHERE id = ?")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let before =
+                        serde_json::json!({"id": id, "name": token.name, "role": token.role, "cluster": token.cluster});
+                    audit(
+                        &mut tx,
+                        now,
+                        &actor,
+                        "token.revoke",
+                        &format!("token/{id}"),
+                        Some(&before),
+                        None,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
             })
-        })
-        .await
+            .await;
+        self.forget_tokens();
+        revoked
     }
 
     /// The principal a bearer secret stands for, or `None` when it is unknown or revoked.
     pub async fn authenticate_token(&self, secret: &str) -> Result<Option<Principal>> {
         let Some(id) = token_id(secret) else { return Ok(None) };
+        let hashed = hash_secret(secret);
+        if let Some(p) = self.cached_token(&hashed) {
+            return Ok(Some(p));
+        }
+        let generation = self.token_generation();
         let row: Option<SecretRow> =
             sqlx::query_as("SELECT name, role, cluster, secret_hash, last_used_at FROM tokens WHERE id = ?")
                 .bind(id)
@@ -251,7 +302,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        if !bool::from(hash_secret(secret).ct_eq(&hash)) {
+        if !bool::from(hashed.ct_eq(&hash)) {
             return Ok(None);
         }
         let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role '{role}'")))?;
@@ -270,12 +321,14 @@ impl Store {
             })
             .await?;
         }
-        Ok(Some(Principal {
+        let principal = Principal {
             actor: format!("token:{name}"),
             role,
             cluster,
             token_id: Some(id.to_owned()),
-        }))
+        };
+        self.cache_token(hashed, &principal, generation);
+        Ok(Some(principal))
     }
 
     /// Creates a console user.

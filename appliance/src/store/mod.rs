@@ -9,8 +9,11 @@
 //! reconciler watches.
 
 mod auth;
+mod listing;
 mod pools;
 mod services;
+pub mod sessions;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +31,7 @@ use crate::ipam::{Ipam, IpamError};
 
 pub use auth::{Bootstrap, Principal};
 pub use services::{AllocationFilter, AuditFilter};
+pub use snapshot::{DataplaneSnapshot, SnapshotPool, SnapshotService};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -89,6 +93,19 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 struct Writer {
     conn: SqliteConnection,
     ipam: Ipam,
+    /// Cluster names, so the hot path checks existence without a query.
+    clusters: std::collections::HashSet<String>,
+    /// A digest of each Service's stored spec, so a repeated PUT is recognised without a query.
+    specs: std::collections::HashMap<crate::ipam::ServiceKey, [u8; 16]>,
+}
+
+/// A digest of a spec's JSON (128 bits of SHA-256: equal digests mean equal specs).
+fn spec_digest(json: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let full = sha2::Sha256::digest(json.as_bytes());
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
 }
 
 struct Inner {
@@ -96,6 +113,11 @@ struct Inner {
     write: Mutex<Writer>,
     changes: watch::Sender<u64>,
     path: PathBuf,
+    /// Recently verified tokens (see `auth.rs`); emptied whenever tokens can have changed.
+    token_cache: std::sync::Mutex<auth::TokenCache>,
+    /// Bumped before the cache is emptied, so a lookup that read the database before a
+    /// revocation cannot put its stale answer back afterwards.
+    token_generation: std::sync::atomic::AtomicU64,
 }
 
 /// A handle on the store; cheap to clone.
@@ -127,7 +149,10 @@ impl Store {
     /// allocation state.
     pub async fn open(data_dir: &Path) -> Result<Store> {
         let path = data_dir.join(DB_FILE);
-        let mut conn = SqliteConnection::connect_with(&options(&path)).await?;
+        // The writer never checkpoints inside a commit (that stalled allocations for tens of
+        // milliseconds); a background connection does, see `checkpoint_wal`. The large limit is
+        // only a safety net should that task ever stop.
+        let mut conn = SqliteConnection::connect_with(&options(&path).pragma("wal_autocheckpoint", "20000")).await?;
         MIGRATOR.run(&mut conn).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
@@ -135,15 +160,48 @@ impl Store {
             .connect_with(options(&path).read_only(true))
             .await?;
         let ipam = pools::load_ipam(&mut conn).await?;
+        let clusters = sqlx::query_as::<_, (String,)>("SELECT name FROM clusters")
+            .fetch_all(&mut conn)
+            .await?
+            .into_iter()
+            .map(|(n,)| n)
+            .collect();
+        let specs = sqlx::query_as::<_, (String, String, String, String)>(
+            "SELECT cluster, namespace, name, spec FROM services WHERE spec IS NOT NULL",
+        )
+        .fetch_all(&mut conn)
+        .await?
+        .into_iter()
+        .map(|(c, ns, n, spec)| {
+            (
+                crate::ipam::ServiceKey {
+                    cluster: c,
+                    namespace: ns,
+                    name: n,
+                },
+                spec_digest(&spec),
+            )
+        })
+        .collect();
         let (changes, _) = watch::channel(0);
-        Ok(Store {
+        let checkpointer = SqliteConnection::connect_with(&options(&path)).await?;
+        let store = Store {
             inner: Arc::new(Inner {
                 read,
-                write: Mutex::new(Writer { conn, ipam }),
+                write: Mutex::new(Writer {
+                    conn,
+                    ipam,
+                    clusters,
+                    specs,
+                }),
                 changes,
                 path,
+                token_cache: Default::default(),
+                token_generation: Default::default(),
             }),
-        })
+        };
+        tokio::spawn(checkpoint_wal(Arc::downgrade(&store.inner), checkpointer));
+        Ok(store)
     }
 
     /// Opens the database only to check it can be (for `check-config`).
@@ -232,6 +290,23 @@ impl Store {
         })
         .await
     }
+}
+
+/// Copies the WAL back into the database every second, without blocking the writer (PASSIVE),
+/// and ends when the store is dropped.
+async fn checkpoint_wal(store: std::sync::Weak<Inner>, mut conn: SqliteConnection) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if store.strong_count() == 0 {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+    let _ = conn.close().await;
 }
 
 /// Current unix time in seconds.

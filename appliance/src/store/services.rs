@@ -320,6 +320,7 @@ impl Store {
                 )
                 .await?;
                 tx.commit().await?;
+                w.clusters.insert(spec.name.clone());
                 Ok(())
             })
         })
@@ -353,7 +354,7 @@ impl Store {
     pub async fn delete_cluster(&self, actor: &str, name: &str) -> Result<()> {
         let actor = actor.to_owned();
         let name = name.to_owned();
-        self.write(move |w, now| {
+        let deleted = self.write(move |w, now| {
             Box::pin(async move {
                 let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
                 require_cluster(&mut tx, &name)
@@ -391,10 +392,14 @@ impl Store {
                 )
                 .await?;
                 tx.commit().await?;
+                w.clusters.remove(&name);
                 Ok(())
             })
         })
-        .await
+        .await;
+        // Its agent tokens went with it.
+        self.forget_tokens();
+        deleted
     }
 
     /// Records an agent's call (at most every 15 s per cluster, to spare the writer).
@@ -443,7 +448,7 @@ impl Store {
         let actor = actor.to_owned();
         let key = ServiceKey::new(cluster, namespace, name);
         let key2 = key.clone();
-        self.write(move |w, now| {
+        let written = self.write(move |w, now| {
             Box::pin(async move {
                 let ports = port_keys(&spec);
                 let req = Request {
@@ -455,22 +460,40 @@ impl Store {
                     sharing_key: spec.sharing_key.as_deref(),
                     ports: &ports,
                 };
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
-                // An unknown cluster is what the client must fix first, whatever the pools say.
-                require_cluster(&mut tx, &key.cluster).await?;
-                let decision = w.ipam.decide(&req, now)?;
-                let old: Option<(String, Option<String>)> =
-                    sqlx::query_as("SELECT uid, spec FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
-                        .bind(&key.cluster)
-                        .bind(&key.namespace)
-                        .bind(&key.name)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let spec_json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let unchanged = old.as_ref().is_some_and(|(_, s)| s.as_deref() == Some(spec_json.as_str()));
-                if unchanged && decision.keeps_everything() {
-                    return Ok(());
+                // Everything up to the first write is decided in memory: an idempotent PUT, an
+                // unknown cluster or a refused allocation costs no database round trip.
+                if !w.clusters.contains(&key.cluster) {
+                    return Err(StoreError::NotFound(format!(
+                        "cluster '{}' does not exist: create it first (POST /api/v1/clusters)",
+                        key.cluster
+                    )));
                 }
+                let decision = w.ipam.decide(&req, now)?;
+                let spec_json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let digest = super::spec_digest(&spec_json);
+                if w.specs.get(&key) == Some(&digest) && decision.keeps_everything() {
+                    return Ok(None);
+                }
+                let after = serde_json::json!({"uid": spec.uid, "ips": ips_json(&decision.assign), "spec": spec});
+                let action =
+                    if decision.assign.iter().any(|a| a.how != How::Keep) { "service.allocate" } else { "service.update" };
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                // The audit entry first: its `before` is the row as it still is.
+                sqlx::query(
+                    "INSERT INTO audit (time, actor, action, object, before, after) VALUES (?1, ?2, ?3, ?4, \
+                     (SELECT json_object('uid', uid, 'spec', json(spec)) FROM services \
+                      WHERE cluster = ?5 AND namespace = ?6 AND name = ?7), ?8)",
+                )
+                .bind(now)
+                .bind(&actor)
+                .bind(action)
+                .bind(format!("service/{key}"))
+                .bind(&key.cluster)
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .bind(after.to_string())
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query(
                     "INSERT INTO services (cluster, namespace, name, uid, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?6, ?6) \
                      ON CONFLICT (cluster, namespace, name) DO UPDATE SET uid = excluded.uid, spec = excluded.spec, \
@@ -485,19 +508,30 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 write_decision(&mut tx, &key, &spec.uid, spec.sharing_key.as_deref(), &decision, now).await?;
-                let before = old.as_ref().map(|(uid, s)| {
-                    serde_json::json!({"uid": uid, "spec": s.as_deref().and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())})
-                });
-                let after = serde_json::json!({"uid": spec.uid, "ips": ips_json(&decision.assign), "spec": spec});
-                let action = if decision.assign.iter().any(|a| a.how != How::Keep) { "service.allocate" } else { "service.update" };
-                audit(&mut tx, now, &actor, action, &format!("service/{key}"), before.as_ref(), Some(&after)).await?;
                 tx.commit().await?;
                 w.ipam.apply(&req, &decision);
-                Ok(())
+                w.specs.insert(key.clone(), digest);
+                // Answer from what was just committed: no second read on the hot path.
+                let addresses: Vec<AssignedIp> =
+                    decision.assign.iter().map(|a| AssignedIp { ip: from_u128(a.ip), pool: a.pool.clone() }).collect();
+                Ok(Some(Service {
+                    cluster: key.cluster.clone(),
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    uid: spec.uid.clone(),
+                    ips: addresses.iter().map(|a| a.ip).collect(),
+                    pool: addresses.first().map(|a| a.pool.clone()),
+                    addresses,
+                    spec: Some(spec),
+                    updated_at: ts(now),
+                }))
             })
         })
         .await?;
-        self.get_service(&key2.cluster, &key2.namespace, &key2.name).await
+        match written {
+            Some(service) => Ok(service),
+            None => self.get_service(&key2.cluster, &key2.namespace, &key2.name).await,
+        }
     }
 
     /// Releases a Service's addresses (each held for it for its pool's hold period) and
@@ -539,6 +573,7 @@ impl Store {
                 )
                 .await?;
                 tx.commit().await?;
+                w.specs.remove(&key);
                 w.ipam.apply_release(&key, &uid, &releases);
                 Ok(())
             })

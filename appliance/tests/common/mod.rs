@@ -4,11 +4,13 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edgelb::config::{Config, LogFormat, TlsSource};
+use edgelb::config::{Config, DataplaneConfig, LogFormat, TlsSource};
 use edgelb::server::Server;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -35,6 +37,7 @@ pub fn config(data_dir: PathBuf) -> Config {
         tls: TlsSource::SelfSigned,
         log_format: LogFormat::Text,
         shutdown_grace: Duration::from_secs(5),
+        dataplane: DataplaneConfig::none(),
     }
 }
 

@@ -5,8 +5,9 @@
 //! or nftables, and its wire types (`wire`) never leave this module. Callers speak in [`Service`],
 //! [`Destination`] and [`ServiceKey`]; every operation's doc names its `ipvsadm` equivalent.
 //!
-//! ```ignore
-//! // `ignore`: the crate path changes when this module moves; examples/ipvs_smoke.rs runs it all.
+//! ```no_run
+//! # async fn example() -> Result<(), edgelb::dataplane::ipvs::Error> {
+//! use edgelb::dataplane::ipvs::{Destination, ForwardMethod, IpvsHandle, Protocol, Service};
 //! use futures::TryStreamExt;
 //! use std::net::Ipv4Addr;
 //!
@@ -16,6 +17,8 @@
 //! let node = Destination::new(Ipv4Addr::new(10, 0, 0, 5).into(), 30080, ForwardMethod::Masquerade, 1);
 //! handle.destination(&svc.key(), node).add().execute().await?;
 //! let services: Vec<_> = handle.services().dump().execute().try_collect().await?;
+//! # Ok(())
+//! # }
 //! ```
 
 mod error;

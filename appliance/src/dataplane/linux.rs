@@ -1,0 +1,406 @@
+//! The Linux data plane: [`State`] and [`Op`] translated to IPVS over generic netlink, VIP
+//! addresses over rtnetlink (announced with gratuitous ARP / unsolicited NA) and the appliance's
+//! nftables table. Dumps read every virtual service and its real servers with their 64-bit
+//! counters; IPVS changes go to the kernel as one pipelined batch, so a full sync of thousands of
+//! services costs a few hundred system calls. It checks and sets the sysctls forwarding needs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use tracing::{debug, warn};
+
+use super::addr::VipAddresses;
+use super::ipvs::{self, Destination, DestinationEntry, ForwardMethod, IpvsHandle, IpvsOp, ServiceEntry, ServiceKey};
+use super::nft::NftTable;
+use super::sysctl::{self, Sysctls};
+use super::{Counters, Dataplane, DataplaneError, Forward, Manages, Op, Protocol, RealServer, RsSpec, State};
+use super::{VirtualService, VsKey, VsSpec, announce};
+
+/// How many real-server dumps run at once during an observation.
+const DUMPS_IN_FLIGHT: usize = 16;
+
+/// Settings of the Linux data plane.
+#[derive(Debug, Clone)]
+pub struct LinuxOptions {
+    /// Interface that carries the VIPs; `None` leaves addresses to someone else.
+    pub interface: Option<String>,
+    /// The appliance's nftables table; `None` leaves NAT and filtering to someone else.
+    pub nft_table: Option<String>,
+    /// Gratuitous ARP / NA rounds when a VIP is claimed.
+    pub announce_count: u32,
+    pub announce_interval: Duration,
+}
+
+impl Default for LinuxOptions {
+    fn default() -> Self {
+        LinuxOptions {
+            interface: None,
+            nft_table: Some(super::nft::DEFAULT_TABLE.to_owned()),
+            announce_count: 3,
+            announce_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// IPVS, VIP addresses and the appliance's nftables table in the running kernel.
+#[derive(Debug, Clone)]
+pub struct LinuxDataplane {
+    ipvs: IpvsHandle,
+    addresses: Option<VipAddresses>,
+    nft: Option<NftTable>,
+    options: LinuxOptions,
+}
+
+/// The error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl LinuxDataplane {
+    /// Connects to IPVS and proves it can be used: the module is there and the process may
+    /// program it. Fails with a message that says what to do otherwise.
+    pub async fn connect(options: LinuxOptions) -> Result<LinuxDataplane, DataplaneError> {
+        let ipvs = IpvsHandle::new().map_err(|e| DataplaneError::Unavailable(chain(&e)))?;
+        match ipvs.resolve_family().await {
+            Ok(_) => {}
+            Err(ipvs::Error::IpvsUnavailable(_)) => {
+                return Err(DataplaneError::Unavailable(
+                    "the kernel has no IPVS: load it with `modprobe ip_vs` (and the scheduler modules, e.g. \
+                     ip_vs_rr ip_vs_wlc), or run the control plane only with --dataplane none"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(DataplaneError::Unavailable(chain(&e))),
+        }
+        // Every IPVS command needs CAP_NET_ADMIN, reads too: asking for the version proves it.
+        match ipvs.info().execute().await {
+            Ok(info) => debug!(version = %info.version, "IPVS is available"),
+            Err(ipvs::Error::PermissionDenied { .. }) => {
+                return Err(DataplaneError::Unavailable(
+                    "the process lacks CAP_NET_ADMIN: run it as root or grant the capability \
+                     (AmbientCapabilities=CAP_NET_ADMIN in the systemd unit), or run the control plane only \
+                     with --dataplane none"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(DataplaneError::Unavailable(chain(&e))),
+        }
+        let addresses = match &options.interface {
+            Some(iface) => Some(
+                VipAddresses::new(iface)
+                    .await
+                    .map_err(|e| DataplaneError::Unavailable(format!("VIP interface {iface}: {}", chain(&e))))?,
+            ),
+            None => None,
+        };
+        let nft = match &options.nft_table {
+            Some(t) => Some(NftTable::new(t).map_err(|e| DataplaneError::Unavailable(chain(&e)))?),
+            None => None,
+        };
+        // Each failure is logged with its impact; forwarding may still work (e.g. set by the host).
+        Sysctls::default().ensure(&sysctl::required(true, false));
+        Ok(LinuxDataplane {
+            ipvs,
+            addresses,
+            nft,
+            options,
+        })
+    }
+
+    pub fn options(&self) -> &LinuxOptions {
+        &self.options
+    }
+}
+
+fn to_ipvs_protocol(p: Protocol) -> ipvs::Protocol {
+    match p {
+        Protocol::Tcp => ipvs::Protocol::Tcp,
+        Protocol::Udp => ipvs::Protocol::Udp,
+        Protocol::Sctp => ipvs::Protocol::Sctp,
+    }
+}
+
+fn from_ipvs_protocol(p: ipvs::Protocol) -> Protocol {
+    match p {
+        ipvs::Protocol::Tcp => Protocol::Tcp,
+        ipvs::Protocol::Udp => Protocol::Udp,
+        ipvs::Protocol::Sctp => Protocol::Sctp,
+    }
+}
+
+fn service_key(k: VsKey) -> ServiceKey {
+    ServiceKey::inet(k.vip, k.port, to_ipvs_protocol(k.protocol))
+}
+
+fn service(k: VsKey, spec: &VsSpec) -> ipvs::Service {
+    let s = ipvs::Service::new(k.vip, k.port, to_ipvs_protocol(k.protocol), spec.scheduler.clone());
+    match spec.persistence {
+        Some(t) => s.with_persistence(t),
+        None => s,
+    }
+}
+
+fn destination(addr: SocketAddr, spec: RsSpec) -> Destination {
+    let fwd = match spec.forward {
+        Forward::Masquerade | Forward::Other => ForwardMethod::Masquerade,
+        Forward::Route => ForwardMethod::Route,
+        Forward::Tunnel => ForwardMethod::Tunnel,
+    };
+    Destination::new(addr.ip(), addr.port(), fwd, spec.weight)
+}
+
+fn counters(s: &ipvs::Stats64) -> Counters {
+    Counters {
+        connections: s.conns,
+        packets_in: s.inpkts,
+        packets_out: s.outpkts,
+        bytes_in: s.inbytes,
+        bytes_out: s.outbytes,
+        active_connections: 0,
+        inactive_connections: 0,
+    }
+}
+
+fn observed_service(e: &ServiceEntry) -> Option<(VsKey, VirtualService)> {
+    // Firewall-mark services are never edgelb's: they have no VIP to own.
+    let s = e.service.as_inet()?;
+    let persistent = s.flags.contains(ipvs::ServiceFlags::PERSISTENT);
+    Some((
+        VsKey::new(s.addr, s.port, from_ipvs_protocol(s.protocol)),
+        VirtualService {
+            spec: VsSpec {
+                scheduler: s.scheduler.clone(),
+                persistence: persistent.then_some(s.timeout),
+            },
+            counters: counters(&e.stats),
+        },
+    ))
+}
+
+fn observed_real_server(e: &DestinationEntry) -> (SocketAddr, RealServer) {
+    let d = &e.destination;
+    let forward = match d.fwd {
+        ForwardMethod::Masquerade => Forward::Masquerade,
+        ForwardMethod::Route => Forward::Route,
+        ForwardMethod::Tunnel => Forward::Tunnel,
+        ForwardMethod::Local | ForwardMethod::Bypass => Forward::Other,
+    };
+    let mut c = counters(&e.stats);
+    c.active_connections = e.active_conns;
+    c.inactive_connections = e.inactive_conns;
+    (
+        d.socket_addr(),
+        RealServer {
+            spec: RsSpec {
+                weight: d.weight,
+                forward,
+            },
+            counters: c,
+        },
+    )
+}
+
+fn ipvs_op(op: &Op) -> Option<IpvsOp> {
+    Some(match op {
+        Op::AddService(k, s) => IpvsOp::AddService(service(*k, s).into()),
+        Op::EditService(k, s) => IpvsOp::EditService(service(*k, s).into()),
+        Op::DeleteService(k) => IpvsOp::DeleteService(service_key(*k)),
+        Op::AddRealServer(k, a, s) => IpvsOp::AddDestination(service_key(*k), destination(*a, *s)),
+        Op::EditRealServer(k, a, s) => IpvsOp::EditDestination(service_key(*k), destination(*a, *s)),
+        Op::DeleteRealServer(k, a) => {
+            IpvsOp::DeleteDestination(service_key(*k), destination(*a, RsSpec::masquerade(0)))
+        }
+        Op::AddAddress(_) | Op::DeleteAddress(_) | Op::SetRules(_) | Op::DeleteRules => return None,
+    })
+}
+
+impl Dataplane for LinuxDataplane {
+    fn name(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn manages(&self) -> Manages {
+        Manages {
+            addresses: self.addresses.is_some(),
+            rules: self.nft.is_some(),
+        }
+    }
+
+    async fn observe(&self) -> Result<State, DataplaneError> {
+        let entries: Vec<ServiceEntry> = self
+            .ipvs
+            .services()
+            .dump()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::Observe(chain(&e)))?;
+        let services: BTreeMap<VsKey, VirtualService> = entries.iter().filter_map(observed_service).collect();
+        let handle = &self.ipvs;
+        let dumps = futures::stream::iter(services.keys().copied())
+            .map(|k| async move {
+                let dests: Result<Vec<DestinationEntry>, ipvs::Error> = handle
+                    .destinations(&service_key(k))
+                    .dump()
+                    .execute()
+                    .try_collect()
+                    .await;
+                (k, dests)
+            })
+            .buffer_unordered(DUMPS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        let mut real_servers = BTreeMap::new();
+        for (k, dests) in dumps {
+            match dests {
+                Ok(dests) => {
+                    for d in &dests {
+                        let (addr, rs) = observed_real_server(d);
+                        real_servers.insert((k, addr), rs);
+                    }
+                }
+                // Deleted by someone between the two dumps: it is simply gone.
+                Err(ipvs::Error::ServiceNotFound { .. }) => {}
+                Err(e) => return Err(DataplaneError::Observe(format!("real servers of {k}: {}", chain(&e)))),
+            }
+        }
+        let addresses = match &self.addresses {
+            Some(a) => Some(
+                a.list()
+                    .await
+                    .map_err(|e| DataplaneError::Observe(chain(&e)))?
+                    .into_iter()
+                    .filter(|i| i.is_host())
+                    .map(|i| i.addr)
+                    .collect(),
+            ),
+            None => None,
+        };
+        let rules = match &self.nft {
+            Some(t) => Some(
+                t.observe()
+                    .await
+                    .map_err(|e| DataplaneError::Observe(chain(&e)))?
+                    .unwrap_or_default(),
+            ),
+            None => None,
+        };
+        Ok(State {
+            services,
+            real_servers,
+            addresses,
+            rules,
+        })
+    }
+
+    async fn apply(&self, ops: &[Op]) -> Result<(), DataplaneError> {
+        let mut failed = Vec::new();
+        let mut batch = Vec::with_capacity(ops.len());
+        let mut batched = Vec::with_capacity(ops.len());
+        // The plan puts rules and address claims first and address releases last; IPVS changes
+        // in between go as one batch.
+        let mut after = Vec::new();
+        for op in ops {
+            match ipvs_op(op) {
+                Some(i) => {
+                    batch.push(i);
+                    batched.push(op);
+                }
+                None if matches!(op, Op::DeleteAddress(_) | Op::DeleteRules) => after.push(op),
+                None => {
+                    if let Err(e) = self.apply_other(op).await {
+                        failed.push((op.clone(), e));
+                    }
+                }
+            }
+        }
+        if ops
+            .iter()
+            .any(|op| matches!(op, Op::AddService(k, _) if k.vip.is_ipv6()))
+        {
+            Sysctls::default().ensure(&[sysctl::IPV6_FORWARD]);
+        }
+        if !batch.is_empty() {
+            let results = self
+                .ipvs
+                .batch(batch)
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::Apply {
+                    total: ops.len(),
+                    failed: batched.iter().map(|op| ((*op).clone(), chain(&e))).collect(),
+                })?;
+            for (op, r) in batched.into_iter().zip(results) {
+                if let Err(e) = r {
+                    failed.push((op.clone(), chain(&e)));
+                }
+            }
+        }
+        for op in after {
+            if let Err(e) = self.apply_other(op).await {
+                failed.push((op.clone(), e));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(DataplaneError::Apply {
+                total: ops.len(),
+                failed,
+            })
+        }
+    }
+}
+
+impl LinuxDataplane {
+    /// An operation on addresses or the nftables table.
+    async fn apply_other(&self, op: &Op) -> Result<(), String> {
+        let unmanaged = || format!("{op}: not managed by this data plane");
+        match op {
+            Op::SetRules(r) => self
+                .nft
+                .as_ref()
+                .ok_or_else(unmanaged)?
+                .apply(r)
+                .await
+                .map_err(|e| chain(&e)),
+            Op::DeleteRules => self
+                .nft
+                .as_ref()
+                .ok_or_else(unmanaged)?
+                .flush()
+                .await
+                .map_err(|e| chain(&e)),
+            Op::AddAddress(ip) => {
+                let a = self.addresses.as_ref().ok_or_else(unmanaged)?;
+                a.add(*ip).await.map_err(|e| chain(&e))?;
+                // The address works without the announcement; neighbours learn it later.
+                if let Err(e) = announce::announce(
+                    a.interface(),
+                    *ip,
+                    self.options.announce_count,
+                    self.options.announce_interval,
+                )
+                .await
+                {
+                    warn!(vip = %ip, error = %chain(&e), "announcing the VIP failed");
+                }
+                Ok(())
+            }
+            Op::DeleteAddress(ip) => {
+                let a = self.addresses.as_ref().ok_or_else(unmanaged)?;
+                a.remove(*ip).await.map(drop).map_err(|e| chain(&e))
+            }
+            other => Err(format!("{other}: not an address or rules operation")),
+        }
+    }
+}

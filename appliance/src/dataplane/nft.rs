@@ -1,0 +1,689 @@
+//! The appliance's own nftables table (`table inet edgelb`): source NAT of the traffic IPVS
+//! forwards to nodes (full NAT) and the `loadBalancerSourceRanges` filter in front of IPVS.
+//!
+//! It renders the whole table from a desired [`Ruleset`] (a pure function), applies it in one
+//! atomic `nft -f -` transaction, reads it back with `nft -j list table` to compare, and deletes
+//! it on an explicit flush. It must never touch another table: every command it sends names its
+//! own table, and it never lists or flushes the whole ruleset.
+//!
+//! The table has a fixed shape whatever the number of services; only set elements grow, so
+//! 10,000 VIPs are a few sets, not 10,000 rules:
+//!
+//! - `fullnat_v4` / `fullnat_v6` (`addr . proto . port`): the node addresses and NodePorts of
+//!   full-NAT services. Chain `nat_postrouting` masquerades (or SNATs to a fixed address) packets
+//!   to them. It matches by destination because IPVS translates addresses itself: conntrack never
+//!   marks its flows as DNAT, so `ct status dnat` would not match (KERNEL-LAB.md).
+//! - `restricted_v4` / `restricted_v6` (`vip . proto . port`): the VIP ports that have source
+//!   ranges, and `allowed_v4` / `allowed_v6` (`vip . proto . port . source prefix`): who may reach
+//!   them. Chain `filter_prerouting` drops the others at priority `raw`: after defragmentation,
+//!   before conntrack (a dropped packet creates no connection entry) and long before IPVS, which
+//!   takes packets at LOCAL_IN.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::Stdio;
+use std::str::FromStr;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tracing::{debug, info};
+
+use edgelb_api::Protocol;
+
+#[cfg(test)]
+mod tests;
+
+/// The table the appliance owns unless configured otherwise.
+pub const DEFAULT_TABLE: &str = "edgelb";
+
+/// The nftables family of the table: one table serves IPv4 and IPv6.
+const FAMILY: &str = "inet";
+
+/// How replies from the nodes find their way back to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NatMode {
+    /// Source NAT to the appliance's address: nodes answer the appliance, which works whatever
+    /// their default route is. The client's address is not visible to the Service.
+    FullNat,
+    /// No source NAT: the client's address reaches the Service, and replies come back only if
+    /// the appliance is the nodes' gateway.
+    PlainNat,
+}
+
+/// The source address full-NAT traffic leaves with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnatSource {
+    /// `None`: masquerade, the primary address of the interface towards the node.
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// An address prefix such as `198.51.100.0/24`, with host bits cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpPrefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl IpPrefix {
+    /// The prefix of `len` bits containing `addr`; host bits are cleared. `None` if `len` is
+    /// longer than the address.
+    pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
+        let addr = match addr {
+            IpAddr::V4(a) if len <= 32 => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) if len <= 128 => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+            _ => return None,
+        };
+        Some(Self { addr, len })
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
+    /// Whether this is one address (/32, /128) rather than a network.
+    pub fn is_host(&self) -> bool {
+        self.len == max_len(&self.addr)
+    }
+
+    /// Whether every address of `other` is inside this prefix.
+    pub fn contains(&self, other: &IpPrefix) -> bool {
+        other.len >= self.len && IpPrefix::new(other.addr, self.len).is_some_and(|p| p.addr == self.addr)
+    }
+}
+
+fn max_len(addr: &IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+impl From<IpAddr> for IpPrefix {
+    fn from(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            len: max_len(&addr),
+        }
+    }
+}
+
+impl FromStr for IpPrefix {
+    type Err = NftError;
+
+    /// `ADDR/LEN`, or a bare address meaning a single host.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || NftError::Invalid(format!("'{s}' is not an address prefix such as 198.51.100.0/24"));
+        match s.split_once('/') {
+            Some((addr, len)) => {
+                let addr = addr.parse::<IpAddr>().map_err(|_| invalid())?;
+                let len = len.parse::<u8>().map_err(|_| invalid())?;
+                IpPrefix::new(addr, len).ok_or_else(invalid)
+            }
+            None => s.parse::<IpAddr>().map(IpPrefix::from).map_err(|_| invalid()),
+        }
+    }
+}
+
+/// nft prints a host prefix as the bare address; so do we, so rendered and read-back elements
+/// compare equal.
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.len)
+        }
+    }
+}
+
+/// One `VIP:port/protocol` forwarded by IPVS, as far as nftables needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: NatMode,
+    /// The real servers: node addresses and NodePorts.
+    pub backends: Vec<SocketAddr>,
+    /// Who may connect (`loadBalancerSourceRanges`); empty means everyone. Prefixes of the other
+    /// address family than the VIP's can never match its traffic and are left out.
+    pub source_ranges: Vec<IpPrefix>,
+}
+
+/// Everything the appliance's table must express.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    pub snat: SnatSource,
+    pub forwards: Vec<Forward>,
+}
+
+/// Why an nftables operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NftError {
+    #[error("the `nft` program was not found: install the Debian package `nftables`")]
+    NotInstalled,
+
+    #[error("cannot run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+
+    #[error("cannot read the output of `{command}`: {reason}")]
+    Parse { command: String, reason: String },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the table holds, in a form that compares equal between what was rendered and what
+/// `nft -j list table` reports: set elements as nft prints them, chains with their hook and the
+/// ids of their rules. Rule ids carry a hash of the rule's text, so a rule edited, dropped or
+/// added by hand shows as a difference without parsing nft's expression syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableState {
+    pub sets: BTreeMap<String, BTreeSet<String>>,
+    pub chains: BTreeMap<String, ChainState>,
+}
+
+/// A base chain of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainState {
+    /// `filter` or `nat`.
+    pub kind: String,
+    pub hook: String,
+    pub priority: i64,
+    pub policy: String,
+    /// The rules' comments (`edgelb:<name>:<hash>`), in order.
+    pub rules: Vec<String>,
+}
+
+struct SetDef {
+    name: &'static str,
+    /// The nft type expression.
+    kind: &'static str,
+    interval: bool,
+}
+
+const SETS: [SetDef; 6] = [
+    SetDef {
+        name: "fullnat_v4",
+        kind: "ipv4_addr . inet_proto . inet_service",
+        interval: false,
+    },
+    SetDef {
+        name: "fullnat_v6",
+        kind: "ipv6_addr . inet_proto . inet_service",
+        interval: false,
+    },
+    SetDef {
+        name: "restricted_v4",
+        kind: "ipv4_addr . inet_proto . inet_service",
+        interval: false,
+    },
+    SetDef {
+        name: "restricted_v6",
+        kind: "ipv6_addr . inet_proto . inet_service",
+        interval: false,
+    },
+    SetDef {
+        name: "allowed_v4",
+        kind: "ipv4_addr . inet_proto . inet_service . ipv4_addr",
+        interval: true,
+    },
+    SetDef {
+        name: "allowed_v6",
+        kind: "ipv6_addr . inet_proto . inet_service . ipv6_addr",
+        interval: true,
+    },
+];
+
+struct ChainDef {
+    name: &'static str,
+    kind: &'static str,
+    hook: &'static str,
+    priority: i64,
+}
+
+const FILTER_CHAIN: ChainDef = ChainDef {
+    name: "filter_prerouting",
+    kind: "filter",
+    hook: "prerouting",
+    // `raw`: after defragmentation (-400), before conntrack (-200).
+    priority: -300,
+};
+
+const NAT_CHAIN: ChainDef = ChainDef {
+    name: "nat_postrouting",
+    kind: "nat",
+    hook: "postrouting",
+    // `srcnat`.
+    priority: 100,
+};
+
+/// One rule: its chain, a short name for its comment, and its nft text.
+struct RuleDef {
+    chain: &'static str,
+    name: &'static str,
+    text: String,
+}
+
+impl RuleDef {
+    fn id(&self) -> String {
+        let digest = Sha256::digest(self.text.as_bytes());
+        format!("edgelb:{}:{}", self.name, hex::encode(&digest[..4]))
+    }
+}
+
+fn rules(snat: &SnatSource) -> Vec<RuleDef> {
+    let snat_v4 = match snat.v4 {
+        Some(a) => format!("snat ip to {a}"),
+        None => "masquerade".to_owned(),
+    };
+    let snat_v6 = match snat.v6 {
+        Some(a) => format!("snat ip6 to {a}"),
+        None => "masquerade".to_owned(),
+    };
+    vec![
+        RuleDef {
+            chain: FILTER_CHAIN.name,
+            name: "source-ranges-v4",
+            text: "ip daddr . meta l4proto . th dport @restricted_v4 \
+                   ip daddr . meta l4proto . th dport . ip saddr != @allowed_v4 counter drop"
+                .to_owned(),
+        },
+        RuleDef {
+            chain: FILTER_CHAIN.name,
+            name: "source-ranges-v6",
+            text: "ip6 daddr . meta l4proto . th dport @restricted_v6 \
+                   ip6 daddr . meta l4proto . th dport . ip6 saddr != @allowed_v6 counter drop"
+                .to_owned(),
+        },
+        RuleDef {
+            chain: NAT_CHAIN.name,
+            name: "fullnat-v4",
+            text: format!("ip daddr . meta l4proto . th dport @fullnat_v4 {snat_v4}"),
+        },
+        RuleDef {
+            chain: NAT_CHAIN.name,
+            name: "fullnat-v6",
+            text: format!("ip6 daddr . meta l4proto . th dport @fullnat_v6 {snat_v6}"),
+        },
+    ]
+}
+
+/// The protocol as nft's `inet_proto` type names it.
+fn proto_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// The elements of every set, as nft prints them (`10.0.0.1 . tcp . 80`).
+fn elements(ruleset: &Ruleset) -> BTreeMap<&'static str, BTreeSet<String>> {
+    let mut sets: BTreeMap<&'static str, BTreeSet<String>> = SETS.iter().map(|s| (s.name, BTreeSet::new())).collect();
+    let mut add = |set: &'static str, element: String| {
+        if let Some(elements) = sets.get_mut(set) {
+            elements.insert(element);
+        }
+    };
+    for f in &ruleset.forwards {
+        let proto = proto_name(f.protocol);
+        if f.mode == NatMode::FullNat {
+            for b in &f.backends {
+                let set = if b.is_ipv4() { "fullnat_v4" } else { "fullnat_v6" };
+                add(set, format!("{} . {proto} . {}", b.ip(), b.port()));
+            }
+        }
+        // No ranges means everyone may connect (Kubernetes' meaning of an empty list).
+        if f.source_ranges.is_empty() {
+            continue;
+        }
+        let (restricted, allowed) = match f.vip {
+            IpAddr::V4(_) => ("restricted_v4", "allowed_v4"),
+            IpAddr::V6(_) => ("restricted_v6", "allowed_v6"),
+        };
+        let key = format!("{} . {proto} . {}", f.vip, f.port);
+        for range in significant_ranges(&f.vip, &f.source_ranges) {
+            add(allowed, format!("{key} . {range}"));
+        }
+        add(restricted, key);
+    }
+    sets
+}
+
+/// The VIP's family's prefixes without those inside another: the kernel's concatenated interval
+/// sets refuse overlapping elements on some versions, and a covered prefix adds nothing.
+fn significant_ranges(vip: &IpAddr, ranges: &[IpPrefix]) -> Vec<IpPrefix> {
+    let same_family: BTreeSet<IpPrefix> = ranges
+        .iter()
+        .filter(|r| r.addr.is_ipv4() == vip.is_ipv4())
+        .copied()
+        .collect();
+    same_family
+        .iter()
+        .filter(|r| !same_family.iter().any(|o| o != *r && o.contains(r)))
+        .copied()
+        .collect()
+}
+
+/// Renders the complete table as one `nft -f` transaction that replaces whatever the table held
+/// (`table` creates it if missing so that `delete` cannot fail, then it is defined anew). Packets
+/// see the old table or the new one, never a mix; connections already NATed keep their mapping.
+pub fn render(table: &str, ruleset: &Ruleset) -> String {
+    let sets = elements(ruleset);
+    let mut out = String::new();
+    // `write!` to a String cannot fail.
+    let _ = writeln!(out, "table {FAMILY} {table} {{}}");
+    let _ = writeln!(out, "delete table {FAMILY} {table}");
+    let _ = writeln!(out, "table {FAMILY} {table} {{");
+    let _ = writeln!(out, "\tcomment \"managed by edgelb: changes by hand are overwritten\"");
+    for def in &SETS {
+        let _ = writeln!(out, "\tset {} {{", def.name);
+        let _ = writeln!(out, "\t\ttype {}", def.kind);
+        if def.interval {
+            let _ = writeln!(out, "\t\tflags interval");
+        }
+        if let Some(elements) = sets.get(def.name).filter(|e| !e.is_empty()) {
+            let _ = writeln!(out, "\t\telements = {{");
+            for e in elements {
+                let _ = writeln!(out, "\t\t\t{e},");
+            }
+            let _ = writeln!(out, "\t\t}}");
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    let rules = rules(&ruleset.snat);
+    for chain in [&FILTER_CHAIN, &NAT_CHAIN] {
+        let _ = writeln!(out, "\tchain {} {{", chain.name);
+        let _ = writeln!(
+            out,
+            "\t\ttype {} hook {} priority {}; policy accept;",
+            chain.kind, chain.hook, chain.priority
+        );
+        for rule in rules.iter().filter(|r| r.chain == chain.name) {
+            let _ = writeln!(out, "\t\t{} comment \"{}\"", rule.text, rule.id());
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    let _ = writeln!(out, "}}");
+    out
+}
+
+/// What `nft -j list table` reports once [`render`]'s output is applied.
+pub fn expected_state(ruleset: &Ruleset) -> TableState {
+    let sets = elements(ruleset)
+        .into_iter()
+        .map(|(name, elements)| (name.to_owned(), elements))
+        .collect();
+    let rules = rules(&ruleset.snat);
+    let chains = [&FILTER_CHAIN, &NAT_CHAIN]
+        .into_iter()
+        .map(|c| {
+            let state = ChainState {
+                kind: c.kind.to_owned(),
+                hook: c.hook.to_owned(),
+                priority: c.priority,
+                policy: "accept".to_owned(),
+                rules: rules.iter().filter(|r| r.chain == c.name).map(RuleDef::id).collect(),
+            };
+            (c.name.to_owned(), state)
+        })
+        .collect();
+    TableState { sets, chains }
+}
+
+/// Reads the output of `nft -j list table` into a [`TableState`].
+pub fn parse_listing(json: &str) -> Result<TableState, String> {
+    let doc: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let items = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("no `nftables` array")?;
+    let mut state = TableState::default();
+    for item in items {
+        if let Some(set) = item.get("set") {
+            let name = set.get("name").and_then(Value::as_str).ok_or("a set without a name")?;
+            let mut elements = BTreeSet::new();
+            for elem in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                elements.insert(element_text(elem)?);
+            }
+            state.sets.insert(name.to_owned(), elements);
+        } else if let Some(chain) = item.get("chain") {
+            let name = chain
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or("a chain without a name")?;
+            let text = |key: &str| chain.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let chain_state = ChainState {
+                kind: text("type"),
+                hook: text("hook"),
+                priority: chain.get("prio").and_then(Value::as_i64).unwrap_or_default(),
+                policy: text("policy"),
+                rules: Vec::new(),
+            };
+            state.chains.insert(name.to_owned(), chain_state);
+        } else if let Some(rule) = item.get("rule") {
+            let chain = rule
+                .get("chain")
+                .and_then(Value::as_str)
+                .ok_or("a rule without a chain")?;
+            // A rule added by hand has no comment of ours: it must show as a difference.
+            let id = rule.get("comment").and_then(Value::as_str).unwrap_or("(no comment)");
+            if let Some(c) = state.chains.get_mut(chain) {
+                c.rules.push(id.to_owned());
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// One set element as nft prints it in text: `10.0.0.1 . tcp . 80 . 192.0.2.0/24`.
+fn element_text(elem: &Value) -> Result<String, String> {
+    // An element with a counter or comment is wrapped as {"elem": {"val": ...}}.
+    if let Some(val) = elem.get("elem").and_then(|e| e.get("val")) {
+        return element_text(val);
+    }
+    if let Some(parts) = elem.get("concat").and_then(Value::as_array) {
+        let parts: Result<Vec<_>, _> = parts.iter().map(element_text).collect();
+        return Ok(parts?.join(" . "));
+    }
+    if let Some(prefix) = elem.get("prefix") {
+        let addr = prefix
+            .get("addr")
+            .and_then(Value::as_str)
+            .ok_or("a prefix without addr")?;
+        let len = prefix
+            .get("len")
+            .and_then(Value::as_u64)
+            .ok_or("a prefix without len")?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("bad prefix address {addr}"))?;
+        let len = u8::try_from(len).map_err(|_| format!("bad prefix length {len}"))?;
+        return IpPrefix::new(addr, len)
+            .map(|p| p.to_string())
+            .ok_or_else(|| format!("bad prefix {addr}/{len}"));
+    }
+    if let Some(range) = elem.get("range").and_then(Value::as_array) {
+        let parts: Result<Vec<_>, _> = range.iter().map(element_text).collect();
+        return Ok(parts?.join("-"));
+    }
+    match elem {
+        // Addresses are normalised through IpAddr so both sides print them the same way.
+        Value::String(s) => Ok(s.parse::<IpAddr>().map(|a| a.to_string()).unwrap_or_else(|_| s.clone())),
+        Value::Number(n) => Ok(n.to_string()),
+        other => Err(format!("unexpected set element {other}")),
+    }
+}
+
+/// The appliance's nftables table, driven through the `nft` program.
+#[derive(Debug, Clone)]
+pub struct NftTable {
+    program: String,
+    table: String,
+}
+
+impl Default for NftTable {
+    fn default() -> Self {
+        Self {
+            program: "nft".to_owned(),
+            table: DEFAULT_TABLE.to_owned(),
+        }
+    }
+}
+
+impl NftTable {
+    /// The table `inet NAME`. Names are letters, digits and `_` so they need no quoting.
+    pub fn new(table: &str) -> Result<Self, NftError> {
+        let plain = table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if table.is_empty() || table.len() > 64 || !plain || table.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(NftError::Invalid(format!(
+                "nftables table name '{table}' must be 1 to 64 letters, digits or '_', not starting with a digit"
+            )));
+        }
+        Ok(Self {
+            table: table.to_owned(),
+            ..Self::default()
+        })
+    }
+
+    /// Uses `program` instead of `nft` from `PATH`.
+    pub fn with_program(mut self, program: impl Into<String>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// The table's name (its family is always `inet`).
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    /// Replaces the table's whole content with `ruleset` in one transaction
+    /// (`nft -f -` of [`render`]'s output).
+    pub async fn apply(&self, ruleset: &Ruleset) -> Result<(), NftError> {
+        let text = render(&self.table, ruleset);
+        self.run(&["-f", "-"], Some(&text)).await?;
+        info!(
+            table = %self.table,
+            forwards = ruleset.forwards.len(),
+            bytes = text.len(),
+            "nftables table applied"
+        );
+        Ok(())
+    }
+
+    /// Asks the kernel whether `ruleset` would apply, without changing anything (`nft -c -f -`).
+    pub async fn check(&self, ruleset: &Ruleset) -> Result<(), NftError> {
+        self.run(&["-c", "-f", "-"], Some(&render(&self.table, ruleset)))
+            .await
+            .map(drop)
+    }
+
+    /// What the table holds now (`nft -j list table inet NAME`); `None` if it does not exist.
+    pub async fn observe(&self) -> Result<Option<TableState>, NftError> {
+        let args = ["-j", "list", "table", FAMILY, &self.table];
+        match self.run(&args, None).await {
+            Ok(json) => parse_listing(&json).map(Some).map_err(|reason| NftError::Parse {
+                command: self.describe(&args),
+                reason,
+            }),
+            Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the table holds exactly what `ruleset` renders to.
+    pub async fn in_sync(&self, ruleset: &Ruleset) -> Result<bool, NftError> {
+        Ok(self.observe().await?.as_ref() == Some(&expected_state(ruleset)))
+    }
+
+    /// Deletes the table if it exists (`nft delete table inet NAME`), in one transaction that
+    /// cannot fail on a missing table. Nothing else in the ruleset is touched.
+    pub async fn flush(&self) -> Result<(), NftError> {
+        let text = format!("table {FAMILY} {t} {{}}\ndelete table {FAMILY} {t}\n", t = self.table);
+        self.run(&["-f", "-"], Some(&text)).await?;
+        info!(table = %self.table, "nftables table deleted");
+        Ok(())
+    }
+
+    fn describe(&self, args: &[&str]) -> String {
+        let mut words = vec![self.program.as_str()];
+        words.extend_from_slice(args);
+        words.join(" ")
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
+        let command = self.describe(args);
+        debug!(command = %command, "running nft");
+        let mut child = Command::new(&self.program)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => NftError::NotInstalled,
+                _ => NftError::Spawn {
+                    command: command.clone(),
+                    source,
+                },
+            })?;
+        // Feed stdin while collecting the output, so a large table cannot deadlock on full pipes;
+        // if nft stops reading early, its exit status and stderr say why, not the broken pipe.
+        let pipe = child.stdin.take();
+        let feed = async move {
+            if let (Some(text), Some(mut pipe)) = (stdin, pipe) {
+                // Dropping the pipe at the end of this block closes it: nft reads to end of file.
+                pipe.write_all(text.as_bytes()).await
+            } else {
+                Ok(())
+            }
+        };
+        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(|source| NftError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        if let Err(source) = fed
+            && output.status.success()
+        {
+            return Err(NftError::Spawn { command, source });
+        }
+        if !output.status.success() {
+            return Err(NftError::Failed {
+                command,
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}

@@ -1,0 +1,297 @@
+//! Health checks of the nodes behind the VIPs. Owns probing and the damped health of each
+//! distinct target (address, port, kind); it never touches the kernel: the reconciler reads
+//! [`Checker::serves`] and turns an unhealthy real server into weight 0 (drain), then removes
+//! it after the drain timeout.
+//!
+//! Each target is probed once per interval however many Services use it, probes run with
+//! bounded concurrency, first probes are spread over the interval and every next one is
+//! jittered, so 10,000 targets do not fire in one burst.
+
+pub mod probe;
+pub mod state;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Notify, Semaphore, watch};
+
+pub use probe::ProbeKind;
+pub use state::{Health, Outcome, TargetState, Thresholds};
+
+/// What is probed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub kind: ProbeKind,
+}
+
+impl Target {
+    pub fn tcp(addr: IpAddr, port: u16) -> Target {
+        Target {
+            addr,
+            port,
+            kind: ProbeKind::Tcp,
+        }
+    }
+
+    /// kube-proxy's `/healthz` on a Service's `healthCheckNodePort`.
+    pub fn healthz(addr: IpAddr, port: u16) -> Target {
+        Target {
+            addr,
+            port,
+            kind: ProbeKind::Http {
+                path: "/healthz".to_owned(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sa = SocketAddr::new(self.addr, self.port);
+        match &self.kind {
+            ProbeKind::Tcp => write!(f, "tcp://{sa}"),
+            ProbeKind::Http { path } => write!(f, "http://{sa}{path}"),
+        }
+    }
+}
+
+/// How a target is probed; defaults come from the configuration, pools and Services override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub thresholds: Thresholds,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            thresholds: Thresholds { rise: 2, fall: 3 },
+        }
+    }
+}
+
+struct Entry {
+    settings: Settings,
+    state: TargetState,
+    /// Bumped when the target is (re)added, so stale schedule entries are recognised.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    targets: HashMap<Target, Entry>,
+    next_generation: u64,
+    /// Newly added targets to put on the schedule.
+    added: Vec<(Target, u64, Duration)>,
+    /// How late probes started (for metrics), a bounded reservoir of recent values.
+    lateness: Vec<Duration>,
+    probes: u64,
+}
+
+/// The health checker. Cheap to clone; [`Checker::run`] drives it.
+#[derive(Clone)]
+pub struct Checker {
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<Notify>,
+    changes: watch::Sender<u64>,
+    concurrency: Arc<Semaphore>,
+    jitter: f64,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker").field("jitter", &self.jitter).finish()
+    }
+}
+
+const LATENESS_SAMPLES: usize = 4096;
+
+impl Checker {
+    /// `concurrency` bounds probes in flight; `jitter` (0 to 0.5) spreads each interval by up
+    /// to that fraction either way.
+    pub fn new(concurrency: usize, jitter: f64) -> Checker {
+        let (changes, _) = watch::channel(0);
+        Checker {
+            shared: Arc::default(),
+            wake: Arc::new(Notify::new()),
+            changes,
+            concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
+            jitter: jitter.clamp(0.0, 0.5),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves plain data behind; keep going with it.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the targets to probe. Targets kept keep their state; new ones start `Unknown`
+    /// (which serves); targets left out are forgotten.
+    pub fn set_targets(&self, wanted: HashMap<Target, Settings>) {
+        let now = SystemTime::now();
+        let mut sh = self.lock();
+        sh.targets.retain(|t, _| wanted.contains_key(t));
+        let mut added = false;
+        for (t, settings) in wanted {
+            let changed_interval = match sh.targets.get_mut(&t) {
+                Some(e) => {
+                    let c = e.settings.interval != settings.interval;
+                    e.settings = settings;
+                    c
+                }
+                None => true,
+            };
+            if changed_interval {
+                sh.next_generation += 1;
+                let generation = sh.next_generation;
+                let state = sh
+                    .targets
+                    .remove(&t)
+                    .map(|e| e.state)
+                    .unwrap_or_else(|| TargetState::new(now));
+                // Spread first probes over the interval.
+                let offset = settings.interval.mul_f64(spread(&t));
+                sh.added.push((t.clone(), generation, offset));
+                sh.targets.insert(
+                    t,
+                    Entry {
+                        settings,
+                        state,
+                        generation,
+                    },
+                );
+                added = true;
+            }
+        }
+        drop(sh);
+        if added {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The state of a target, if it is probed.
+    pub fn state(&self, target: &Target) -> Option<TargetState> {
+        self.lock().targets.get(target).map(|e| e.state.clone())
+    }
+
+    /// Whether new connections may go to the target (unknown targets may).
+    pub fn serves(&self, target: &Target) -> bool {
+        self.lock().targets.get(target).is_none_or(|e| e.state.serves())
+    }
+
+    pub fn snapshot(&self) -> HashMap<Target, TargetState> {
+        self.lock()
+            .targets
+            .iter()
+            .map(|(t, e)| (t.clone(), e.state.clone()))
+            .collect()
+    }
+
+    /// Bumped on every health change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Probes done so far and recent lateness values (sorted), for metrics and benchmarks.
+    pub fn lateness(&self) -> (u64, Vec<Duration>) {
+        let sh = self.lock();
+        let mut v = sh.lateness.clone();
+        v.sort_unstable();
+        (sh.probes, v)
+    }
+
+    /// Runs the schedule until the task is dropped or aborted.
+    pub async fn run(self) {
+        let mut schedule: BinaryHeap<Reverse<(Instant, u64, Target)>> = BinaryHeap::new();
+        loop {
+            let start = Instant::now();
+            for (t, generation, offset) in std::mem::take(&mut self.lock().added) {
+                schedule.push(Reverse((start + offset, generation, t)));
+            }
+            let next = schedule.peek().map(|Reverse((due, _, _))| *due);
+            match next {
+                None => self.wake.notified().await,
+                Some(due) if due > Instant::now() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                Some(_) => {
+                    let Some(Reverse((due, generation, target))) = schedule.pop() else {
+                        continue;
+                    };
+                    let settings = {
+                        let sh = self.lock();
+                        match sh.targets.get(&target) {
+                            Some(e) if e.generation == generation => e.settings,
+                            _ => continue, // removed or rescheduled
+                        }
+                    };
+                    let next_due = due
+                        + settings
+                            .interval
+                            .mul_f64(1.0 + self.jitter * (2.0 * unit_random() - 1.0));
+                    schedule.push(Reverse((next_due.max(Instant::now()), generation, target.clone())));
+                    let Ok(permit) = self.concurrency.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let late = Instant::now().saturating_duration_since(due);
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let sa = SocketAddr::new(target.addr, target.port);
+                        let (outcome, latency) = probe::probe(sa, &target.kind, settings.timeout).await;
+                        drop(permit);
+                        this.record(&target, generation, outcome, latency, late);
+                    });
+                }
+            }
+        }
+    }
+
+    fn record(&self, target: &Target, generation: u64, outcome: Outcome, latency: Duration, late: Duration) {
+        let mut sh = self.lock();
+        sh.probes += 1;
+        if sh.lateness.len() < LATENESS_SAMPLES {
+            sh.lateness.push(late);
+        } else {
+            let i = (sh.probes as usize) % LATENESS_SAMPLES;
+            sh.lateness[i] = late;
+        }
+        let Some(e) = sh.targets.get_mut(target).filter(|e| e.generation == generation) else {
+            return;
+        };
+        let thresholds = e.settings.thresholds;
+        if let Some(h) = state::observe(&mut e.state, outcome.clone(), latency, thresholds, SystemTime::now()) {
+            drop(sh);
+            match h {
+                Health::Down => tracing::warn!(target = %target, reason = %outcome.describe(), "backend unhealthy"),
+                _ => tracing::info!(target = %target, "backend healthy"),
+            }
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+/// A stable fraction in [0, 1) per target, so restarts spread probes the same way.
+fn spread(t: &Target) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    (h.finish() % 10_000) as f64 / 10_000.0
+}
+
+fn unit_random() -> f64 {
+    rand::random::<f64>()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+//! Probes against real servers on loopback: up, refusing, slow, HTTP 503, flapping; and the
+//! checker's schedule (one probe per target per interval, damping, forgetting).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A tiny HTTP server answering every request with `status()` after `delay`, counting requests.
+async fn http_server(status: Arc<AtomicUsize>, delay: Duration) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((LOCAL, 0)).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (status, hits) = (status.clone(), h.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                hits.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let code = status.load(Ordering::SeqCst);
+                let reason = if code == 200 { "OK" } else { "Service Unavailable" };
+                let body = format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}");
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> u16 {
+    let l = TcpListener::bind((LOCAL, 0)).await.expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn probes_tell_up_refused_slow_and_unhealthy_apart() {
+    let ok = Arc::new(AtomicUsize::new(200));
+    let (http_ok, _) = http_server(ok.clone(), Duration::ZERO).await;
+    let (http_503, _) = http_server(Arc::new(AtomicUsize::new(503)), Duration::ZERO).await;
+    let (http_slow, _) = http_server(ok.clone(), Duration::from_millis(600)).await;
+    let refused = closed_port().await;
+    let healthz = ProbeKind::Http {
+        path: "/healthz".into(),
+    };
+    let t = Duration::from_millis(300);
+
+    type Check = fn(&Outcome) -> bool;
+    let cases: Vec<(&str, u16, ProbeKind, Check)> = vec![
+        ("tcp up", http_ok, ProbeKind::Tcp, |o| *o == Outcome::Up),
+        ("http 200", http_ok, healthz.clone(), |o| *o == Outcome::Up),
+        ("http 503 (no local endpoints)", http_503, healthz.clone(), |o| {
+            *o == Outcome::Unhealthy("HTTP 503".into())
+        }),
+        (
+            "tcp refused",
+            refused,
+            ProbeKind::Tcp,
+            |o| matches!(o, Outcome::Failed(m) if m.contains("refused")),
+        ),
+        ("http refused", refused, healthz.clone(), |o| {
+            matches!(o, Outcome::Failed(_))
+        }),
+        (
+            "slow answer past the timeout",
+            http_slow,
+            healthz.clone(),
+            |o| matches!(o, Outcome::Failed(m) if m.contains("no answer within 300 ms")),
+        ),
+        // A TCP probe only needs the handshake, which the slow server completes at once.
+        ("slow server, tcp probe", http_slow, ProbeKind::Tcp, |o| {
+            *o == Outcome::Up
+        }),
+    ];
+    for (name, port, kind, check) in cases {
+        let (outcome, latency) = probe::probe(SocketAddr::new(LOCAL, port), &kind, t).await;
+        assert!(check(&outcome), "{name}: {outcome:?}");
+        assert!(latency <= t + Duration::from_millis(200), "{name}: took {latency:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_non_http_answer_is_a_failure() {
+    let listener = TcpListener::bind((LOCAL, 0)).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9\r\n").await;
+        }
+    });
+    let (o, _) = probe::probe(
+        SocketAddr::new(LOCAL, port),
+        &ProbeKind::Http {
+            path: "/healthz".into(),
+        },
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(o, Outcome::Failed("the answer is not HTTP".into()));
+}
+
+fn fast() -> Settings {
+    Settings {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
+        thresholds: Thresholds { rise: 2, fall: 2 },
+    }
+}
+
+async fn wait_for(checker: &Checker, target: &Target, health: Health) -> TargetState {
+    for _ in 0..200 {
+        if let Some(s) = checker.state(target)
+            && s.health == health
+        {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{target} did not become {health:?}: {:?}", checker.state(target));
+}
+
+#[tokio::test]
+async fn the_checker_drains_and_restores_a_backend_with_damping() {
+    let status = Arc::new(AtomicUsize::new(200));
+    let (port, _) = http_server(status.clone(), Duration::ZERO).await;
+    let checker = Checker::new(16, 0.1);
+    let task = tokio::spawn(checker.clone().run());
+    let mut changes = checker.subscribe();
+    let target = Target::healthz(LOCAL, port);
+    checker.set_targets(HashMap::from([(target.clone(), fast())]));
+
+    assert!(checker.serves(&target), "unknown serves");
+    wait_for(&checker, &target, Health::Up).await;
+    status.store(503, Ordering::SeqCst);
+    let down = wait_for(&checker, &target, Health::Down).await;
+    assert!(!checker.serves(&target));
+    assert_eq!(down.last, Some(Outcome::Unhealthy("HTTP 503".into())));
+    assert!(
+        changes.has_changed().expect("sender alive"),
+        "a health change is signalled"
+    );
+    changes.borrow_and_update();
+    status.store(200, Ordering::SeqCst);
+    wait_for(&checker, &target, Health::Up).await;
+    assert!(changes.has_changed().expect("sender alive"));
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_flapping_backend_does_not_flap_the_decision() {
+    // Alternates 200 and 503 on every request: never two failures in a row.
+    let listener = TcpListener::bind((LOCAL, 0)).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let flip = Arc::new(AtomicBool::new(false));
+    let f = flip.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf).await;
+            let bad = f.fetch_xor(true, Ordering::SeqCst);
+            let line: &[u8] = if bad {
+                b"HTTP/1.1 503 No\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\n\r\n"
+            };
+            let _ = s.write_all(line).await;
+        }
+    });
+    let checker = Checker::new(4, 0.0);
+    let task = tokio::spawn(checker.clone().run());
+    let target = Target::healthz(LOCAL, port);
+    let mut s = fast();
+    s.thresholds = Thresholds { rise: 1, fall: 2 };
+    checker.set_targets(HashMap::from([(target.clone(), s)]));
+    wait_for(&checker, &target, Health::Up).await;
+    let mut changes = checker.subscribe();
+    changes.borrow_and_update();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let state = checker.state(&target).expect("tracked");
+    assert_eq!(state.health, Health::Up, "{state:?}");
+    assert!(
+        !changes.has_changed().expect("alive"),
+        "no health change while flapping"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn each_target_is_probed_once_per_interval_and_removed_targets_stop() {
+    let (port, hits) = http_server(Arc::new(AtomicUsize::new(200)), Duration::ZERO).await;
+    let checker = Checker::new(8, 0.0);
+    let task = tokio::spawn(checker.clone().run());
+    let target = Target::healthz(LOCAL, port);
+    let settings = Settings {
+        interval: Duration::from_millis(100),
+        ..fast()
+    };
+    // However many Services use the target, it is one entry.
+    checker.set_targets(HashMap::from([(target.clone(), settings)]));
+    checker.set_targets(HashMap::from([(target.clone(), settings)]));
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let n = hits.load(Ordering::SeqCst);
+    assert!((8..=12).contains(&n), "about 10 probes in 1 s at 100 ms, got {n}");
+    checker.set_targets(HashMap::new());
+    assert!(checker.state(&target).is_none());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let after = hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), after, "a removed target is not probed");
+    task.abort();
+}
+
+#[test]
+fn targets_display_as_urls() {
+    assert_eq!(Target::tcp(LOCAL, 30080).to_string(), "tcp://127.0.0.1:30080");
+    assert_eq!(
+        Target::healthz("fd00::1".parse().expect("ip"), 31000).to_string(),
+        "http://[fd00::1]:31000/healthz"
+    );
+}

@@ -1,0 +1,715 @@
+//! What the console's templates see: one struct per page (askama, auto-escaped), the shared
+//! layout, and the formatting of times, counts and bars. No store calls here.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use edgelb_api::{Pool, PoolSpec};
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+use super::{ConsoleUser, Flash};
+
+/// What every signed-in page shows around its content.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub title: String,
+    /// Which navigation entry is current.
+    pub nav: &'static str,
+    pub user: String,
+    pub role: String,
+    pub csrf: String,
+    pub can_operate: bool,
+    pub can_admin: bool,
+    pub message: Option<String>,
+    pub version: String,
+}
+
+impl Layout {
+    pub fn new(user: &ConsoleUser, nav: &'static str, title: impl Into<String>, flash: &Flash) -> Layout {
+        Layout {
+            title: title.into(),
+            nav,
+            user: user.name.clone(),
+            role: user.role.to_string(),
+            csrf: user.csrf.clone(),
+            can_operate: user.can_operate(),
+            can_admin: user.can_admin(),
+            message: flash.message.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// `aria-current` for the navigation entry `name`.
+    pub fn current(&self, name: &str) -> &'static str {
+        if self.nav == name { "page" } else { "false" }
+    }
+}
+
+/// `2026-11-26 17:03:12 UTC`.
+pub fn time(t: OffsetDateTime) -> String {
+    let f = format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    t.to_offset(time::UtcOffset::UTC).format(f).unwrap_or_default()
+}
+
+/// `5 s`, `3 min`, `2 h 5 min`, `4 d 3 h`.
+pub fn duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ => format!("{} d {} h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// `3 min ago`, or `never`.
+pub fn ago(t: Option<OffsetDateTime>) -> String {
+    match t {
+        Some(t) => format!("{} ago", duration(crate::store::now() - t.unix_timestamp())),
+        None => "never".to_owned(),
+    }
+}
+
+/// A pool's usage as the bar and the numbers beside it.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub total: String,
+    pub allocated: u64,
+    pub held: u64,
+    pub free: String,
+    /// Percentages (0..=100) of the bar's segments, as SVG widths.
+    pub allocated_pct: String,
+    pub held_pct: String,
+    pub held_x: String,
+    pub percent: String,
+}
+
+impl Usage {
+    pub fn of(pool: &Pool) -> Usage {
+        let u = &pool.usage;
+        let total: f64 = u.total.parse().unwrap_or(0.0);
+        let pct = |n: u64| {
+            if total > 0.0 {
+                (n as f64 / total * 100.0).min(100.0)
+            } else {
+                0.0
+            }
+        };
+        let (a, h) = (pct(u.allocated), pct(u.held));
+        Usage {
+            total: u.total.clone(),
+            allocated: u.allocated,
+            held: u.held,
+            free: u.free.clone(),
+            allocated_pct: format!("{a:.2}"),
+            held_pct: format!("{h:.2}"),
+            held_x: format!("{a:.2}"),
+            percent: format!("{:.1}", u.utilization * 100.0),
+        }
+    }
+}
+
+/// A pool as a row of the dashboard and the pools list.
+#[derive(Debug, Clone)]
+pub struct PoolRow {
+    pub name: String,
+    pub ranges: Vec<String>,
+    pub usage: Usage,
+    pub scheduler: String,
+    pub auto_assign: bool,
+    pub priority: i32,
+    pub scope: String,
+}
+
+impl PoolRow {
+    pub fn of(pool: &Pool) -> PoolRow {
+        let s = &pool.spec;
+        let list = |v: &[String], all: &str| if v.is_empty() { all.to_owned() } else { v.join(", ") };
+        PoolRow {
+            name: s.name.clone(),
+            ranges: s.ranges.clone(),
+            usage: Usage::of(pool),
+            scheduler: s.scheduler.clone(),
+            auto_assign: s.auto_assign,
+            priority: s.priority,
+            scope: format!(
+                "clusters: {}; namespaces: {}",
+                list(&s.clusters, "all"),
+                list(&s.namespaces, "all")
+            ),
+        }
+    }
+}
+
+/// An audit entry as a row.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub time: String,
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub change: String,
+}
+
+impl AuditRow {
+    pub fn of(e: &edgelb_api::AuditEntry) -> AuditRow {
+        let short = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        let (b, a) = (short(&e.before), short(&e.after));
+        let mut change = match (b.is_empty(), a.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => a,
+            (false, true) => format!("was {b}"),
+            (false, false) => format!("{b} → {a}"),
+        };
+        if change.chars().count() > 240 {
+            change = change.chars().take(240).collect::<String>() + "…";
+        }
+        AuditRow {
+            time: time(e.time),
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            object: e.object.clone(),
+            change,
+        }
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "dashboard.html")]
+pub struct DashboardPage {
+    pub l: Layout,
+    pub pools: Vec<PoolRow>,
+    pub clusters: usize,
+    pub services: u64,
+    pub vips: u64,
+    pub held: u64,
+    pub dataplane: DataplaneView,
+    pub audit: Vec<AuditRow>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "pools.html")]
+pub struct PoolsPage {
+    pub l: Layout,
+    pub pools: Vec<PoolRow>,
+}
+
+/// An allocation as a row.
+#[derive(Debug, Clone)]
+pub struct AllocationRow {
+    pub ip: String,
+    pub state: &'static str,
+    pub pool: String,
+    pub cluster: String,
+    pub services: Vec<String>,
+    pub since: String,
+    pub held_left: String,
+}
+
+impl AllocationRow {
+    pub fn of(a: &edgelb_api::Allocation) -> AllocationRow {
+        let held = a.state == edgelb_api::AllocationState::Held;
+        AllocationRow {
+            ip: a.ip.to_string(),
+            state: if held { "held" } else { "allocated" },
+            pool: a.pool.clone(),
+            cluster: a.cluster.clone(),
+            services: a
+                .services
+                .iter()
+                .map(|s| format!("{}/{}", s.namespace, s.name))
+                .collect(),
+            since: time(a.since),
+            held_left: match a.held_until {
+                Some(t) if held => {
+                    let left = t.unix_timestamp() - crate::store::now();
+                    if left > 0 {
+                        format!("{} left", duration(left))
+                    } else {
+                        "expired, free on next sweep".to_owned()
+                    }
+                }
+                _ => String::new(),
+            },
+        }
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "pool.html")]
+pub struct PoolPage {
+    pub l: Layout,
+    pub pool: PoolRow,
+    pub spec: PoolSpec,
+    pub created: String,
+    pub updated: String,
+    pub allocations: Vec<AllocationRow>,
+    pub held: Vec<AllocationRow>,
+    pub more: bool,
+}
+
+/// Errors of a form, by field; messages not tied to a field go under `""`.
+#[derive(Debug, Clone, Default)]
+pub struct FieldErrors(pub BTreeMap<String, Vec<String>>);
+
+impl FieldErrors {
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.entry(field.to_owned()).or_default().push(message.into());
+    }
+
+    pub fn of(&self, field: &str) -> &[String] {
+        self.0.get(field).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    pub fn has(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `aria-invalid` of an input.
+    pub fn invalid(&self, field: &str) -> &'static str {
+        if self.has(field) { "true" } else { "false" }
+    }
+}
+
+/// The pool form's fields as typed, so a refused form comes back as the user left it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct PoolForm {
+    pub name: String,
+    /// One range per line.
+    pub ranges: String,
+    pub auto_assign: Option<String>,
+    pub avoid_buggy_ips: Option<String>,
+    pub priority: String,
+    /// Comma- or space-separated.
+    pub clusters: String,
+    pub namespaces: String,
+    pub scheduler: String,
+    pub hold_seconds: String,
+}
+
+impl PoolForm {
+    pub fn of(spec: &PoolSpec) -> PoolForm {
+        PoolForm {
+            name: spec.name.clone(),
+            ranges: spec.ranges.join("\n"),
+            auto_assign: spec.auto_assign.then(|| "on".to_owned()),
+            avoid_buggy_ips: spec.avoid_buggy_ips.then(|| "on".to_owned()),
+            priority: spec.priority.to_string(),
+            clusters: spec.clusters.join(", "),
+            namespaces: spec.namespaces.join(", "),
+            scheduler: spec.scheduler.clone(),
+            hold_seconds: spec.hold_seconds.to_string(),
+        }
+    }
+
+    pub fn new_default() -> PoolForm {
+        PoolForm {
+            auto_assign: Some("on".into()),
+            priority: "0".into(),
+            scheduler: "wlc".into(),
+            hold_seconds: "600".into(),
+            ..PoolForm::default()
+        }
+    }
+}
+
+/// IPVS schedulers the form offers (the kernel may offer more; the field takes any name).
+pub const SCHEDULERS: &[(&str, &str)] = &[
+    ("rr", "round robin"),
+    ("wrr", "weighted round robin"),
+    ("lc", "least connection"),
+    ("wlc", "weighted least connection"),
+    ("lblc", "locality-based least connection"),
+    ("lblcr", "locality-based least connection with replication"),
+    ("dh", "destination hashing"),
+    ("sh", "source hashing"),
+    ("sed", "shortest expected delay"),
+    ("nq", "never queue"),
+    ("fo", "weighted failover"),
+    ("ovf", "weighted overflow"),
+    ("mh", "maglev hashing"),
+    ("twos", "weighted random twos choice"),
+];
+
+#[derive(Template, WebTemplate)]
+#[template(path = "pool_form.html")]
+pub struct PoolFormPage {
+    pub l: Layout,
+    /// `None` to create, the pool's name to edit.
+    pub editing: Option<String>,
+    pub form: PoolForm,
+    pub errors: FieldErrors,
+    pub schedulers: &'static [(&'static str, &'static str)],
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "pool_delete.html")]
+pub struct PoolDeletePage {
+    pub l: Layout,
+    pub pool: PoolRow,
+    pub refusal: Option<String>,
+}
+
+/// The allocations page's filters as typed.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct AllocationQuery {
+    pub ip: String,
+    pub pool: String,
+    pub cluster: String,
+    pub namespace: String,
+    pub service: String,
+    pub cursor: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "allocations.html")]
+pub struct AllocationsPage {
+    pub l: Layout,
+    pub q: AllocationQuery,
+    pub pools: Vec<String>,
+    pub clusters: Vec<String>,
+    pub rows: Vec<AllocationRow>,
+    pub error: Option<String>,
+    pub next: Option<String>,
+    pub first: Option<String>,
+    pub filtered: bool,
+}
+
+/// A Service's virtual service as shown.
+#[derive(Debug, Clone)]
+pub struct ServiceRow {
+    pub key: String,
+    pub cluster: String,
+    pub vips: Vec<String>,
+    pub ports: Vec<String>,
+    pub scheduler: String,
+    pub policy: String,
+    pub affinity: String,
+    pub real_servers: Vec<RealServer>,
+    pub pending: bool,
+    /// Whether the real servers come from the kernel (else from the node list).
+    pub programmed: bool,
+    pub connections: String,
+    pub bytes: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RealServer {
+    pub node: String,
+    pub address: String,
+    /// The node ports traffic goes to, `:30080 :30443`.
+    pub ports: String,
+    pub weight: String,
+    /// `ok`, `drained` or `unknown` (as a CSS class too).
+    pub health: &'static str,
+    pub connections: String,
+}
+
+/// The data plane's state in a line: mode, last pass, error.
+#[derive(Debug, Clone)]
+pub struct DataplaneView {
+    pub mode: String,
+    pub state: String,
+    pub error: Option<String>,
+    /// Drained (weight 0) real servers as `VIP:port -> address:port`.
+    pub unhealthy: Vec<String>,
+    pub real_servers: usize,
+}
+
+impl DataplaneView {
+    pub fn of(st: &edgelb_api::DataplaneStatus, mode: &str) -> DataplaneView {
+        let mode = if st.mode.is_empty() {
+            mode.to_owned()
+        } else {
+            st.mode.clone()
+        };
+        let state = if mode == "none" {
+            "control plane only: nothing is forwarded".to_owned()
+        } else {
+            match st.last_sync {
+                Some(t) => format!(
+                    "last sync {} · {} passes, {} operations",
+                    ago(Some(t)),
+                    st.passes,
+                    st.operations
+                ),
+                None => "not synced yet".to_owned(),
+            }
+        };
+        let mut unhealthy = Vec::new();
+        let mut real_servers = 0;
+        for vs in &st.virtual_services {
+            for rs in &vs.real_servers {
+                real_servers += 1;
+                if rs.weight == 0 {
+                    unhealthy.push(format!(
+                        "{} {}/{} → {}",
+                        vs.ip,
+                        vs.port,
+                        vs.protocol,
+                        sock(rs.ip, rs.port)
+                    ));
+                }
+            }
+        }
+        DataplaneView {
+            mode,
+            state,
+            error: st.last_error.clone(),
+            unhealthy,
+            real_servers,
+        }
+    }
+}
+
+/// `10.0.0.1:80`, `[2001:db8::1]:80`.
+pub fn sock(ip: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+/// `1.2 MiB`, `512 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "services.html")]
+pub struct ServicesPage {
+    pub l: Layout,
+    pub cluster: String,
+    pub clusters: Vec<String>,
+    pub rows: Vec<ServiceRow>,
+    pub total: usize,
+    pub page: usize,
+    pub pages: usize,
+    pub prev: Option<String>,
+    pub next: Option<String>,
+    pub dataplane: DataplaneView,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterRow {
+    pub name: String,
+    pub description: String,
+    pub services: u64,
+    pub nodes: u64,
+    pub last_contact: String,
+    pub last_contact_at: String,
+    pub agent_version: String,
+    pub created: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "clusters.html")]
+pub struct ClustersPage {
+    pub l: Layout,
+    pub clusters: Vec<ClusterRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub cluster: String,
+    pub created_by: String,
+    pub created: String,
+    pub last_used: String,
+}
+
+/// The token form's fields as typed.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct TokenForm {
+    pub name: String,
+    pub role: String,
+    pub cluster: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "tokens.html")]
+pub struct TokensPage {
+    pub l: Layout,
+    pub tokens: Vec<TokenRow>,
+    pub clusters: Vec<String>,
+    /// (token name, secret) of a token just created: shown this once.
+    pub secret: Option<(String, String)>,
+    pub form: TokenForm,
+    pub errors: FieldErrors,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub name: String,
+    pub role: String,
+    pub created: String,
+    pub sessions: u64,
+    pub me: bool,
+}
+
+/// The user form's fields as typed (never the password).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct UserForm {
+    pub name: String,
+    pub role: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "users.html")]
+pub struct UsersPage {
+    pub l: Layout,
+    pub users: Vec<UserRow>,
+    pub form: UserForm,
+    pub errors: FieldErrors,
+}
+
+/// The audit page's filters as typed.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct AuditQuery {
+    pub actor: String,
+    pub object: String,
+    pub since: String,
+    pub until: String,
+    pub cursor: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "audit.html")]
+pub struct AuditPage {
+    pub l: Layout,
+    pub q: AuditQuery,
+    pub rows: Vec<AuditRow>,
+    pub error: Option<String>,
+    pub next: Option<String>,
+    pub first: Option<String>,
+    pub filtered: bool,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub csrf: String,
+    pub user: String,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage<'a> {
+    pub status: u16,
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+
+/// An error as a minimal page (it may be shown to someone not signed in).
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let page = ErrorPage {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("Error"),
+        message,
+    };
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the error page failed");
+            (status, message.to_owned()).into_response()
+        }
+    }
+}
+
+/// A query string from non-empty pairs, percent-encoded: `?a=1&b=x%2Fy`.
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    fn enc(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(5), "5 s");
+        assert_eq!(duration(180), "3 min");
+        assert_eq!(duration(7500), "2 h 5 min");
+        assert_eq!(duration(-3), "0 s");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn drained_real_servers_are_the_unhealthy_ones() {
+        let rs = |ip: &str, weight| edgelb_api::RealServerStatus {
+            ip: ip.parse().expect("ip"),
+            port: 30080,
+            weight,
+            active_connections: 0,
+            inactive_connections: 0,
+            counters: Default::default(),
+        };
+        let st = edgelb_api::DataplaneStatus {
+            mode: "ipvs".into(),
+            virtual_services: vec![edgelb_api::VirtualServiceStatus {
+                ip: "203.0.113.5".parse().expect("ip"),
+                port: 80,
+                protocol: edgelb_api::Protocol::Tcp,
+                programmed: true,
+                scheduler: Some("wlc".into()),
+                persistence_timeout_seconds: None,
+                counters: Default::default(),
+                real_servers: vec![rs("10.0.0.1", 1), rs("10.0.0.2", 0)],
+            }],
+            ..Default::default()
+        };
+        let v = DataplaneView::of(&st, "ipvs");
+        assert_eq!(v.real_servers, 2);
+        assert_eq!(v.unhealthy, ["203.0.113.5 80/TCP → 10.0.0.2:30080"]);
+        assert_eq!(v.state, "not synced yet");
+        assert_eq!(DataplaneView::of(&Default::default(), "none").mode, "none");
+    }
+
+    #[test]
+    fn query_strings_skip_empty_values_and_escape_the_rest() {
+        assert_eq!(query(&[("ip", ""), ("pool", "a b/c")]), "?pool=a%20b%2Fc");
+        assert_eq!(query(&[("ip", "")]), "");
+    }
+}

@@ -1,0 +1,75 @@
+//! `GET /api/v1/clusters/{cluster}/services/{namespace}/{name}/status`: a Service's forwarding
+//! as the kernel holds it (virtual services, real servers with weights and counters), read from
+//! what the reconciler last published. It never asks the kernel itself.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use edgelb_api::{ServiceStatus, TrafficCounters, VirtualServiceStatus};
+use serde::Deserialize;
+
+use super::api::ApiPath;
+use super::{ApiError, AppState, Caller};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route(
+        "/api/v1/clusters/{cluster}/services/{namespace}/{name}/status",
+        get(service_status),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct StatusPath {
+    cluster: String,
+    namespace: String,
+    name: String,
+}
+
+/// The Service's virtual services (one per address and port) with their real servers, weights
+/// and traffic counters. A virtual service not yet in the kernel shows `programmed: false`.
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}/services/{namespace}/{name}/status", tag = "services",
+    params(("cluster" = String, Path), ("namespace" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = ServiceStatus), (status = 404, body = edgelb_api::Problem)))]
+pub async fn service_status(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<StatusPath>,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    caller.can_cluster(&p.cluster, false, "read services")?;
+    let svc = s.store.get_service(&p.cluster, &p.namespace, &p.name).await?;
+    let dp = s.dataplane.borrow().clone();
+    let forwarding = s.info.dataplane != "none";
+    let mut virtual_services = Vec::new();
+    if forwarding && let Some(spec) = &svc.spec {
+        for ip in &svc.ips {
+            for port in &spec.ports {
+                let found = dp
+                    .virtual_services
+                    .iter()
+                    .find(|v| v.ip == *ip && v.port == port.port && v.protocol == port.protocol);
+                virtual_services.push(match found {
+                    Some(v) => v.clone(),
+                    None => VirtualServiceStatus {
+                        ip: *ip,
+                        port: port.port,
+                        protocol: port.protocol,
+                        programmed: false,
+                        scheduler: None,
+                        persistence_timeout_seconds: None,
+                        counters: TrafficCounters::default(),
+                        real_servers: Vec::new(),
+                    },
+                });
+            }
+        }
+    }
+    Ok(Json(ServiceStatus {
+        cluster: svc.cluster,
+        namespace: svc.namespace,
+        name: svc.name,
+        dataplane: s.info.dataplane.clone(),
+        last_sync: dp.last_sync,
+        last_error: dp.last_error.clone(),
+        virtual_services,
+    }))
+}

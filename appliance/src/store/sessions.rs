@@ -1,0 +1,323 @@
+//! Console sessions and console user management. A session cookie holds 256 random bits; the
+//! table holds only their SHA-256, so a copy of the database opens no session. The role is read
+//! from `users` on every request, so deleting a user or changing a role takes effect at once.
+//! Never stores a password or a session secret in clear.
+
+use base64::Engine;
+use edgelb_api::Role;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::Connection;
+
+use super::{Result, Store, StoreError, audit, ts};
+
+/// How long a console session lasts from sign-in.
+pub const SESSION_SECONDS: i64 = 12 * 3600;
+
+/// A console user as listed (never the password hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    pub created_at: time::OffsetDateTime,
+    /// Open console sessions.
+    pub sessions: u64,
+}
+
+/// A session just opened: the cookie secret and the CSRF token for its forms.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub secret: String,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+/// The user behind a session cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    pub role: Role,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn session_hash(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+fn check_password(password: &str) -> Result<()> {
+    if password.chars().count() < 12 {
+        return Err(StoreError::invalid(
+            "password",
+            "a password needs at least 12 characters",
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens a session for `user` (already authenticated); sweeps expired sessions on the way.
+    pub async fn create_session(&self, user: &str) -> Result<NewSession> {
+        let user = user.to_owned();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let s = NewSession {
+                    secret: random_token(),
+                    csrf: random_token(),
+                    expires_at: now + SESSION_SECONDS,
+                };
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query("DELETE FROM console_sessions WHERE expires_at <= ?")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO console_sessions (id_hash, user, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(session_hash(&s.secret))
+                .bind(&user)
+                .bind(&s.csrf)
+                .bind(now)
+                .bind(s.expires_at)
+                .execute(&mut *tx)
+                .await?;
+                audit(
+                    &mut tx,
+                    now,
+                    &format!("user:{user}"),
+                    "session.login",
+                    &format!("user/{user}"),
+                    None,
+                    None,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(s)
+            })
+        })
+        .await
+    }
+
+    /// The live session a cookie secret stands for, or `None` (unknown, expired, user gone).
+    pub async fn session(&self, secret: &str) -> Result<Option<Session>> {
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT s.user, u.role, s.csrf, s.expires_at FROM console_sessions s JOIN users u ON u.name = s.user \
+             WHERE s.id_hash = ? AND s.expires_at > ?",
+        )
+        .bind(session_hash(secret))
+        .bind(super::now())
+        .fetch_optional(self.read())
+        .await?;
+        let Some((user, role, csrf, expires_at)) = row else {
+            return Ok(None);
+        };
+        let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role '{role}'")))?;
+        Ok(Some(Session {
+            user,
+            role,
+            csrf,
+            expires_at,
+        }))
+    }
+
+    /// Ends a session (sign-out). Ending an unknown session is not an error.
+    pub async fn delete_session(&self, secret: &str) -> Result<()> {
+        let hash = session_hash(secret);
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let user: Option<(String,)> =
+                    sqlx::query_as("DELETE FROM console_sessions WHERE id_hash = ? RETURNING user")
+                        .bind(&hash)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some((user,)) = user {
+                    audit(
+                        &mut tx,
+                        now,
+                        &format!("user:{user}"),
+                        "session.logout",
+                        &format!("user/{user}"),
+                        None,
+                        None,
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Console users, by name.
+    pub async fn list_users(&self) -> Result<Vec<User>> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT u.name, u.role, u.created_at, \
+             (SELECT COUNT(*) FROM console_sessions s WHERE s.user = u.name AND s.expires_at > ?) \
+             FROM users u ORDER BY u.name",
+        )
+        .bind(super::now())
+        .fetch_all(self.read())
+        .await?;
+        rows.into_iter()
+            .map(|(name, role, created_at, sessions)| {
+                Ok(User {
+                    role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role '{role}'")))?,
+                    name,
+                    created_at: ts(created_at),
+                    sessions: sessions.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes a console user and ends their sessions. The last admin cannot be deleted, so
+    /// the console can never lock everyone out.
+    pub async fn delete_user(&self, actor: &str, name: &str) -> Result<()> {
+        let actor = actor.to_owned();
+        let name = name.to_owned();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let role: Option<(String,)> = sqlx::query_as("SELECT role FROM users WHERE name = ?")
+                    .bind(&name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let (role,) = role.ok_or_else(|| StoreError::NotFound(format!("user '{name}' does not exist")))?;
+                if role == "admin" {
+                    let (admins,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if admins <= 1 {
+                        return Err(StoreError::Conflict(format!(
+                            "user '{name}' is the last admin: create another admin first"
+                        )));
+                    }
+                }
+                sqlx::query("DELETE FROM users WHERE name = ?")
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await?;
+                let before = serde_json::json!({ "role": role });
+                audit(
+                    &mut tx,
+                    now,
+                    &actor,
+                    "user.delete",
+                    &format!("user/{name}"),
+                    Some(&before),
+                    None,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Sets a user's password and ends their other sessions (all of them when `keep` is `None`).
+    pub async fn set_password(&self, actor: &str, name: &str, password: &str, keep: Option<&str>) -> Result<()> {
+        check_password(password)?;
+        let pw = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || super::auth::hash_password(&pw)).await??;
+        let actor = actor.to_owned();
+        let name = name.to_owned();
+        let keep = keep.map(session_hash).unwrap_or_default();
+        self.write(move |w, now| {
+            Box::pin(async move {
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let done = sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
+                    .bind(&hash)
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("user '{name}' does not exist")));
+                }
+                sqlx::query("DELETE FROM console_sessions WHERE user = ? AND id_hash != ?")
+                    .bind(&name)
+                    .bind(&keep)
+                    .execute(&mut *tx)
+                    .await?;
+                audit(
+                    &mut tx,
+                    now,
+                    &actor,
+                    "user.password",
+                    &format!("user/{name}"),
+                    None,
+                    None,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn session_lives_until_logout_and_dies_with_its_user() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).await.expect("open");
+        store
+            .create_user("test", "alice", "a long enough password", Role::Operator)
+            .await
+            .expect("user");
+        let s = store.create_session("alice").await.expect("session");
+        let found = store.session(&s.secret).await.expect("lookup").expect("live");
+        assert_eq!((found.user.as_str(), found.role), ("alice", Role::Operator));
+        assert_eq!(found.csrf, s.csrf);
+        assert_eq!(store.session("not-a-secret").await.expect("lookup"), None);
+
+        store.delete_session(&s.secret).await.expect("logout");
+        assert_eq!(store.session(&s.secret).await.expect("lookup"), None);
+
+        let s2 = store.create_session("alice").await.expect("session");
+        store.delete_user("test", "alice").await.expect("delete");
+        assert_eq!(store.session(&s2.secret).await.expect("lookup"), None);
+    }
+
+    #[tokio::test]
+    async fn last_admin_cannot_be_deleted_and_password_change_ends_other_sessions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).await.expect("open");
+        store.bootstrap().await.expect("bootstrap");
+        let err = store.delete_user("test", "admin").await.expect_err("last admin");
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+        let mine = store.create_session("admin").await.expect("session");
+        let other = store.create_session("admin").await.expect("session");
+        store
+            .set_password("user:admin", "admin", "another long password", Some(&mine.secret))
+            .await
+            .expect("password");
+        assert!(store.session(&mine.secret).await.expect("lookup").is_some());
+        assert!(store.session(&other.secret).await.expect("lookup").is_none());
+        assert!(
+            store
+                .authenticate_user("admin", "another long password")
+                .await
+                .expect("auth")
+                .is_some()
+        );
+        let short = store
+            .set_password("test", "admin", "short", None)
+            .await
+            .expect_err("short");
+        assert!(matches!(short, StoreError::Invalid(_)), "{short:?}");
+    }
+}

@@ -1,0 +1,128 @@
+//! What the data plane needs, in one consistent read: pools (ranges and default scheduler),
+//! Services with their specs and allocated addresses, and every cluster's nodes. One read
+//! transaction, so the reconciler never sees a Service's new address with the old node list.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use edgelb_api::{AssignedIp, Node, ServiceSpec};
+use sqlx::Row;
+
+use super::{Result, Store, StoreError, blob_ip, json_vec};
+use crate::ipam::{IpRange, from_u128};
+
+/// A pool as the data plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPool {
+    pub name: String,
+    pub ranges: Vec<IpRange>,
+    /// The default IPVS scheduler of its Services.
+    pub scheduler: String,
+}
+
+/// A Service with its allocated addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotService {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    /// `None` while only reserved by a sync.
+    pub spec: Option<ServiceSpec>,
+    pub addresses: Vec<AssignedIp>,
+}
+
+/// Everything the reconciler builds the desired state from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataplaneSnapshot {
+    pub pools: Vec<SnapshotPool>,
+    /// In (cluster, namespace, name) order.
+    pub services: Vec<SnapshotService>,
+    /// Nodes by cluster, in name order.
+    pub nodes: BTreeMap<String, Vec<Node>>,
+}
+
+impl Store {
+    /// The data plane's inputs, read in one transaction.
+    pub async fn dataplane_snapshot(&self) -> Result<DataplaneSnapshot> {
+        let mut tx = self.read().begin().await?;
+
+        let mut pools = Vec::new();
+        for row in sqlx::query("SELECT name, ranges, scheduler FROM pools ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let name: String = row.try_get(0)?;
+            let ranges = json_vec(row.try_get::<&str, _>(1)?)?
+                .iter()
+                .map(|r| IpRange::parse(r).map_err(|e| StoreError::Corrupt(format!("pool '{name}': {e}"))))
+                .collect::<Result<Vec<_>>>()?;
+            pools.push(SnapshotPool {
+                name,
+                ranges,
+                scheduler: row.try_get(2)?,
+            });
+        }
+
+        let mut addresses: BTreeMap<(String, String, String), Vec<AssignedIp>> = BTreeMap::new();
+        for row in sqlx::query(
+            "SELECT sa.cluster, sa.namespace, sa.name, sa.ip, a.pool FROM service_addresses sa \
+             JOIN addresses a USING (ip) WHERE a.state = 'allocated' ORDER BY sa.ip",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let ip: IpAddr = from_u128(blob_ip(row.try_get::<&[u8], _>(3)?)?);
+            addresses
+                .entry((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                .or_default()
+                .push(AssignedIp {
+                    ip,
+                    pool: row.try_get(4)?,
+                });
+        }
+
+        let mut services = Vec::new();
+        for row in sqlx::query("SELECT cluster, namespace, name, spec FROM services ORDER BY cluster, namespace, name")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let key: (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let spec = match row.try_get::<Option<String>, _>(3)? {
+                Some(text) => Some(
+                    serde_json::from_str::<ServiceSpec>(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("service spec: {e}")))?,
+                ),
+                None => None,
+            };
+            let addrs = addresses.remove(&key).unwrap_or_default();
+            let (cluster, namespace, name) = key;
+            services.push(SnapshotService {
+                cluster,
+                namespace,
+                name,
+                spec,
+                addresses: addrs,
+            });
+        }
+
+        let mut nodes: BTreeMap<String, Vec<Node>> = BTreeMap::new();
+        for row in sqlx::query(
+            "SELECT cluster, name, addresses, ready, schedulable, excluded FROM nodes ORDER BY cluster, name",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let addrs: Vec<IpAddr> = serde_json::from_str(row.try_get::<&str, _>(2)?)
+                .map_err(|e| StoreError::Corrupt(format!("node addresses: {e}")))?;
+            nodes.entry(row.try_get(0)?).or_default().push(Node {
+                name: row.try_get(1)?,
+                addresses: addrs,
+                ready: row.try_get(3)?,
+                schedulable: row.try_get(4)?,
+                excluded: row.try_get(5)?,
+            });
+        }
+        tx.commit().await?;
+        Ok(DataplaneSnapshot { pools, services, nodes })
+    }
+}

@@ -1,0 +1,307 @@
+//! The `edgelb` command line, run as the real binary: offline commands against a data
+//! directory (`token create`, `backup`, `check-config`) and daily commands through the REST API
+//! of a real appliance over HTTPS.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::TestAppliance;
+use reqwest::StatusCode;
+
+fn edgelb(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+    cmd.args(args).env("EDGELB_LOG", "warn");
+    for var in [
+        "EDGELB_SERVER",
+        "EDGELB_TOKEN",
+        "EDGELB_CA_CERT",
+        "EDGELB_DATA_DIR",
+        "EDGELB_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("edgelb runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn client_env<'a>(app: &'a TestAppliance, token: &'a str, ca: &'a str) -> Vec<(&'static str, String)> {
+    vec![
+        ("EDGELB_SERVER", app.url.clone()),
+        ("EDGELB_TOKEN", token.to_owned()),
+        ("EDGELB_CA_CERT", ca.to_owned()),
+    ]
+}
+
+fn run(app: &TestAppliance, token: &str, args: &[&str]) -> Output {
+    let ca = app.data_dir.join(edgelb::tls::SELF_SIGNED_CERT);
+    let env = client_env(app, token, ca.to_str().expect("utf-8 path"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    edgelb(args, &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_commands_go_through_the_api_and_are_audited() {
+    let app = TestAppliance::start().await;
+    let admin = app.admin.clone();
+
+    let created = tokio::task::block_in_place(|| {
+        run(
+            &app,
+            &admin,
+            &[
+                "pool",
+                "create",
+                "public",
+                "--range",
+                "203.0.113.0/26",
+                "--range",
+                "2001:db8::/64",
+            ],
+        )
+    });
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert!(stdout(&created).contains("public"), "{}", stdout(&created));
+
+    let list = tokio::task::block_in_place(|| run(&app, &admin, &["pool", "list"]));
+    assert!(list.status.success(), "{}", stderr(&list));
+    let text = stdout(&list);
+    assert!(text.starts_with("NAME"), "a table with a header: {text}");
+    assert!(text.contains("203.0.113.0/26,2001:db8::/64"), "{text}");
+
+    let json = tokio::task::block_in_place(|| run(&app, &admin, &["pool", "show", "public", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("--json prints JSON");
+    assert_eq!(v["usage"]["total"], "18446744073709551680");
+
+    // A mistake is reported with the appliance's detail and a failing exit status.
+    let overlap =
+        tokio::task::block_in_place(|| run(&app, &admin, &["pool", "create", "other", "--range", "203.0.113.5"]));
+    assert!(!overlap.status.success());
+    assert!(
+        stderr(&overlap).contains("overlaps range '203.0.113.0-203.0.113.63' of pool 'public'"),
+        "{}",
+        stderr(&overlap)
+    );
+
+    // Allocations show in `alloc list`.
+    app.cluster("prod").await;
+    let (s, v) = app
+        .put(
+            "/api/v1/clusters/prod/services/default/web",
+            &app.admin,
+            common::service_spec("u1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let allocs = tokio::task::block_in_place(|| run(&app, &admin, &["alloc", "list", "--pool", "public"]));
+    assert!(allocs.status.success(), "{}", stderr(&allocs));
+    assert!(
+        stdout(&allocs).contains("203.0.113.0") && stdout(&allocs).contains("default/web"),
+        "{}",
+        stdout(&allocs)
+    );
+
+    let refused = tokio::task::block_in_place(|| run(&app, &admin, &["pool", "delete", "public"]));
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("still holds 1 address"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let (_, audit) = app.get("/api/v1/audit?object=pool/public", &app.admin).await;
+    assert_eq!(audit["items"][0]["actor"], "token:admin", "{audit}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_works_offline_and_prints_the_secret_last() {
+    let app = TestAppliance::start().await;
+    let dir = app.data_dir.clone();
+    app.cluster("prod").await;
+
+    let out = edgelb(
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+            "--role",
+            "agent",
+            "--cluster",
+            "prod",
+            "--name",
+            "prod-agent",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let secret = stdout(&out).lines().last().expect("a line").to_owned();
+    assert!(secret.starts_with("elb_"), "{secret}");
+
+    // The running appliance accepts it at once, with the agent's limits.
+    let (s, _) = app.get("/api/v1/clusters/prod/nodes", &secret).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.get("/api/v1/pools", &secret).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Token listing and revocation through the API.
+    let admin = app.admin.clone();
+    let list = tokio::task::block_in_place(|| run(&app, &admin, &["token", "list", "--json"]));
+    let tokens: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).expect("json");
+    let id = tokens.iter().find(|t| t["name"] == "prod-agent").expect("listed")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert!(!stdout(&list).contains(&secret), "secrets are never listed");
+    let revoke = tokio::task::block_in_place(|| run(&app, &admin, &["token", "revoke", &id]));
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    let (s, _) = app.get("/api/v1/clusters/prod/nodes", &secret).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Bad input says what to fix.
+    let bad = edgelb(
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+            "--role",
+            "root",
+            "--name",
+            "x",
+        ],
+        &[],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("use admin, operator, viewer or agent"),
+        "{}",
+        stderr(&bad)
+    );
+    let agent_without_cluster = edgelb(
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+            "--role",
+            "agent",
+            "--name",
+            "x",
+        ],
+        &[],
+    );
+    assert!(!agent_without_cluster.status.success());
+    assert!(
+        stderr(&agent_without_cluster).contains("must name the cluster"),
+        "{}",
+        stderr(&agent_without_cluster)
+    );
+    app.stop().await;
+}
+
+#[test]
+fn token_create_on_an_empty_directory_says_how_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = edgelb(
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--role",
+            "admin",
+            "--name",
+            "a",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("run `edgelb serve"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_is_a_consistent_copy_taken_while_serving() {
+    let app = TestAppliance::start().await;
+    app.pool("public", &["198.51.100.0/24"]).await;
+    let dest = app.data_dir.parent().expect("parent").join("backup.db");
+    let dir = app.data_dir.clone();
+    let out = edgelb(
+        &[
+            "backup",
+            dest.to_str().expect("utf-8"),
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = edgelb(
+        &[
+            "backup",
+            dest.to_str().expect("utf-8"),
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert!(!again.status.success(), "an existing file is never overwritten");
+    assert!(stderr(&again).contains("exists already"), "{}", stderr(&again));
+    // Keep the temporary directory (it holds the copy) until the end of the test.
+    let _kept = app.stop().await;
+
+    // The copy is a whole database: it opens, and holds the pool.
+    let restored = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(&dest, restored.path().join(edgelb::store::DB_FILE)).expect("copy");
+    let store = edgelb::store::Store::open(restored.path()).await.expect("opens");
+    assert_eq!(store.integrity_check().await.expect("check"), "ok");
+    assert_eq!(
+        store.get_pool("public").await.expect("pool").spec.ranges,
+        vec!["198.51.100.0/24"]
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("edgelb.toml");
+    std::fs::write(
+        &file,
+        "listen = \"nowhere\"\ntls_cert = \"/nonexistent/cert.pem\"\nshutdown_grace_seconds = 9000\n",
+    )
+    .expect("write");
+    let out = edgelb(&["check-config", "--config", file.to_str().expect("utf-8")], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("3 problem(s)"), "{err}");
+    assert!(err.contains("'nowhere' is not an address"), "{err}");
+    assert!(err.contains("tls_cert is set but tls_key is not"), "{err}");
+    assert!(err.contains("shutdown_grace_seconds"), "{err}");
+
+    let good = dir.path().join("good.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &good,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:9443\"\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("write");
+    let out = edgelb(&["check-config", "--config", good.to_str().expect("utf-8")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("listen=127.0.0.1:9443"), "{}", stdout(&out));
+    assert!(!Path::new(&data).exists(), "check-config changes nothing");
+}

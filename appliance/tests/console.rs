@@ -1,0 +1,250 @@
+//! The admin console in a real headless Chromium against a real appliance over HTTPS: sign-in,
+//! pools, tokens, allocations made through the REST API, roles, CSRF and rate limiting.
+//!
+//! One browser session walks through the scenarios in order (starting Chromium is the slow
+//! part); every step checks what a user would see and, where it matters, what the REST API
+//! says afterwards, since both are faces of the same store.
+
+mod browser;
+mod common;
+
+use browser::Browser;
+use common::{TestAppliance, service_spec};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_works_end_to_end_in_a_real_browser() {
+    let app = TestAppliance::start().await;
+    let base = app.url.clone();
+    let b = Browser::start(1280, 900).await;
+
+    // Unauthenticated: the console sends you to the sign-in page.
+    b.goto(&format!("{base}/")).await;
+    b.find("#sign-in").await;
+    assert_eq!(b.path().await, "/login");
+
+    // A wrong password is refused, and the user name typed stays.
+    b.fill("#user", "admin").await;
+    b.fill("#password", "not the password").await;
+    b.click("#sign-in").await;
+    let err = b.text("#login-error").await;
+    assert!(err.contains("not right"), "{err}");
+    assert_eq!(b.value("#user").await, "admin");
+    assert!(!b.has("#logout").await, "a wrong password must not sign in");
+
+    // The right one signs in; the session cookie is HttpOnly, Secure and SameSite=Strict.
+    b.login(&base, "admin", &app.admin_password).await;
+    assert_eq!(b.path().await, "/");
+    assert!(b.text("h1").await.contains("Dashboard"));
+    assert_eq!(b.text("#dataplane-mode").await, "none");
+    assert!(
+        b.text("#health-none")
+            .await
+            .contains("No health data yet (data plane: none)")
+    );
+    let cookie = b.client.get_named_cookie("elb_session").await.expect("session cookie");
+    assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
+    assert_eq!(cookie.secure(), Some(true), "{cookie:?}");
+    assert_eq!(
+        cookie.same_site().map(|s| s.to_string()),
+        Some("Strict".into()),
+        "{cookie:?}"
+    );
+    assert!(cookie.expires().is_some(), "the session cookie must expire: {cookie:?}");
+
+    // Create a pool through the form.
+    b.goto(&format!("{base}/pools")).await;
+    b.click("#new-pool").await;
+    b.fill("#name", "public").await;
+    b.fill("#ranges", "203.0.113.0/26").await;
+    b.click("#save-pool").await;
+    b.find(".flash").await;
+    assert_eq!(b.path().await, "/pools/public");
+    assert!(b.text(".flash").await.contains("Pool public created"));
+    let (s, pool) = app.get("/api/v1/pools/public", &app.admin).await;
+    assert_eq!(s, StatusCode::OK, "the API sees the console's pool: {pool}");
+
+    // An overlapping range: the error is next to the field, names the other pool, and what was
+    // typed is still there.
+    b.goto(&format!("{base}/pools/new")).await;
+    b.fill("#name", "other").await;
+    b.fill("#ranges", "198.51.100.0/28\n203.0.113.10-203.0.113.20").await;
+    b.fill("#priority", "7").await;
+    b.click("#save-pool").await;
+    let err = b.text("#err-ranges").await;
+    assert!(err.contains("pool 'public'"), "the error names the other pool: {err}");
+    assert_eq!(b.value("#name").await, "other");
+    let ranges = b.value("#ranges").await;
+    assert!(
+        ranges.contains("198.51.100.0/28") && ranges.contains("203.0.113.10-203.0.113.20"),
+        "typed ranges kept: {ranges:?}"
+    );
+    assert_eq!(b.value("#priority").await, "7");
+    let (s, _) = app.get("/api/v1/pools/other", &app.admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A token: its secret is shown once, works with the API, and is gone on reload.
+    b.goto(&format!("{base}/tokens")).await;
+    b.fill("#t-name", "ci").await;
+    b.find("#t-role").await.select_by_value("viewer").await.expect("select");
+    b.click("#create-token").await;
+    let secret = b.value("#secret-value").await;
+    assert!(secret.starts_with("elb_"), "{secret}");
+    let (s, _) = app.get("/api/v1/pools", &secret).await;
+    assert_eq!(s, StatusCode::OK, "the new token works");
+    b.client.refresh().await.expect("reload");
+    b.find("#tokens").await;
+    assert!(!b.has("#new-secret").await, "the secret is shown only once");
+    assert!(!b.body().await.contains(&secret));
+
+    // An allocation made through the REST API appears on the Allocations page.
+    app.cluster("prod").await;
+    let (s, svc) = app
+        .put(
+            "/api/v1/clusters/prod/services/default/web",
+            &app.admin,
+            service_spec("uid-web"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{svc}");
+    let ip = svc["ips"][0].as_str().expect("an ip").to_owned();
+    b.goto(&format!("{base}/allocations")).await;
+    b.fill("#f-ip", &ip).await;
+    b.click("#filter").await;
+    b.find("table.allocations").await;
+    let table = b.text("table.allocations").await;
+    assert!(table.contains(&ip) && table.contains("default/web"), "{table}");
+    assert!(b.path().await.contains(&format!("ip={ip}")));
+
+    // The pool still holds it: deleting is refused with the reason.
+    b.goto(&format!("{base}/pools/public/delete")).await;
+    b.click("#confirm-delete").await;
+    let refusal = b.text("#delete-refused").await;
+    assert!(refusal.contains("still holds") && refusal.contains(&ip), "{refusal}");
+    let (s, _) = app.get("/api/v1/pools/public", &app.admin).await;
+    assert_eq!(s, StatusCode::OK, "the pool is still there");
+
+    // Revoke the token: it stops working.
+    b.goto(&format!("{base}/tokens")).await;
+    b.click("tr[data-token='ci'] button").await;
+    b.find(".flash").await;
+    assert!(b.text(".flash").await.contains("revoked"));
+    assert!(!b.has("tr[data-token='ci']").await);
+    let (s, _) = app.get("/api/v1/pools", &secret).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a revoked token no longer works");
+
+    // CSRF: a form post without the session's token is refused and changes nothing.
+    let status = b
+        .post_form("/pools", json!({"name": "forged", "ranges": "192.0.2.0/28"}))
+        .await;
+    assert_eq!(status, 403);
+    let status = b
+        .post_form(
+            "/pools",
+            json!({"csrf": "guessed", "name": "forged", "ranges": "192.0.2.0/28"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (s, _) = app.get("/api/v1/pools/forged", &app.admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a forged post must change nothing");
+
+    // Every change above is in the audit log as the console user.
+    b.goto(&format!("{base}/audit?actor=user%3Aadmin&object=pool%2Fpublic"))
+        .await;
+    let audit = b.text("#audit").await;
+    assert!(audit.contains("pool.create"), "{audit}");
+
+    // An admin creates a viewer; the viewer sees no controls and is refused anyway.
+    b.goto(&format!("{base}/users")).await;
+    b.fill("#u-name", "vera").await;
+    b.find("#u-role").await.select_by_value("viewer").await.expect("select");
+    b.fill("#u-password", "viewer password 123").await;
+    b.click("#create-user").await;
+    b.find(".flash").await;
+    assert!(b.text("#users").await.contains("vera"));
+    b.click("#logout").await;
+    b.find("#sign-in").await;
+    b.goto(&format!("{base}/pools")).await;
+    b.find("#sign-in").await;
+    assert_eq!(b.path().await, "/login", "signed out: pages need a session again");
+
+    b.login(&base, "vera", "viewer password 123").await;
+    b.goto(&format!("{base}/pools")).await;
+    b.find("#pools").await;
+    assert!(!b.has("#new-pool").await, "a viewer sees no create control");
+    assert!(!b.has("a[href='/pools/public/edit']").await, "nor edit");
+    assert!(!b.has("a[href='/pools/public/delete']").await, "nor delete");
+    assert!(!b.has("a[href='/tokens']").await, "nor tokens");
+    b.goto(&format!("{base}/pools/new")).await;
+    assert!(b.text("#error-message").await.contains("viewer"));
+    // A forged post with the viewer's valid CSRF token is refused by the role check.
+    b.goto(&format!("{base}/pools")).await;
+    let csrf = b.value("input[name='csrf']").await;
+    let status = b
+        .post_form(
+            "/pools",
+            json!({"csrf": csrf, "name": "viewers", "ranges": "192.0.2.0/28"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let status = b.post_form("/pools/public/delete", json!({"csrf": csrf})).await;
+    assert_eq!(status, 403);
+    let (s, _) = app.get("/api/v1/pools/viewers", &app.admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the viewer created nothing");
+    b.click("#logout").await;
+    b.find("#sign-in").await;
+
+    // Repeated failures slow down: after a few, even the next attempt is refused at once.
+    for _ in 0..3 {
+        b.fill("#user", "mallory").await;
+        b.fill("#password", "guess guess guess").await;
+        b.click("#sign-in").await;
+        b.find("#login-error").await;
+    }
+    b.fill("#user", "mallory").await;
+    b.fill("#password", "guess guess guess").await;
+    b.click("#sign-in").await;
+    let err = b.text("#login-error").await;
+    assert!(err.contains("Too many failed sign-ins"), "{err}");
+
+    b.close().await;
+    app.stop().await;
+}
+
+/// Without a browser: the console pages carry a strict CSP, and a POST without a session is
+/// refused before any handler runs.
+#[tokio::test]
+async fn console_pages_carry_a_strict_csp_and_refuse_anonymous_posts() {
+    let app = TestAppliance::start().await;
+    let r = app
+        .client
+        .get(format!("{}/login", app.url))
+        .send()
+        .await
+        .expect("login page");
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let r = app
+        .client
+        .post(format!("{}/pools", app.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=x&ranges=192.0.2.0%2F28")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The API stays bearer-only and untouched by the console.
+    let (s, _) = app.get("/api/v1/pools", "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}

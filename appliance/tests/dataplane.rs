@@ -1,0 +1,163 @@
+//! The data plane as the REST API shows it: a reconciler over the in-memory fake publishes its
+//! observation, and the Service status endpoint and `/metrics` report real servers with weights
+//! and counters. The router is driven without a socket (the same router serves HTTPS).
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use edgelb::dataplane::{FakeDataplane, Op, Protocol, VsKey};
+use edgelb::http::{AppState, ServerInfo, app};
+use edgelb::reconcile::{Reconciler, RunnerOptions};
+use edgelb::store::Store;
+use edgelb_api::{ClusterSpec, Node, NodeList, PoolSpec, ServiceSpec, ServiceStatus};
+use tower::ServiceExt;
+
+async fn call(router: &axum::Router, path: &str, token: &str) -> (StatusCode, String) {
+    let req = Request::get(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 10 << 20).await.expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn service_status_and_metrics_show_real_servers_with_weights_and_counters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).await.expect("store");
+    let token = store.bootstrap().await.expect("bootstrap").expect("first start").token;
+    let pool: PoolSpec =
+        serde_json::from_value(serde_json::json!({"name": "public", "ranges": ["203.0.113.10/32"], "scheduler": "rr"}))
+            .expect("pool");
+    store.create_pool("test", pool).await.expect("pool");
+    store
+        .create_cluster(
+            "test",
+            ClusterSpec {
+                name: "prod".into(),
+                description: String::new(),
+            },
+        )
+        .await
+        .expect("cluster");
+    let node = |name: &str, ip: &str| Node {
+        name: name.into(),
+        addresses: vec![ip.parse().expect("ip")],
+        ready: true,
+        schedulable: true,
+        excluded: false,
+    };
+    store
+        .put_nodes(
+            "test",
+            "prod",
+            NodeList {
+                nodes: vec![node("n1", "10.1.0.11"), node("n2", "10.1.0.12")],
+            },
+        )
+        .await
+        .expect("nodes");
+    let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+        "uid": "u1", "ports": [{"protocol": "TCP", "port": 80, "node_port": 30080}],
+        "session_affinity": "ClientIP", "session_affinity_timeout_seconds": 600
+    }))
+    .expect("spec");
+    store
+        .put_service("test", "prod", "default", "web", spec)
+        .await
+        .expect("service");
+
+    let fake = FakeDataplane::new();
+    let r = Reconciler::new(store.clone(), fake.clone(), RunnerOptions::default());
+    let state = AppState::new(
+        store.clone(),
+        ServerInfo {
+            version: "test".into(),
+            dataplane: "ipvs".into(),
+        },
+    )
+    .with_dataplane(r.status());
+    let router = app(state);
+
+    // Before the first pass: the Service is known, not programmed, and the appliance not ready.
+    let (code, body) = call(&router, "/api/v1/clusters/prod/services/default/web/status", &token).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let st: ServiceStatus = serde_json::from_str(&body).expect("status json");
+    assert_eq!(st.dataplane, "ipvs");
+    assert_eq!(st.virtual_services.len(), 1);
+    assert!(!st.virtual_services[0].programmed);
+    let (code, body) = call(&router, "/readyz", "").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    let ops = r.pass().await.expect("pass").ops;
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    // Traffic: the kernel counts, the fake is told so.
+    let key = VsKey::new("203.0.113.10".parse().expect("ip"), 80, Protocol::Tcp);
+    fake.tamper(|s| {
+        if let Some(vs) = s.services.get_mut(&key) {
+            vs.counters.connections = 7;
+        }
+        for ((_, addr), rs) in s.real_servers.iter_mut() {
+            rs.counters.connections = u64::from(addr.ip().to_string().ends_with(".11")) * 4 + 3;
+            rs.counters.bytes_out = 1000;
+        }
+    });
+    assert!(r.pass().await.expect("pass").ops.is_empty());
+
+    let (code, body) = call(&router, "/api/v1/clusters/prod/services/default/web/status", &token).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let st: ServiceStatus = serde_json::from_str(&body).expect("status json");
+    let vs = &st.virtual_services[0];
+    assert!(vs.programmed);
+    assert_eq!(vs.scheduler.as_deref(), Some("rr"));
+    assert_eq!(vs.persistence_timeout_seconds, Some(600));
+    assert_eq!(vs.counters.connections, 7);
+    let rs: Vec<(String, u32, u64)> = vs
+        .real_servers
+        .iter()
+        .map(|r| (format!("{}:{}", r.ip, r.port), r.weight, r.counters.connections))
+        .collect();
+    assert_eq!(
+        rs,
+        [
+            ("10.1.0.11:30080".to_owned(), 1, 7),
+            ("10.1.0.12:30080".to_owned(), 1, 3)
+        ]
+    );
+    assert!(st.last_sync.is_some() && st.last_error.is_none());
+
+    let (code, body) = call(&router, "/readyz", "").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("dataplane: ipvs"), "{body}");
+
+    let (code, body) = call(&router, "/metrics", "").await;
+    assert_eq!(code, StatusCode::OK);
+    for line in [
+        r#"edgelb_ipvs_service_connections_total{vip="203.0.113.10",port="80",protocol="TCP"} 7"#,
+        r#"edgelb_ipvs_real_server_connections_total{vip="203.0.113.10",port="80",protocol="TCP",real_server="10.1.0.11:30080"} 7"#,
+        r#"edgelb_ipvs_real_server_bytes_out_total{vip="203.0.113.10",port="80",protocol="TCP",real_server="10.1.0.12:30080"} 1000"#,
+        r#"edgelb_ipvs_real_server_weight{vip="203.0.113.10",port="80",protocol="TCP",real_server="10.1.0.12:30080"} 1"#,
+        "edgelb_dataplane_up 1",
+    ] {
+        assert!(body.contains(line), "{line} missing from:\n{body}");
+    }
+
+    // The status of a Service that does not exist is a 404 problem.
+    let (code, _) = call(&router, "/api/v1/clusters/prod/services/default/nope/status", &token).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    // A removed node's real servers go; the foreign state stays (see the reconcile unit tests).
+    store
+        .put_nodes(
+            "test",
+            "prod",
+            NodeList {
+                nodes: vec![node("n1", "10.1.0.11")],
+            },
+        )
+        .await
+        .expect("nodes");
+    let ops = r.pass().await.expect("pass").ops;
+    assert!(matches!(ops.as_slice(), [Op::DeleteRealServer(..)]), "{ops:?}");
+}
