@@ -264,3 +264,53 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_default_to_the_documented_values() {
+        let c = Config::try_parse_from([
+            "edgelb-agent",
+            "--appliance-url",
+            "https://lb:8443",
+            "--cluster",
+            "prod",
+        ])
+        .expect("parses");
+        assert_eq!(c.load_balancer_class, "edgelb.io/appliance");
+        assert!(!c.default_class && !c.insecure_skip_verify);
+        assert_eq!(c.node_address, AddressPreference::InternalIp);
+        assert_eq!(c.resync_seconds, 300);
+        assert_eq!(c.metrics_listen.port(), 8080);
+        let c = Config::try_parse_from([
+            "edgelb-agent",
+            "--appliance-url",
+            "https://lb:8443",
+            "--cluster",
+            "prod",
+            "--node-address",
+            "ExternalIP",
+            "--default-class",
+        ])
+        .expect("parses");
+        assert_eq!(c.node_address, AddressPreference::ExternalIp);
+        assert!(c.default_class);
+    }
+
+    #[test]
+    fn error_variants_name_their_metric_labels() {
+        assert_eq!(
+            Error::ApplianceUnreachable("x".into()).metric_label(),
+            "appliance_unreachable"
+        );
+        let refused = Error::ApplianceRefused {
+            status: 409,
+            detail: "pool exhausted".into(),
+        };
+        assert_eq!(refused.metric_label(), "appliance_refused");
+        assert!(refused.to_string().contains("pool exhausted"));
+    }
+}

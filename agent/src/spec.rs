@@ -236,6 +236,8 @@ pub fn desired_spec(svc: &Service, local_nodes: &[String]) -> Result<ServiceSpec
         sharing_key: sharing_key(svc),
         scheduler: annotation(svc, ANNOTATION_SCHEDULER).map(str::to_owned),
         local_nodes: local.then(|| local_nodes.to_vec()),
+        // The `edgelb.io/health-*` annotations are not read yet: the appliance's defaults.
+        health: None,
     })
 }
 

@@ -424,3 +424,28 @@ async fn stale_services_are_released_only_after_a_complete_list_and_the_grace_pe
     .await;
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_relists_after_its_watch_is_cut_and_the_history_compacted() {
+    let (app, token) = Appliance::start(&["10.59.0.0/29"]).await;
+    let fake = FakeApiServer::start().await;
+    let client = fake.client("test").await;
+    let api = services(&client, "default");
+    let agent = Agent::start(&fake, &app, &token, "agent-a").await;
+    create(&api, &service("default", "before")).await;
+    wait_ips(&api, "before", 1).await;
+    // Every watch ends and resuming from its last version answers 410 Gone: only a re-list
+    // shows the changes made in between.
+    fake.close_watches();
+    fake.compact();
+    create(&api, &service("default", "during")).await;
+    delete(&api, "before").await;
+    fake.compact();
+    wait_ips(&api, "during", 1).await;
+    eventually(30, "before to be released and gone", || async {
+        api.get_opt("before").await.expect("get").is_none().then_some(())
+    })
+    .await;
+    assert!(app.service("default", "before").await.is_none());
+    agent.stop().await;
+}

@@ -295,6 +295,57 @@ pub struct ServiceSpec {
     /// For `externalTrafficPolicy: Local`: the nodes that have ready endpoints of this Service.
     #[serde(default)]
     pub local_nodes: Option<Vec<String>>,
+    /// This Service's own health-check settings; `null` takes the appliance's defaults.
+    #[serde(default)]
+    pub health: Option<HealthOverrides>,
+}
+
+/// A Service's own health-check settings; each `null` takes the appliance's default
+/// (`--health-interval-seconds` and the others). Where two Services share a probe target, the
+/// first in (cluster, namespace, name) order sets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthOverrides {
+    /// Milliseconds between two probes of a target, 50 to 3,600,000.
+    #[serde(default)]
+    pub interval_ms: Option<u32>,
+    /// Milliseconds a probe may take, 50 to 3,600,000 and at most the interval.
+    #[serde(default)]
+    pub timeout_ms: Option<u32>,
+    /// Successes in a row that make a down target up, 1 to 100.
+    #[serde(default)]
+    pub rise: Option<u32>,
+    /// Failures in a row that make an up target down, 1 to 100.
+    #[serde(default)]
+    pub fall: Option<u32>,
+}
+
+impl HealthOverrides {
+    /// Every problem, as (field, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let ms = 50..=3_600_000;
+        for (field, v) in [("interval_ms", self.interval_ms), ("timeout_ms", self.timeout_ms)] {
+            if let Some(v) = v
+                && !ms.contains(&v)
+            {
+                out.push((field, format!("{v} must be from 50 to 3600000 milliseconds")));
+            }
+        }
+        if let (Some(t), Some(i)) = (self.timeout_ms, self.interval_ms)
+            && t > i
+        {
+            out.push(("timeout_ms", format!("{t} is longer than the interval of {i} ms")));
+        }
+        for (field, v) in [("rise", self.rise), ("fall", self.fall)] {
+            if let Some(v) = v
+                && !(1..=100).contains(&v)
+            {
+                out.push((field, format!("{v} must be from 1 to 100")));
+            }
+        }
+        out
+    }
 }
 
 /// An address held for a Service, with the pool it came from.
@@ -555,6 +606,42 @@ pub struct RealServerStatus {
     pub active_connections: u32,
     pub inactive_connections: u32,
     pub counters: TrafficCounters,
+    /// Its health check; `null` when it is not probed (health checking off, or not yet).
+    #[serde(default)]
+    pub health: Option<BackendHealth>,
+}
+
+/// A real server's damped health, as the appliance's health checker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Not probed enough yet; it gets traffic meanwhile.
+    Unknown,
+    Up,
+    /// Failed `fall` probes in a row: weight 0 (drained), removed after the drain timeout.
+    Down,
+}
+
+/// The health check of one real server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackendHealth {
+    /// What is probed: `tcp://10.1.0.11:30080`, or `http://10.1.0.11:32000/healthz` (kube-proxy's
+    /// `healthCheckNodePort`) for an `externalTrafficPolicy: Local` Service.
+    pub target: String,
+    pub state: HealthState,
+    /// When `state` last changed (or probing began).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: OffsetDateTime,
+    /// The last probe's result: `ok`, or why it failed (`HTTP 503`, `connect: ...`).
+    #[serde(default)]
+    pub last_result: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_probe: Option<OffsetDateTime>,
+    /// How long the last probe took, in microseconds.
+    #[serde(default)]
+    pub last_latency_micros: Option<u64>,
 }
 
 /// One virtual service (VIP, port, protocol) as the kernel holds it.
@@ -625,6 +712,20 @@ mod tests {
         assert_eq!(spec.ports[0].protocol, Protocol::Tcp);
         assert_eq!(spec.session_affinity, SessionAffinity::None);
         assert_eq!(spec.ip_families, vec![IpFamily::Ipv4]);
+    }
+
+    #[test]
+    fn health_overrides_are_checked() {
+        let ok: HealthOverrides = serde_json::from_str(r#"{"interval_ms": 500, "fall": 2}"#).expect("parses");
+        assert!(ok.problems().is_empty());
+        let bad = HealthOverrides {
+            interval_ms: Some(10),
+            timeout_ms: Some(100),
+            rise: Some(0),
+            fall: None,
+        };
+        let fields: Vec<&str> = bad.problems().iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["interval_ms", "timeout_ms", "rise"]);
     }
 
     #[test]

@@ -32,6 +32,7 @@ async fn start(dir: &std::path::Path) -> Target {
         log_format: LogFormat::Text,
         shutdown_grace: Duration::from_secs(1),
         dataplane: DataplaneConfig::none(),
+        health: edgelb::config::HealthConfig::default(),
     };
     let server = Server::bind(config).await.expect("bind");
     let token = server.bootstrap().expect("fresh data dir").token.clone();
@@ -72,6 +73,7 @@ fn spec(uid: &str) -> ServiceSpec {
         sharing_key: None,
         scheduler: None,
         local_nodes: None,
+        health: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn spec(uid: &str, i: usize) -> ServiceSpec {
         sharing_key: None,
         scheduler: None,
         local_nodes: None,
+        health: None,
     }
 }
 

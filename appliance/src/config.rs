@@ -87,9 +87,10 @@ impl DataplaneMode {
         }
     }
 
-    /// The mode when none is configured: `ipvs` for a process holding CAP_NET_ADMIN (an
+    /// The mode tried when none is configured: `ipvs` for a process holding CAP_NET_ADMIN (an
     /// appliance: root, or the systemd unit's capability), `none` otherwise (a developer's
-    /// unprivileged `cargo run -- serve`, which could not program the kernel anyway).
+    /// unprivileged `cargo run -- serve`, which could not program the kernel anyway). A defaulted
+    /// `ipvs` that cannot run (no IPVS in the kernel) falls back to `none` at start, loudly.
     pub fn default_for(has_cap_net_admin: bool) -> DataplaneMode {
         if has_cap_net_admin {
             DataplaneMode::Ipvs
@@ -132,11 +133,11 @@ pub struct ServeArgs {
     #[arg(long, env = "EDGELB_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
     /// Data plane: `ipvs` forwards VIP traffic with IPVS and refuses to start without the ip_vs
-    /// module or CAP_NET_ADMIN; `none` runs the control plane only. Default: `ipvs` when the
-    /// process holds CAP_NET_ADMIN (root or the systemd unit's capability: a production
-    /// appliance, which therefore forwards or fails loudly, never silently not), else `none` (an
-    /// unprivileged developer run, e.g. `cargo run -p edgelb -- serve`), announced in the log,
-    /// /readyz and /api/v1/info.
+    /// module or CAP_NET_ADMIN; `none` runs the control plane only. Unset: `ipvs` when it can run
+    /// here (CAP_NET_ADMIN and a kernel with IPVS), else `none` with a loud warning in the log,
+    /// /readyz and /api/v1/info — so `edgelb serve` starts on any developer machine, while a
+    /// production appliance says `ipvs` (as deploy/appliance does) and then forwards or fails to
+    /// start, never silently not.
     #[arg(long, env = "EDGELB_DATAPLANE", value_enum)]
     pub dataplane: Option<DataplaneMode>,
     /// Interface that carries the VIPs.
@@ -146,6 +147,44 @@ pub struct ServeArgs {
     /// applied at once regardless.
     #[arg(long, env = "EDGELB_RESYNC_SECONDS")]
     pub resync_seconds: Option<u64>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+}
+
+/// Health checks of the nodes behind the VIPs (defaults; see docs/operations.md).
+#[derive(Debug, Clone, Default, Args)]
+pub struct HealthArgs {
+    /// Seconds between two probes of one target (default 2; fractions allowed, e.g. 0.5).
+    #[arg(long, env = "EDGELB_HEALTH_INTERVAL_SECONDS")]
+    pub health_interval_seconds: Option<f64>,
+    /// Seconds a probe may take before it counts as failed (default 1; less than the interval).
+    #[arg(long, env = "EDGELB_HEALTH_TIMEOUT_SECONDS")]
+    pub health_timeout_seconds: Option<f64>,
+    /// Consecutive successes that make an unhealthy target healthy again (default 2).
+    #[arg(long, env = "EDGELB_HEALTH_RISE")]
+    pub health_rise: Option<u32>,
+    /// Consecutive failures that make a healthy target unhealthy (default 3).
+    #[arg(long, env = "EDGELB_HEALTH_FALL")]
+    pub health_fall: Option<u32>,
+    /// Seconds a drained real server (weight 0: unhealthy, or its node NotReady, unschedulable
+    /// or excluded) stays in IPVS so open connections finish, before it is removed (default 300).
+    #[arg(long, env = "EDGELB_DRAIN_TIMEOUT_SECONDS")]
+    pub drain_timeout_seconds: Option<u64>,
+    /// When every real server of a virtual service is unhealthy: `fail-open` keeps them all
+    /// (default: probes may be what is broken), `fail-closed` drains them all.
+    #[arg(long, env = "EDGELB_HEALTH_ALL_DOWN", value_enum)]
+    pub health_all_down: Option<AllDown>,
+}
+
+/// What to do when every real server of a virtual service is unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllDown {
+    /// Keep them all at full weight.
+    #[default]
+    FailOpen,
+    /// Drain them all (weight 0, removed after the drain timeout).
+    FailClosed,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +309,12 @@ pub struct FileConfig {
     pub dataplane: Option<DataplaneMode>,
     pub interface: Option<String>,
     pub resync_seconds: Option<u64>,
+    pub health_interval_seconds: Option<f64>,
+    pub health_timeout_seconds: Option<f64>,
+    pub health_rise: Option<u32>,
+    pub health_fall: Option<u32>,
+    pub drain_timeout_seconds: Option<u64>,
+    pub health_all_down: Option<AllDown>,
 }
 
 /// Where the TLS certificate comes from.
@@ -292,7 +337,36 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub dataplane: DataplaneConfig,
+    pub health: HealthConfig,
 }
+
+/// Health-check defaults and what unhealthy means for forwarding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// How long a drained real server stays (weight 0) before it is removed.
+    pub drain_timeout: Duration,
+    pub all_down: AllDown,
+}
+
+impl Default for HealthConfig {
+    fn default() -> HealthConfig {
+        HealthConfig {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECONDS),
+            all_down: AllDown::FailOpen,
+        }
+    }
+}
+
+/// Seconds a drained real server stays before removal.
+pub const DEFAULT_DRAIN_TIMEOUT_SECONDS: u64 = 300;
 
 /// The data plane's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,6 +505,8 @@ pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors
         resync: Duration::from_secs(resync),
     };
 
+    let health = build_health(&args.health, file, &mut problems);
+
     match (problems.is_empty(), listen, tls) {
         (true, Some(listen), Some(tls)) => Ok(Config {
             data_dir,
@@ -439,8 +515,70 @@ pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors
             log_format,
             shutdown_grace: Duration::from_secs(grace),
             dataplane,
+            health,
         }),
         _ => Err(ConfigErrors(problems)),
+    }
+}
+
+fn build_health(args: &HealthArgs, file: &FileConfig, problems: &mut Vec<String>) -> HealthConfig {
+    let d = HealthConfig::default();
+    let seconds = |field: &str, v: Option<f64>, default: Duration, problems: &mut Vec<String>| match v {
+        None => default,
+        Some(s) if s.is_finite() && (0.05..=3600.0).contains(&s) => Duration::from_secs_f64(s),
+        Some(s) => {
+            problems.push(format!("{field}: {s} must be from 0.05 to 3600 seconds"));
+            default
+        }
+    };
+    let interval = seconds(
+        "health_interval_seconds",
+        args.health_interval_seconds.or(file.health_interval_seconds),
+        d.interval,
+        problems,
+    );
+    let timeout_given = args.health_timeout_seconds.or(file.health_timeout_seconds);
+    // An unset timeout follows a short interval down, so `--health-interval-seconds 0.5` alone
+    // is valid.
+    let timeout = seconds(
+        "health_timeout_seconds",
+        timeout_given,
+        d.timeout.min(interval),
+        problems,
+    );
+    if timeout_given.is_some() && timeout > interval {
+        problems.push(format!(
+            "health_timeout_seconds: {} is longer than the interval of {} seconds",
+            timeout.as_secs_f64(),
+            interval.as_secs_f64()
+        ));
+    }
+    let mut count = |field: &str, v: Option<u32>, default: u32| match v {
+        None => default,
+        Some(n) if (1..=100).contains(&n) => n,
+        Some(n) => {
+            problems.push(format!("{field}: {n} must be from 1 to 100"));
+            default
+        }
+    };
+    let rise = count("health_rise", args.health_rise.or(file.health_rise), d.rise);
+    let fall = count("health_fall", args.health_fall.or(file.health_fall), d.fall);
+    let drain = args
+        .drain_timeout_seconds
+        .or(file.drain_timeout_seconds)
+        .unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECONDS);
+    if drain > 86_400 {
+        problems.push(format!(
+            "drain_timeout_seconds: {drain} is more than the maximum of 86400"
+        ));
+    }
+    HealthConfig {
+        interval,
+        timeout,
+        rise,
+        fall,
+        drain_timeout: Duration::from_secs(drain),
+        all_down: args.health_all_down.or(file.health_all_down).unwrap_or_default(),
     }
 }
 
@@ -495,7 +633,40 @@ mod tests {
             dataplane: None,
             interface: None,
             resync_seconds: None,
+            health: HealthArgs::default(),
         }
+    }
+
+    #[test]
+    fn health_settings_come_from_flags_over_the_file_and_are_validated() {
+        let c = build(&args(), &FileConfig::default()).expect("defaults are valid");
+        assert_eq!(c.health, HealthConfig::default());
+        let file: FileConfig = toml::from_str(
+            "health_interval_seconds = 0.5\nhealth_fall = 2\ndrain_timeout_seconds = 10\n\
+             health_all_down = \"fail-closed\"",
+        )
+        .expect("toml");
+        let c = build(&args(), &file).expect("valid");
+        assert_eq!(c.health.interval, Duration::from_millis(500));
+        assert_eq!(
+            c.health.timeout,
+            Duration::from_millis(500),
+            "an unset timeout follows the interval"
+        );
+        assert_eq!(c.health.fall, 2);
+        assert_eq!(c.health.rise, 2);
+        assert_eq!(c.health.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.health.all_down, AllDown::FailClosed);
+        let mut a = args();
+        a.health.health_all_down = Some(AllDown::FailOpen);
+        a.health.health_timeout_seconds = Some(2.0);
+        a.health.health_rise = Some(0);
+        a.health.drain_timeout_seconds = Some(100_000);
+        let err = build(&a, &file).expect_err("invalid");
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(err.to_string().contains("longer than the interval"), "{err}");
+        assert!(err.to_string().contains("health_rise"), "{err}");
+        assert!(err.to_string().contains("drain_timeout_seconds"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The edgelb appliance: IP pools and allocations in SQLite, a REST API over TLS, and the CLI.
 //! `main.rs` only parses flags and calls into here, so tests drive the same code.
 //!
-//! Dependencies point one way: `server` -> `http` -> `store` -> `ipam`.
+//! Dependencies point one way: `server` -> `http`, `reconcile` -> `store` -> `ipam`, and
+//! `reconcile` -> `dataplane` (the only module that speaks to the kernel).
 
 pub mod cli;
 pub mod config;

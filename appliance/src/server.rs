@@ -72,6 +72,8 @@ pub struct Server {
     bootstrap: Option<Bootstrap>,
     /// Connected and proven usable at bind time, so a misconfigured host fails before serving.
     dataplane: Option<LinuxDataplane>,
+    /// Why the unconfigured default fell back from `ipvs` to `none`.
+    dataplane_fallback: Option<String>,
 }
 
 impl std::fmt::Debug for Server {
@@ -87,15 +89,22 @@ impl Server {
         create_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir).await?;
         let bootstrap = store.bootstrap().await?;
-        let dataplane = match config.dataplane.mode {
-            DataplaneMode::Ipvs => Some(
-                LinuxDataplane::connect(LinuxOptions {
+        // An explicit `--dataplane ipvs` that cannot work stops the start (production must
+        // never run without forwarding unnoticed); the unconfigured default falls back to the
+        // control plane only, loudly, so `edgelb serve` starts anywhere.
+        let (dataplane, dataplane_fallback) = match config.dataplane.mode {
+            DataplaneMode::Ipvs => {
+                let options = LinuxOptions {
                     interface: config.dataplane.interface.clone(),
                     ..LinuxOptions::default()
-                })
-                .await?,
-            ),
-            DataplaneMode::None => None,
+                };
+                match LinuxDataplane::connect(options).await {
+                    Ok(d) => (Some(d), None),
+                    Err(e) if config.dataplane.defaulted => (None, Some(e.to_string())),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            DataplaneMode::None => (None, None),
         };
         let tls = crate::tls::server_config(&config.tls, &config.data_dir, config.listen)
             .await
@@ -118,6 +127,7 @@ impl Server {
             local,
             bootstrap,
             dataplane,
+            dataplane_fallback,
         })
     }
 
@@ -142,7 +152,7 @@ impl Server {
             self.store.clone(),
             ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-                dataplane: dp.mode.as_str().to_owned(),
+                dataplane: if self.dataplane.is_some() { "ipvs" } else { "none" }.to_owned(),
             },
         );
         let reconciler = match self.dataplane {
@@ -154,21 +164,28 @@ impl Server {
                         resync: dp.resync,
                         ..RunnerOptions::default()
                     },
-                );
+                )
+                .with_health(self.config.health);
                 state = state.with_dataplane(r.status());
                 info!(
                     dataplane = "ipvs",
                     resync_seconds = dp.resync.as_secs(),
                     defaulted = dp.defaulted,
+                    health_interval_ms = self.config.health.interval.as_millis() as u64,
+                    drain_timeout_seconds = self.config.health.drain_timeout.as_secs(),
                     "forwarding with IPVS"
                 );
                 Some(tokio::spawn(r.run()))
             }
             None if dp.defaulted => {
+                let why = self.dataplane_fallback.clone().unwrap_or_else(|| {
+                    "the process lacks CAP_NET_ADMIN (run as root or with that capability for ipvs)".to_owned()
+                });
                 warn!(
                     dataplane = "none",
-                    "control plane only, no traffic is forwarded: the process lacks CAP_NET_ADMIN, so \
-                     --dataplane defaulted to none (run as root for ipvs, or pass --dataplane none to say so)"
+                    reason = %why,
+                    "CONTROL PLANE ONLY, NO TRAFFIC IS FORWARDED: --dataplane was not given and ipvs cannot \
+                     run here; pass --dataplane ipvs to make this an error, or --dataplane none to say so"
                 );
                 None
             }

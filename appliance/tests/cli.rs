@@ -305,3 +305,60 @@ fn check_config_reports_every_problem_at_once() {
     assert!(stdout(&out).contains("listen=127.0.0.1:9443"), "{}", stdout(&out));
     assert!(!Path::new(&data).exists(), "check-config changes nothing");
 }
+
+/// This machine's kernel has no IPVS (see KERNEL-LAB.md): an explicit `--dataplane ipvs` must
+/// refuse to start and say why, while the unconfigured default must start, control plane only.
+#[test]
+fn explicit_ipvs_fails_loudly_where_the_default_falls_back_to_none() {
+    assert!(
+        !Path::new("/proc/net/ip_vs").exists(),
+        "this test expects a kernel without IPVS, like the development and CI machines"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let out = edgelb(
+        &[
+            "serve",
+            "--dataplane",
+            "ipvs",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "an explicit ipvs without IPVS must not start");
+    let err = stderr(&out);
+    assert!(err.contains("no IPVS") && err.contains("--dataplane none"), "{err}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+        .env_remove("EDGELB_DATAPLANE")
+        .env("EDGELB_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    // Should a line never come, end the child so the reads below end and the test fails.
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    });
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr_pipe));
+    let mut seen = Vec::new();
+    let listening = lines.by_ref().map_while(Result::ok).find(|l| {
+        seen.push(l.clone());
+        l.starts_with("edgelb: listening on ")
+    });
+    let warned = lines
+        .map_while(Result::ok)
+        .take(3)
+        .any(|l| l.contains("CONTROL PLANE ONLY"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening.is_some(), "the default starts: {seen:?}");
+    assert!(warned, "and says loudly that nothing is forwarded");
+}

@@ -1,6 +1,7 @@
 //! The data plane as the REST API shows it: a reconciler over the in-memory fake publishes its
 //! observation, and the Service status endpoint and `/metrics` report real servers with weights
-//! and counters. The router is driven without a socket (the same router serves HTTPS).
+//! and counters, and each real server's health check when health checking is on. The router is
+//! driven without a socket (the same router serves HTTPS).
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -160,4 +161,128 @@ async fn service_status_and_metrics_show_real_servers_with_weights_and_counters(
         .expect("nodes");
     let ops = r.pass().await.expect("pass").ops;
     assert!(matches!(ops.as_slice(), [Op::DeleteRealServer(..)]), "{ops:?}");
+}
+
+#[tokio::test]
+async fn status_and_metrics_show_each_real_servers_health_check() {
+    // Two "nodes" on loopback: n1's NodePort listens, n2's refuses.
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind");
+    let node_port = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).await.expect("store");
+    let token = store.bootstrap().await.expect("bootstrap").expect("first start").token;
+    let pool: PoolSpec =
+        serde_json::from_value(serde_json::json!({"name": "public", "ranges": ["203.0.113.10/32"]})).expect("pool");
+    store.create_pool("test", pool).await.expect("pool");
+    store
+        .create_cluster(
+            "test",
+            ClusterSpec {
+                name: "prod".into(),
+                description: String::new(),
+            },
+        )
+        .await
+        .expect("cluster");
+    let node = |name: &str, ip: &str| Node {
+        name: name.into(),
+        addresses: vec![ip.parse().expect("ip")],
+        ready: true,
+        schedulable: true,
+        excluded: false,
+    };
+    store
+        .put_nodes(
+            "test",
+            "prod",
+            NodeList {
+                nodes: vec![node("n1", "127.0.0.2"), node("n2", "127.0.0.3")],
+            },
+        )
+        .await
+        .expect("nodes");
+    let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+        "uid": "u1", "ports": [{"protocol": "TCP", "port": 80, "node_port": node_port}]
+    }))
+    .expect("spec");
+    store
+        .put_service("test", "prod", "default", "web", spec)
+        .await
+        .expect("service");
+
+    let fake = FakeDataplane::new();
+    let r = Reconciler::new(store.clone(), fake.clone(), RunnerOptions::default()).with_health(
+        edgelb::config::HealthConfig {
+            interval: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_millis(50),
+            rise: 1,
+            fall: 1,
+            ..Default::default()
+        },
+    );
+    let router = app(AppState::new(
+        store.clone(),
+        ServerInfo {
+            version: "test".into(),
+            dataplane: "ipvs".into(),
+        },
+    )
+    .with_dataplane(r.status()));
+    let checker = r.checker().expect("health checking is on").clone();
+    let probing = tokio::spawn(checker.clone().run());
+
+    assert_eq!(r.pass().await.expect("pass").ops.len(), 3, "both nodes start serving");
+    let n2 = edgelb::health::Target::tcp("127.0.0.3".parse().expect("ip"), node_port);
+    let n1 = edgelb::health::Target::tcp("127.0.0.2".parse().expect("ip"), node_port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(checker.state(&n2).is_some_and(|s| !s.serves())
+        && checker
+            .state(&n1)
+            .is_some_and(|s| s.health == edgelb::health::Health::Up))
+    {
+        assert!(std::time::Instant::now() < deadline, "the probes decided nothing");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ops = r.pass().await.expect("pass").ops;
+    assert!(
+        matches!(ops.as_slice(), [Op::EditRealServer(_, a, s)] if a.port() == node_port && s.weight == 0),
+        "n2 drained in place: {ops:?}"
+    );
+
+    let (code, body) = call(&router, "/api/v1/clusters/prod/services/default/web/status", &token).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let st: ServiceStatus = serde_json::from_str(&body).expect("status json");
+    let health: Vec<(String, u32, edgelb_api::HealthState, String)> = st.virtual_services[0]
+        .real_servers
+        .iter()
+        .map(|r| {
+            let h = r.health.clone().expect("probed");
+            (h.target, r.weight, h.state, h.last_result.unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(health[0].0, format!("tcp://127.0.0.2:{node_port}"));
+    assert_eq!(
+        (health[0].1, health[0].2, health[0].3.as_str()),
+        (1, edgelb_api::HealthState::Up, "ok")
+    );
+    assert_eq!((health[1].1, health[1].2), (0, edgelb_api::HealthState::Down));
+    assert!(health[1].3.contains("connect"), "{}", health[1].3);
+
+    let (code, body) = call(&router, "/metrics", "").await;
+    assert_eq!(code, StatusCode::OK);
+    for line in [
+        format!(
+            r#"edgelb_backend_up{{vip="203.0.113.10",port="80",protocol="TCP",backend="127.0.0.2:{node_port}"}} 1"#
+        ),
+        format!(
+            r#"edgelb_backend_up{{vip="203.0.113.10",port="80",protocol="TCP",backend="127.0.0.3:{node_port}"}} 0"#
+        ),
+        format!(
+            r#"edgelb_backend_probe_latency_seconds{{vip="203.0.113.10",port="80",protocol="TCP",backend="127.0.0.2:{node_port}"}} "#
+        ),
+    ] {
+        assert!(body.contains(&line), "{line} missing from:\n{body}");
+    }
+    probing.abort();
+    drop(listener);
 }

@@ -70,6 +70,12 @@ pub struct IpPrefix {
 }
 
 impl IpPrefix {
+    /// `0.0.0.0/32`: an address no client sends from.
+    pub const V4_UNSPECIFIED_HOST: IpPrefix = IpPrefix {
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        len: 32,
+    };
+
     /// The prefix of `len` bits containing `addr`; host bits are cleared. `None` if `len` is
     /// longer than the address.
     pub fn new(addr: IpAddr, len: u8) -> Option<Self> {

@@ -78,6 +78,24 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// These settings with a Service's own values where it has them.
+    pub fn with(self, o: &edgelb_api::HealthOverrides) -> Settings {
+        let ms = |v: Option<u32>, d: Duration| v.map_or(d, |v| Duration::from_millis(u64::from(v)));
+        let interval = ms(o.interval_ms, self.interval);
+        Settings {
+            interval,
+            // A probe never outlasts its interval: a default timeout longer than a Service's
+            // short interval follows it down.
+            timeout: ms(o.timeout_ms, self.timeout).min(interval),
+            thresholds: Thresholds {
+                rise: o.rise.unwrap_or(self.thresholds.rise),
+                fall: o.fall.unwrap_or(self.thresholds.fall),
+            },
+        }
+    }
+}
+
 struct Entry {
     settings: Settings,
     state: TargetState,

@@ -141,6 +141,14 @@ struct RsLabels {
     real_server: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    vip: String,
+    port: u16,
+    protocol: String,
+    backend: String,
+}
+
 /// IPVS counters, encoded at scrape time from the last published status (the kernel's own
 /// counters: absolute values, so constant metrics rather than ones this process increments).
 #[derive(Debug)]
@@ -245,6 +253,45 @@ impl Collector for DataplaneCollector {
         )?;
         for (labels, r) in &rs {
             ConstGauge::new(i64::from(r.active_connections)).encode(family.encode_family(labels)?)?;
+        }
+        let probed: Vec<(BackendLabels, &edgelb_api::BackendHealth)> = rs
+            .iter()
+            .filter_map(|(l, r)| {
+                r.health.as_ref().map(|h| {
+                    (
+                        BackendLabels {
+                            vip: l.vip.clone(),
+                            port: l.port,
+                            protocol: l.protocol.clone(),
+                            backend: l.real_server.clone(),
+                        },
+                        h,
+                    )
+                })
+            })
+            .collect();
+        if !probed.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "backend_up",
+                "1 when a real server's health check passes (or has not decided yet), 0 when it is down",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (labels, h) in &probed {
+                let up = i64::from(h.state != edgelb_api::HealthState::Down);
+                ConstGauge::new(up).encode(family.encode_family(labels)?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "backend_probe_latency_seconds",
+                "How long the last health probe of a real server took",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (labels, h) in &probed {
+                if let Some(us) = h.last_latency_micros {
+                    ConstGauge::new(us as f64 / 1e6).encode(family.encode_family(labels)?)?;
+                }
+            }
         }
         Ok(())
     }

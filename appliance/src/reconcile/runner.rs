@@ -9,18 +9,28 @@
 //! resync and any pass after a failure dump the kernel, so drift is repaired within one resync
 //! period; counters in the status are as fresh as the last dump.
 //!
+//! With health checking ([`Reconciler::with_health`]) it also runs a [`Checker`] over the
+//! targets the desired state names, feeds its damped health into [`desired_with`], and is woken
+//! by every health change, so a node going down reaches IPVS (as weight 0) within about one
+//! probe interval; a pass is also due when a drain ends, to remove what has drained.
+//!
 //! It never tears down on shutdown: dropping the loop leaves the kernel as it is.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use edgelb_api::{DataplaneStatus, RealServerStatus, TrafficCounters, VirtualServiceStatus};
+use edgelb_api::{
+    BackendHealth, DataplaneStatus, HealthState, RealServerStatus, TrafficCounters, VirtualServiceStatus,
+};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::desired::{Drains, HealthInput, HealthPlan, desired_with};
 use super::{Ownership, desired, plan};
+use crate::config::HealthConfig;
 use crate::dataplane::{Counters, Dataplane, DataplaneError, Op, State};
+use crate::health::{Checker, Health, Settings, Thresholds};
 use crate::store::{Store, StoreError};
 
 /// How many operations of a pass are logged one by one; beyond that only a summary.
@@ -71,6 +81,21 @@ pub struct Reconciler<D> {
     status: watch::Sender<Arc<DataplaneStatus>>,
     /// The kernel's state as the last successful pass left it; `None` forces a dump.
     cache: Mutex<Option<State>>,
+    health: Option<HealthRuntime>,
+}
+
+/// Probes in flight at most.
+const PROBE_CONCURRENCY: usize = 256;
+/// Each probe interval is spread by up to this fraction either way.
+const PROBE_JITTER: f64 = 0.1;
+
+#[derive(Debug)]
+struct HealthRuntime {
+    checker: Checker,
+    config: HealthConfig,
+    /// The last pass's health plan; its drains are `None` until the first pass seeds them
+    /// from the kernel.
+    last: Mutex<(Option<Drains>, HealthPlan)>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -85,7 +110,24 @@ impl<D: Dataplane> Reconciler<D> {
             options,
             status,
             cache: Mutex::new(None),
+            health: None,
         }
+    }
+
+    /// Turns on health checking and draining with these settings: [`run`](Self::run) then
+    /// also runs the checker.
+    pub fn with_health(mut self, config: HealthConfig) -> Reconciler<D> {
+        self.health = Some(HealthRuntime {
+            checker: Checker::new(PROBE_CONCURRENCY, PROBE_JITTER),
+            config,
+            last: Mutex::new((None, HealthPlan::default())),
+        });
+        self
+    }
+
+    /// The health checker, when health checking is on.
+    pub fn checker(&self) -> Option<&Checker> {
+        self.health.as_ref().map(|h| &h.checker)
     }
 
     /// The published status, updated after every pass.
@@ -123,7 +165,14 @@ impl<D: Dataplane> Reconciler<D> {
                         "dataplane reconciled"
                     );
                 }
-                let vs = observed.as_ref().map(|o| virtual_services(o, owned));
+                let vs = observed.as_ref().map(|o| {
+                    let mut vs = virtual_services(o, owned);
+                    if let Some(h) = &self.health {
+                        let last = h.last.lock().unwrap_or_else(|e| e.into_inner());
+                        add_health(&mut vs, &last.1, &h.checker);
+                    }
+                    vs
+                });
                 self.publish(ops.len(), vs, None);
             }
             Err(e) => {
@@ -142,7 +191,6 @@ impl<D: Dataplane> Reconciler<D> {
     /// ownership used.
     async fn pass_inner(&self, dump: bool) -> Result<(Vec<Op>, Option<State>, Ownership), ReconcileError> {
         let snap = self.store.dataplane_snapshot().await?;
-        let want = desired(&snap, self.dataplane.manages());
         let cached = if dump {
             None
         } else {
@@ -151,6 +199,32 @@ impl<D: Dataplane> Reconciler<D> {
         let observed = match cached {
             Some(state) => state,
             None => self.dataplane.observe().await?,
+        };
+        let want = match &self.health {
+            None => desired(&snap, self.dataplane.manages()),
+            Some(h) => {
+                let mut last = h.last.lock().unwrap_or_else(|e| e.into_inner());
+                let drains = last.0.take().unwrap_or_else(|| Drains::seed(&observed));
+                let targets = h.checker.snapshot();
+                let input = HealthInput {
+                    now: SystemTime::now(),
+                    drain_timeout: h.config.drain_timeout,
+                    all_down: h.config.all_down,
+                    targets: &targets,
+                    drains: &drains,
+                };
+                let (want, hp) = desired_with(&snap, self.dataplane.manages(), &input);
+                h.checker.set_targets(hp.probes(Settings {
+                    interval: h.config.interval,
+                    timeout: h.config.timeout,
+                    thresholds: Thresholds {
+                        rise: h.config.rise,
+                        fall: h.config.fall,
+                    },
+                }));
+                *last = (Some(hp.drains.clone()), hp);
+                want
+            }
         };
         let ops = plan(&want, &observed);
         if ops.is_empty() {
@@ -203,6 +277,13 @@ impl<D: Dataplane> Reconciler<D> {
     pub async fn run(self) {
         let mut changes = self.store.subscribe();
         changes.borrow_and_update();
+        let mut health_changes = self.health.as_ref().map(|h| h.checker.subscribe());
+        // Lives as long as this loop: aborting the reconciler's task stops the probes too.
+        let _checker = self
+            .health
+            .as_ref()
+            .map(|h| tokio::spawn(h.checker.clone().run()))
+            .map(AbortOnDrop);
         let mut retry = self.options.retry;
         let mut dump = true;
         loop {
@@ -219,7 +300,21 @@ impl<D: Dataplane> Reconciler<D> {
                     d
                 }
             };
+            // A drain that ends wants a pass to remove what has drained; it needs no dump.
+            let until_drain_ends = self
+                .next_deadline()
+                .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default() + DEADLINE_SLACK);
+            let drain_ends_first = until_drain_ends.is_some_and(|d| d < delay);
+            let delay = until_drain_ends.map_or(delay, |d| d.min(delay));
             tokio::select! {
+                Some(()) = health_changed(&mut health_changes) => {
+                    // A target changed health: plan against the kept state, at once (the
+                    // checker's rise/fall already damped it).
+                    tokio::time::sleep(self.options.debounce).await;
+                    if let Some(rx) = &mut health_changes {
+                        rx.borrow_and_update();
+                    }
+                }
                 changed = changes.changed() => {
                     if changed.is_err() {
                         // The store is gone: nothing will change any more; keep resyncing.
@@ -231,10 +326,72 @@ impl<D: Dataplane> Reconciler<D> {
                     changes.borrow_and_update();
                 }
                 _ = tokio::time::sleep(delay) => {
-                    // The resync (or a retry): dump the kernel to see and repair drift.
-                    dump = true;
+                    // The resync (or a retry): dump the kernel to see and repair drift. A pass
+                    // after a failure dumps anyway (the kept state is dropped then).
+                    dump = !drain_ends_first;
                 }
             }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<SystemTime> {
+        let h = self.health.as_ref()?;
+        h.last.lock().unwrap_or_else(|e| e.into_inner()).1.next_deadline
+    }
+}
+
+/// Past a drain's end, so the pass then sees it ended.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
+/// Resolves when the checker reports a change; never without a checker (or once it is gone).
+async fn health_changed(rx: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    if let Some(r) = rx {
+        if r.changed().await.is_ok() {
+            return Some(());
+        }
+        // The checker is gone: stop listening rather than spin.
+        *rx = None;
+    }
+    std::future::pending().await
+}
+
+/// Aborts the checker's task when the loop is dropped (the reconciler's task aborted).
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Adds each real server's health (what is probed, its damped state, the last probe) to the
+/// status, from the last pass's targets and the checker's current view.
+pub fn add_health(vs: &mut [VirtualServiceStatus], hp: &HealthPlan, checker: &Checker) {
+    for v in vs {
+        let key = crate::dataplane::VsKey::new(v.ip, v.port, v.protocol);
+        for rs in &mut v.real_servers {
+            let addr = std::net::SocketAddr::new(rs.ip, rs.port);
+            let Some(target) = hp.targets.get(&(key, addr)) else {
+                continue;
+            };
+            let Some(st) = checker.state(target) else {
+                continue;
+            };
+            rs.health = Some(BackendHealth {
+                target: target.to_string(),
+                state: match st.health {
+                    Health::Unknown => HealthState::Unknown,
+                    Health::Up => HealthState::Up,
+                    Health::Down => HealthState::Down,
+                },
+                since: OffsetDateTime::from(st.since),
+                last_result: st.last.as_ref().map(|o| o.describe()),
+                last_probe: st.last_probe.map(OffsetDateTime::from),
+                last_latency_micros: st
+                    .last_latency
+                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            });
         }
     }
 }
@@ -283,6 +440,7 @@ pub fn virtual_services(observed: &State, owned: &Ownership) -> Vec<VirtualServi
                     active_connections: rs.counters.active_connections,
                     inactive_connections: rs.counters.inactive_connections,
                     counters: counters(&rs.counters),
+                    health: None,
                 })
                 .collect(),
         })

@@ -267,6 +267,7 @@ fn spec(ports: &[(Protocol, u16, u16)]) -> ServiceSpec {
         sharing_key: None,
         scheduler: None,
         local_nodes: None,
+        health: None,
     }
 }
 
@@ -371,6 +372,45 @@ fn desired_state_takes_service_scheduler_affinity_and_local_nodes() {
     );
     assert_eq!(backends(&d.state, web), ["10.1.0.11:30080"]);
     assert_eq!(d.state.services[&web].spec.persistence, Some(60));
+}
+
+#[test]
+fn source_ranges_of_one_family_close_the_other_familys_vip() {
+    let mut s = spec(&[(Protocol::Tcp, 443, 30443)]);
+    s.source_ranges = vec!["10.0.0.0/8".into()];
+    let snap = snapshot(
+        s,
+        &["203.0.113.5", "2001:db8::5"],
+        vec![node("n1", &["10.1.0.11", "fd00::11"])],
+    );
+    let d = desired(
+        &snap,
+        Manages {
+            addresses: false,
+            rules: true,
+        },
+    );
+    let rules = d.ruleset.expect("rules managed");
+    let v6 = rules
+        .forwards
+        .iter()
+        .find(|f| f.vip == ip("2001:db8::5"))
+        .expect("IPv6 forward");
+    assert!(
+        !v6.source_ranges.is_empty(),
+        "an IPv4-only allow list must restrict the IPv6 VIP (an empty list means everyone)"
+    );
+    let rendered = nft::render("edgelb", &rules);
+    assert!(
+        rendered.contains("2001:db8::5 . tcp . 443"),
+        "the IPv6 VIP is in the restricted set:\n{rendered}"
+    );
+    let v4 = rules
+        .forwards
+        .iter()
+        .find(|f| f.vip == ip("203.0.113.5"))
+        .expect("IPv4 forward");
+    assert_eq!(v4.source_ranges, vec!["10.0.0.0/8".parse().expect("prefix")]);
 }
 
 #[test]
@@ -624,4 +664,682 @@ async fn a_change_is_planned_against_the_kept_state_and_the_resync_dumps_again()
     assert!(r.pass_for_change().await.expect("change pass").ops.is_empty());
     assert_eq!(r.pass().await.expect("full pass").ops.len(), 4);
     assert_eq!(fake.state().real_servers.len(), 4);
+}
+
+// ---- health and draining -------------------------------------------------------------------
+
+use super::desired::{Drains, HealthInput, HealthPlan, desired_with, target_of};
+use crate::config::AllDown;
+use crate::health::{Health, Settings, Target, TargetState};
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+const DRAIN: Duration = Duration::from_secs(60);
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
+}
+
+fn at(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        t0() + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        t0() - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+/// A target's damped state: `health` since `since` seconds after t0.
+fn target_state(health: Health, since: i64) -> TargetState {
+    TargetState {
+        health,
+        ..TargetState::new(at(since))
+    }
+}
+
+fn three_nodes() -> Vec<Node> {
+    vec![
+        node("n1", &["10.1.0.11"]),
+        node("n2", &["10.1.0.12"]),
+        node("n3", &["10.1.0.13"]),
+    ]
+}
+
+fn web() -> VsKey {
+    key("203.0.113.5", 80)
+}
+
+/// The weights of 203.0.113.5:80 by node address.
+fn weights(d: &Desired) -> BTreeMap<String, u32> {
+    d.state
+        .real_servers_of(web())
+        .map(|(a, rs)| (a.ip().to_string(), rs.spec.weight))
+        .collect()
+}
+
+/// Runs [`desired_with`] over one Service on `nodes`, with TCP targets of the nodes (by last
+/// octet) in the given states.
+fn desired_at(
+    nodes: Vec<Node>,
+    health: &[(u8, Health, i64)],
+    drains: &Drains,
+    now: i64,
+    all_down: AllDown,
+) -> (Desired, HealthPlan) {
+    let snap = snapshot(spec(&[(Protocol::Tcp, 80, 30080)]), &["203.0.113.5"], nodes);
+    let targets: HashMap<Target, TargetState> = health
+        .iter()
+        .map(|(octet, h, since)| {
+            (
+                Target::tcp(ip(&format!("10.1.0.{octet}")), 30080),
+                target_state(*h, *since),
+            )
+        })
+        .collect();
+    let input = HealthInput {
+        now: at(now),
+        drain_timeout: DRAIN,
+        all_down,
+        targets: &targets,
+        drains,
+    };
+    desired_with(&snap, Manages::default(), &input)
+}
+
+fn present(octets: &[u8]) -> Drains {
+    Drains {
+        present: BTreeMap::from([(web(), octets.iter().map(|o| sa(&format!("10.1.0.{o}:30080"))).collect())]),
+        leaving: BTreeMap::new(),
+    }
+}
+
+fn w(entries: &[(u8, u32)]) -> BTreeMap<String, u32> {
+    entries.iter().map(|(o, w)| (format!("10.1.0.{o}"), *w)).collect()
+}
+
+#[test]
+fn health_and_eligibility_decide_the_weights() {
+    use AllDown::{FailClosed, FailOpen};
+    use Health::{Down, Unknown, Up};
+    let not_ready_n3 = || {
+        let mut n = three_nodes();
+        n[2].ready = false;
+        n
+    };
+    let unschedulable_n3 = || {
+        let mut n = three_nodes();
+        n[2].schedulable = false;
+        n
+    };
+    let excluded_n3 = || {
+        let mut n = three_nodes();
+        n[2].excluded = true;
+        n
+    };
+    let without_n3 = || three_nodes().into_iter().take(2).collect::<Vec<_>>();
+    let leaving_n3 = |since: i64| Drains {
+        present: present(&[11, 12]).present,
+        leaving: BTreeMap::from([(web(), BTreeMap::from([(sa("10.1.0.13:30080"), at(since))]))]),
+    };
+    type Case = (
+        &'static str,
+        Vec<Node>,
+        Vec<(u8, Health, i64)>,
+        Drains,
+        AllDown,
+        BTreeMap<String, u32>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "all healthy: full weight",
+            three_nodes(),
+            vec![(11, Up, -100), (12, Up, -100), (13, Up, -100)],
+            present(&[11, 12, 13]),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 1)]),
+        ),
+        (
+            "not probed enough yet serves",
+            three_nodes(),
+            vec![(11, Unknown, 0), (12, Unknown, 0)],
+            Drains::default(),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 1)]),
+        ),
+        (
+            "down: weight 0 while draining",
+            three_nodes(),
+            vec![(11, Up, -100), (12, Down, -5), (13, Up, -100)],
+            present(&[11, 12, 13]),
+            FailOpen,
+            w(&[(11, 1), (12, 0), (13, 1)]),
+        ),
+        (
+            "down longer than the drain timeout: removed",
+            three_nodes(),
+            vec![(11, Up, -100), (12, Down, -61), (13, Up, -100)],
+            present(&[11, 12, 13]),
+            FailOpen,
+            w(&[(11, 1), (13, 1)]),
+        ),
+        (
+            "up again: weight restored",
+            three_nodes(),
+            vec![(11, Up, -100), (12, Up, -1), (13, Up, -100)],
+            present(&[11, 12, 13]),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 1)]),
+        ),
+        (
+            "all down, fail-open: all kept at full weight",
+            three_nodes(),
+            vec![(11, Down, -5), (12, Down, -500), (13, Down, -5)],
+            present(&[11, 13]),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 1)]),
+        ),
+        (
+            "all down, fail-closed: all drained",
+            three_nodes(),
+            vec![(11, Down, -5), (12, Down, -5), (13, Down, -5)],
+            present(&[11, 12, 13]),
+            FailClosed,
+            w(&[(11, 0), (12, 0), (13, 0)]),
+        ),
+        (
+            "all down, fail-closed, past the drain timeout: none",
+            three_nodes(),
+            vec![(11, Down, -61), (12, Down, -61), (13, Down, -61)],
+            present(&[11, 12, 13]),
+            FailClosed,
+            w(&[]),
+        ),
+        (
+            "one down, fail-closed: the others serve",
+            three_nodes(),
+            vec![(11, Down, -5)],
+            present(&[11, 12, 13]),
+            FailClosed,
+            w(&[(11, 0), (12, 1), (13, 1)]),
+        ),
+        (
+            "node turns NotReady: drained, not cut",
+            not_ready_n3(),
+            vec![],
+            present(&[11, 12, 13]),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 0)]),
+        ),
+        (
+            "node turns unschedulable: drained",
+            unschedulable_n3(),
+            vec![],
+            present(&[11, 12, 13]),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 0)]),
+        ),
+        (
+            "node excluded from load balancers: drained",
+            excluded_n3(),
+            vec![],
+            present(&[11, 12, 13]),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 0)]),
+        ),
+        (
+            "NotReady node still draining",
+            not_ready_n3(),
+            vec![],
+            leaving_n3(-30),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 0)]),
+        ),
+        (
+            "NotReady node past the drain timeout: removed",
+            not_ready_n3(),
+            vec![],
+            leaving_n3(-61),
+            FailOpen,
+            w(&[(11, 1), (12, 1)]),
+        ),
+        (
+            "NotReady node that was never programmed is not added",
+            not_ready_n3(),
+            vec![],
+            present(&[11, 12]),
+            FailOpen,
+            w(&[(11, 1), (12, 1)]),
+        ),
+        (
+            "node deleted from the node list: gone at once",
+            without_n3(),
+            vec![],
+            present(&[11, 12, 13]),
+            FailOpen,
+            w(&[(11, 1), (12, 1)]),
+        ),
+        (
+            "NotReady node Ready again: back at full weight",
+            three_nodes(),
+            vec![],
+            leaving_n3(-30),
+            FailOpen,
+            w(&[(11, 1), (12, 1), (13, 1)]),
+        ),
+    ];
+    for (name, nodes, health, drains, all_down, want) in cases {
+        let (d, _) = desired_at(nodes, &health, &drains, 0, all_down);
+        assert_eq!(weights(&d), want, "{name}");
+    }
+}
+
+#[test]
+fn a_drain_keeps_its_start_across_passes_and_ends_on_time() {
+    let mut not_ready = three_nodes();
+    not_ready[2].ready = false;
+    let (_, hp1) = desired_at(three_nodes(), &[], &Drains::default(), 0, AllDown::FailOpen);
+    assert_eq!(hp1.drains, present(&[11, 12, 13]));
+    assert_eq!(hp1.next_deadline, None);
+
+    let (d2, hp2) = desired_at(not_ready.clone(), &[], &hp1.drains, 10, AllDown::FailOpen);
+    assert_eq!(weights(&d2), w(&[(11, 1), (12, 1), (13, 0)]));
+    assert_eq!(hp2.drains.leaving[&web()][&sa("10.1.0.13:30080")], at(10));
+    assert_eq!(hp2.next_deadline, Some(at(70)), "a pass is due when the drain ends");
+
+    let (d3, hp3) = desired_at(not_ready.clone(), &[], &hp2.drains, 40, AllDown::FailOpen);
+    assert_eq!(weights(&d3), w(&[(11, 1), (12, 1), (13, 0)]));
+    assert_eq!(
+        hp3.drains.leaving[&web()][&sa("10.1.0.13:30080")],
+        at(10),
+        "not restarted"
+    );
+
+    let (d4, hp4) = desired_at(not_ready, &[], &hp3.drains, 71, AllDown::FailOpen);
+    assert_eq!(weights(&d4), w(&[(11, 1), (12, 1)]));
+    assert!(hp4.drains.leaving.is_empty());
+    assert_eq!(hp4.next_deadline, None);
+
+    let (_, down) = desired_at(
+        three_nodes(),
+        &[(12, Health::Down, 5)],
+        &hp1.drains,
+        6,
+        AllDown::FailOpen,
+    );
+    assert_eq!(down.next_deadline, Some(at(65)), "an unhealthy one's drain ends too");
+}
+
+#[test]
+fn health_changes_produce_weight_changes_never_delete_and_recreate_of_a_service() {
+    use Health::{Down, Up};
+    let mut observed = State::default();
+    let mut drains = Drains::default();
+    // (health of n2 and since when, seconds after t0, the only ops wanted)
+    let steps: &[(Health, i64, i64, &[&str])] = &[
+        (Up, 0, 0, &["add-service", "add-rs", "add-rs", "add-rs"]),
+        (Down, 9, 10, &["edit-rs 10.1.0.12:30080 0"]),
+        (Up, 19, 20, &["edit-rs 10.1.0.12:30080 1"]),
+        (Down, 29, 30, &["edit-rs 10.1.0.12:30080 0"]),
+        (Down, 29, 80, &[]),
+        (Down, 29, 91, &["delete-rs 10.1.0.12:30080"]),
+        (Up, 99, 100, &["add-rs"]),
+    ];
+    for (h, since, now, want) in steps {
+        let (d, hp) = desired_at(three_nodes(), &[(12, *h, *since)], &drains, *now, AllDown::FailOpen);
+        drains = hp.drains;
+        let ops = plan(&d, &observed);
+        let got: Vec<String> = ops
+            .iter()
+            .map(|op| match op {
+                Op::AddService(..) => "add-service".to_owned(),
+                Op::AddRealServer(..) => "add-rs".to_owned(),
+                Op::EditRealServer(_, a, s) => format!("edit-rs {a} {}", s.weight),
+                Op::DeleteRealServer(_, a) => format!("delete-rs {a}"),
+                other => format!("unexpected {other}"),
+            })
+            .collect();
+        assert_eq!(got, *want, "at {now} s with n2 {h:?}");
+        observed = applied(&observed, &ops);
+        assert!(plan(&d, &observed).is_empty(), "a second plan is empty");
+    }
+}
+
+#[test]
+fn each_distinct_target_is_probed_once() {
+    let mut local = spec(&[(Protocol::Tcp, 80, 30080), (Protocol::Tcp, 443, 30443)]);
+    local.external_traffic_policy = TrafficPolicy::Local;
+    local.health_check_node_port = Some(32000);
+    let udp = ServicePort {
+        name: None,
+        protocol: Protocol::Udp,
+        port: 53,
+        node_port: 30053,
+    };
+    assert_eq!(
+        target_of(&local, ip("10.1.0.11"), &local.ports[0]),
+        Some(Target::healthz(ip("10.1.0.11"), 32000))
+    );
+    assert_eq!(
+        target_of(&local, ip("10.1.0.11"), &udp),
+        Some(Target::healthz(ip("10.1.0.11"), 32000)),
+        "Local: whatever the protocol"
+    );
+    let cluster = spec(&[(Protocol::Tcp, 80, 30080), (Protocol::Tcp, 443, 30443)]);
+    assert_eq!(
+        target_of(&cluster, ip("10.1.0.11"), &cluster.ports[1]),
+        Some(Target::tcp(ip("10.1.0.11"), 30443))
+    );
+    assert_eq!(
+        target_of(&cluster, ip("10.1.0.11"), &udp),
+        None,
+        "a UDP NodePort is not probed"
+    );
+    let mut local_without_port = local.clone();
+    local_without_port.health_check_node_port = None;
+    assert_eq!(
+        target_of(&local_without_port, ip("10.1.0.11"), &local.ports[0]),
+        Some(Target::tcp(ip("10.1.0.11"), 30080)),
+        "no healthCheckNodePort: the NodePort itself"
+    );
+
+    let nodes = vec![node("n1", &["10.1.0.11", "fd00::11"]), node("n2", &["10.1.0.12"])];
+    let mut not_ready = node("n3", &["10.1.0.13"]);
+    not_ready.ready = false;
+    let mut all = nodes.clone();
+    all.push(not_ready);
+    let count = |s: ServiceSpec| {
+        let snap = snapshot(s, &["203.0.113.5", "2001:db8::5"], all.clone());
+        let input = HealthInput {
+            now: t0(),
+            drain_timeout: DRAIN,
+            all_down: AllDown::FailOpen,
+            targets: &HashMap::new(),
+            drains: &Drains::default(),
+        };
+        let (_, hp) = desired_with(&snap, Manages::default(), &input);
+        let mut probes: Vec<String> = hp.probes(Settings::default()).keys().map(|t| t.to_string()).collect();
+        probes.sort();
+        probes
+    };
+    assert_eq!(
+        count(local),
+        [
+            "http://10.1.0.11:32000/healthz",
+            "http://10.1.0.12:32000/healthz",
+            "http://[fd00::11]:32000/healthz"
+        ],
+        "Local: one healthz per node address, whatever the ports; never the ineligible node"
+    );
+    assert_eq!(
+        count(cluster),
+        [
+            "tcp://10.1.0.11:30080",
+            "tcp://10.1.0.11:30443",
+            "tcp://10.1.0.12:30080",
+            "tcp://10.1.0.12:30443",
+            "tcp://[fd00::11]:30080",
+            "tcp://[fd00::11]:30443"
+        ],
+        "Cluster: each NodePort of each node once"
+    );
+}
+
+/// Polls `f` every 20 ms for up to `secs` seconds.
+async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(std::time::Instant::now() < end, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_health_change_reaches_the_data_plane_without_waiting_for_the_resync() {
+    // Two "nodes" on loopback addresses, one NodePort listening on both.
+    let l1 = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let node_port = l1.local_addr().expect("addr").port();
+    let l2 = std::net::TcpListener::bind(("127.0.0.3", node_port)).expect("bind 127.0.0.3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).await.expect("store");
+    store
+        .create_pool(
+            "test",
+            serde_json::from_value::<PoolSpec>(serde_json::json!({"name": "public", "ranges": ["203.0.113.0/24"]}))
+                .expect("pool spec"),
+        )
+        .await
+        .expect("pool");
+    store
+        .create_cluster(
+            "test",
+            ClusterSpec {
+                name: "prod".into(),
+                description: String::new(),
+            },
+        )
+        .await
+        .expect("cluster");
+    store
+        .put_nodes(
+            "test",
+            "prod",
+            NodeList {
+                nodes: vec![node("n1", &["127.0.0.2"]), node("n2", &["127.0.0.3"])],
+            },
+        )
+        .await
+        .expect("nodes");
+    store
+        .put_service(
+            "test",
+            "prod",
+            "default",
+            "web",
+            spec(&[(Protocol::Tcp, 80, node_port)]),
+        )
+        .await
+        .expect("service");
+
+    let fake = FakeDataplane::new();
+    let options = RunnerOptions {
+        resync: Duration::from_secs(600),
+        ..fast()
+    };
+    let r = Reconciler::new(store, fake.clone(), options).with_health(crate::config::HealthConfig {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(100),
+        rise: 1,
+        fall: 2,
+        drain_timeout: Duration::from_secs(600),
+        all_down: AllDown::FailOpen,
+    });
+    let status = r.status();
+    let task = tokio::spawn(r.run());
+    let n2 = SocketAddr::new(ip("127.0.0.3"), node_port);
+    let weight_of_n2 = || {
+        fake.state()
+            .real_servers
+            .iter()
+            .find(|((_, a), _)| *a == n2)
+            .map(|(_, rs)| rs.spec.weight)
+    };
+    eventually(5, "both nodes are programmed", || fake.state().real_servers.len() == 2).await;
+    assert_eq!(weight_of_n2(), Some(1));
+
+    drop(l2);
+    eventually(5, "n2 is drained (weight 0)", || weight_of_n2() == Some(0)).await;
+    let rs_status = || {
+        status
+            .borrow()
+            .virtual_services
+            .iter()
+            .flat_map(|v| v.real_servers.clone())
+            .find(|r| r.ip == n2.ip())
+    };
+    eventually(5, "the status shows n2 down", || {
+        rs_status()
+            .and_then(|r| r.health)
+            .is_some_and(|h| h.state == edgelb_api::HealthState::Down)
+    })
+    .await;
+    let h = rs_status().and_then(|r| r.health).expect("health");
+    assert_eq!(h.target, format!("tcp://{n2}"));
+    assert!(
+        h.last_result.is_some_and(|r| r.contains("connect")),
+        "the last probe says why"
+    );
+    assert_eq!(fake.state().real_servers.len(), 2, "drained, not removed");
+
+    let _l2 = std::net::TcpListener::bind(n2).expect("rebind");
+    eventually(5, "n2 is back at full weight", || weight_of_n2() == Some(1)).await;
+    task.abort();
+    drop(l1);
+}
+
+#[test]
+fn a_services_own_settings_override_the_defaults_for_its_targets() {
+    let own = Target::tcp(ip("10.1.0.11"), 30080);
+    let other = Target::tcp(ip("10.1.0.12"), 30080);
+    let hp = HealthPlan {
+        targets: BTreeMap::from([
+            ((web(), sa("10.1.0.11:30080")), own.clone()),
+            ((web(), sa("10.1.0.12:30080")), other.clone()),
+        ]),
+        overrides: BTreeMap::from([(
+            own.clone(),
+            edgelb_api::HealthOverrides {
+                interval_ms: Some(500),
+                fall: Some(2),
+                ..Default::default()
+            },
+        )]),
+        ..HealthPlan::default()
+    };
+    let defaults = Settings::default();
+    let probes = hp.probes(defaults);
+    assert_eq!(probes[&other], defaults);
+    let s = probes[&own];
+    assert_eq!(s.interval, Duration::from_millis(500));
+    assert_eq!(
+        s.timeout,
+        Duration::from_millis(500),
+        "the default timeout follows a short interval"
+    );
+    assert_eq!((s.thresholds.rise, s.thresholds.fall), (defaults.thresholds.rise, 2));
+}
+
+#[tokio::test]
+async fn a_drained_real_server_is_removed_when_the_drain_ends_without_waiting_for_the_resync() {
+    let l1 = std::net::TcpListener::bind("127.0.0.4:0").expect("bind 127.0.0.4");
+    let node_port = l1.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).await.expect("store");
+    store
+        .create_pool(
+            "test",
+            serde_json::from_value::<PoolSpec>(serde_json::json!({"name": "public", "ranges": ["203.0.113.0/24"]}))
+                .expect("pool spec"),
+        )
+        .await
+        .expect("pool");
+    store
+        .create_cluster(
+            "test",
+            ClusterSpec {
+                name: "prod".into(),
+                description: String::new(),
+            },
+        )
+        .await
+        .expect("cluster");
+    store
+        .put_nodes(
+            "test",
+            "prod",
+            NodeList {
+                nodes: vec![node("n1", &["127.0.0.4"]), node("n2", &["127.0.0.5"])],
+            },
+        )
+        .await
+        .expect("nodes");
+    store
+        .put_service(
+            "test",
+            "prod",
+            "default",
+            "web",
+            spec(&[(Protocol::Tcp, 80, node_port)]),
+        )
+        .await
+        .expect("service");
+    let fake = FakeDataplane::new();
+    let options = RunnerOptions {
+        resync: Duration::from_secs(600),
+        ..fast()
+    };
+    let r = Reconciler::new(store, fake.clone(), options).with_health(crate::config::HealthConfig {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(100),
+        rise: 1,
+        fall: 1,
+        drain_timeout: Duration::from_millis(700),
+        all_down: AllDown::FailOpen,
+    });
+    let task = tokio::spawn(r.run());
+    let n2 = SocketAddr::new(ip("127.0.0.5"), node_port);
+    // n2 never listened: programmed first (not probed yet), drained, then removed.
+    let mut saw_drained = false;
+    eventually(5, "n2 is removed after its drain", || {
+        let s = fake.state();
+        saw_drained |= s
+            .real_servers
+            .iter()
+            .any(|((_, a), rs)| *a == n2 && rs.spec.weight == 0);
+        saw_drained && !s.real_servers.keys().any(|(_, a)| *a == n2)
+    })
+    .await;
+    assert_eq!(fake.state().real_servers.len(), 1, "n1 stays");
+    task.abort();
+    drop(l1);
+}
+
+#[test]
+fn after_a_restart_a_node_that_left_meanwhile_is_drained_from_what_the_kernel_holds() {
+    let kernel = state(
+        &[(web(), "rr")],
+        &[
+            (web(), "10.1.0.11:30080", 1),
+            (web(), "10.1.0.12:30080", 1),
+            (web(), "10.1.0.13:30080", 1),
+        ],
+    );
+    let mut nodes = three_nodes();
+    nodes[2].ready = false;
+    let (d, hp) = desired_at(nodes, &[], &Drains::seed(&kernel), 0, AllDown::FailOpen);
+    assert_eq!(weights(&d), w(&[(11, 1), (12, 1), (13, 0)]));
+    assert_eq!(hp.next_deadline, Some(at(60)));
+}
+
+#[test]
+fn a_services_health_settings_reach_its_probes() {
+    let mut s = spec(&[(Protocol::Tcp, 80, 30080)]);
+    s.health = Some(edgelb_api::HealthOverrides {
+        interval_ms: Some(250),
+        timeout_ms: Some(200),
+        rise: Some(1),
+        fall: Some(5),
+    });
+    let snap = snapshot(s, &["203.0.113.5"], vec![node("n1", &["10.1.0.11"])]);
+    let input = HealthInput {
+        now: t0(),
+        drain_timeout: DRAIN,
+        all_down: AllDown::FailOpen,
+        targets: &HashMap::new(),
+        drains: &Drains::default(),
+    };
+    let (_, hp) = desired_with(&snap, Manages::default(), &input);
+    let probes = hp.probes(Settings::default());
+    let got = probes[&Target::tcp(ip("10.1.0.11"), 30080)];
+    assert_eq!(got.interval, Duration::from_millis(250));
+    assert_eq!(got.timeout, Duration::from_millis(200));
+    assert_eq!((got.thresholds.rise, got.thresholds.fall), (1, 5));
 }

@@ -120,6 +120,11 @@ pub fn validate_service(namespace: &str, name: &str, spec: &ServiceSpec) -> Resu
     {
         err("local_nodes".into(), "node names must not be empty".into());
     }
+    if let Some(h) = &spec.health {
+        for (field, message) in h.problems() {
+            err(format!("health.{field}"), message);
+        }
+    }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 

@@ -63,6 +63,7 @@ fn service(uid: &str, ports: &[u16]) -> ServiceSpec {
         sharing_key: None,
         scheduler: None,
         local_nodes: None,
+        health: None,
     }
 }
 
@@ -609,6 +610,10 @@ async fn put_service_refuses_what_it_cannot_do_and_writes_nothing() {
         ],
         source_ranges: vec!["10.0.0.0".into()],
         scheduler: Some("fastest".into()),
+        health: Some(edgelb_api::HealthOverrides {
+            interval_ms: Some(20),
+            ..Default::default()
+        }),
         ..service("x", &[])
     };
     match store.put_service(ACTOR, "prod", "Default", "c", bad).await {
@@ -624,7 +629,8 @@ async fn put_service_refuses_what_it_cannot_do_and_writes_nothing() {
                     "ports[1].port",
                     "ports[1]",
                     "source_ranges[0]",
-                    "scheduler"
+                    "scheduler",
+                    "health.interval_ms"
                 ]
             );
         }

@@ -89,7 +89,7 @@ impl Browser {
             }
         }
         let Some(client) = browser else {
-            let _ = driver.kill();
+            stop_driver(&mut driver);
             panic!("no browser session from chromedriver (is chromium installed?): {last:?}");
         };
         Browser {
@@ -218,14 +218,19 @@ impl Browser {
     pub async fn close(mut self) {
         let client = self.client.clone();
         let _ = client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        stop_driver(&mut self.driver);
     }
+}
+
+/// Stops chromedriver. After a clean `close` the browser is gone already; after a panic
+/// mid-test Chromium may outlive it until the machine's next cleanup.
+fn stop_driver(driver: &mut Child) {
+    let _ = driver.kill();
+    let _ = driver.wait();
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        stop_driver(&mut self.driver);
     }
 }

@@ -38,6 +38,7 @@ pub fn config(data_dir: PathBuf) -> Config {
         log_format: LogFormat::Text,
         shutdown_grace: Duration::from_secs(5),
         dataplane: DataplaneConfig::none(),
+        health: edgelb::config::HealthConfig::default(),
     }
 }
 

@@ -288,6 +288,7 @@ pub async fn services(
                             weight: "—".to_owned(),
                             health: "unknown",
                             connections: "—".to_owned(),
+                            probe: String::new(),
                         })
                     })
                     .collect();
@@ -299,16 +300,18 @@ pub async fn services(
                     conns += vs.counters.connections;
                     total += vs.counters.bytes_in + vs.counters.bytes_out;
                     for r in &vs.real_servers {
+                        let (health, probe) = RealServer::health_of(r);
                         rs.push(RealServer {
                             node: names.get(&r.ip).map(|n| (*n).to_owned()).unwrap_or_default(),
                             address: sock(r.ip, r.port),
                             ports: format!("from {}/{}", vs.port, vs.protocol),
                             weight: r.weight.to_string(),
-                            health: if r.weight == 0 { "drained" } else { "ok" },
+                            health,
                             connections: format!(
                                 "{} active, {} inactive",
                                 r.active_connections, r.inactive_connections
                             ),
+                            probe,
                         });
                     }
                 }

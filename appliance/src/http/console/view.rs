@@ -410,9 +410,41 @@ pub struct RealServer {
     /// The node ports traffic goes to, `:30080 :30443`.
     pub ports: String,
     pub weight: String,
-    /// `ok`, `drained` or `unknown` (as a CSS class too).
+    /// `ok`, `down`, `drained` or `unknown` (as a CSS class too).
     pub health: &'static str,
     pub connections: String,
+    /// The health check: what is probed, since when in this state, the last probe's result;
+    /// empty when it is not probed.
+    pub probe: String,
+}
+
+impl RealServer {
+    /// The badge and the health line of a programmed real server: its health check's state
+    /// when it is probed, else what its weight says.
+    pub fn health_of(r: &edgelb_api::RealServerStatus) -> (&'static str, String) {
+        let Some(h) = &r.health else {
+            return (if r.weight == 0 { "drained" } else { "ok" }, String::new());
+        };
+        let badge = match (h.state, r.weight) {
+            (edgelb_api::HealthState::Down, _) => "down",
+            (_, 0) => "drained",
+            (edgelb_api::HealthState::Up, _) => "ok",
+            (edgelb_api::HealthState::Unknown, _) => "unknown",
+        };
+        let state = match h.state {
+            edgelb_api::HealthState::Up => "up",
+            edgelb_api::HealthState::Down => "down",
+            edgelb_api::HealthState::Unknown => "not decided",
+        };
+        let mut line = format!("{} {state} since {}", h.target, ago(Some(h.since)));
+        if let Some(result) = &h.last_result {
+            line.push_str(&format!(" · last probe: {result}"));
+            if let Some(us) = h.last_latency_micros {
+                line.push_str(&format!(" in {:.1} ms", us as f64 / 1000.0));
+            }
+        }
+        (badge, line)
+    }
 }
 
 /// The data plane's state in a line: mode, last pass, error.
@@ -677,6 +709,34 @@ mod tests {
     }
 
     #[test]
+    fn a_probed_real_server_shows_its_health_check() {
+        let mut r = edgelb_api::RealServerStatus {
+            ip: "10.0.0.2".parse().expect("ip"),
+            port: 30080,
+            weight: 0,
+            active_connections: 0,
+            inactive_connections: 0,
+            counters: Default::default(),
+            health: None,
+        };
+        assert_eq!(RealServer::health_of(&r), ("drained", String::new()));
+        r.health = Some(edgelb_api::BackendHealth {
+            target: "tcp://10.0.0.2:30080".into(),
+            state: edgelb_api::HealthState::Down,
+            since: OffsetDateTime::now_utc() - time::Duration::seconds(180),
+            last_result: Some("connect: Connection refused".into()),
+            last_probe: Some(OffsetDateTime::now_utc()),
+            last_latency_micros: Some(1500),
+        });
+        let (badge, line) = RealServer::health_of(&r);
+        assert_eq!(badge, "down");
+        assert_eq!(
+            line,
+            "tcp://10.0.0.2:30080 down since 3 min ago · last probe: connect: Connection refused in 1.5 ms"
+        );
+    }
+
+    #[test]
     fn drained_real_servers_are_the_unhealthy_ones() {
         let rs = |ip: &str, weight| edgelb_api::RealServerStatus {
             ip: ip.parse().expect("ip"),
@@ -685,6 +745,7 @@ mod tests {
             active_connections: 0,
             inactive_connections: 0,
             counters: Default::default(),
+            health: None,
         };
         let st = edgelb_api::DataplaneStatus {
             mode: "ipvs".into(),
