@@ -337,3 +337,44 @@ count_of() {
     done
     echo "$_c"
 }
+
+# lab_nodes_serve_peer [PORT]: busybox httpd on every node whose /cgi-bin/peer answers
+# "node=<name> peer=<client address as the node sees it>" on PORT: which source address the
+# Service saw (the client's with plain NAT, the appliance's with full NAT). "/" answers
+# "node=<name>" as with lab_nodes_serve.
+lab_nodes_serve_peer() {
+    _port=${1:-$LAB_NODEPORT}
+    for _n in $LAB_NODES; do
+        mkdir -p "/srv/peer-$_n/cgi-bin"
+        echo "node=$_n" >"/srv/peer-$_n/index.html"
+        # httpd listens dual-stack: an IPv4 peer arrives as [::ffff:a.b.c.d].
+        cat >"/srv/peer-$_n/cgi-bin/peer" <<'CGI'
+#!/bin/sh
+peer=${REMOTE_ADDR#\[}
+peer=${peer%\]}
+printf 'Content-Type: text/plain\r\n\r\nnode=@NODE@ peer=%s\n' "${peer#::ffff:}"
+CGI
+        sed -i "s/@NODE@/$_n/" "/srv/peer-$_n/cgi-bin/peer"
+        chmod +x "/srv/peer-$_n/cgi-bin/peer"
+        must in_ns "$_n" httpd -p "$_port" -h "/srv/peer-$_n"
+    done
+    for _n in $LAB_NODES; do
+        _url="http://$(node_addr "$_n"):$_port/cgi-bin/peer"
+        _i=0
+        _want="node=$_n peer=$LAB_BACK_ADDR"
+        until _got=$(in_ns appliance timeout "$LAB_HTTP_TIMEOUT" wget -q -O - "$_url" 2>&1) && [ "$_got" = "$_want" ]; do
+            _i=$((_i + 1))
+            [ "$_i" -lt 50 ] || die "node $_n does not answer '$_want' on $_url: $_got"
+            sleep 0.1
+        done
+    done
+    lab_bench nodes-serving-peer
+}
+
+# lab_nodes_route_via_appliance: the nodes reach the clients' network through the appliance
+# (their gateway for it), as plain NAT needs; their default route stays elsewhere.
+lab_nodes_route_via_appliance() {
+    for _n in $LAB_NODES; do
+        must "$IP" -n "$_n" route add "${LAB_FRONT_ADDR%.*}.0/$LAB_FRONT_PREFIX" via "$LAB_BACK_ADDR" dev eth0
+    done
+}

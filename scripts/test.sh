@@ -25,12 +25,13 @@ step "cargo test (workspace)"
 cargo test --workspace --locked
 
 step "kernel lab: every scenario in a real kernel with IPVS (edgelb, curl, jq, socat shipped in)"
-cargo build --release --locked -p edgelb --bin edgelb --example bench_dataplane
+cargo build --release --locked -p edgelb --bin edgelb --example bench_dataplane --example bench_appliance
 mkdir -p target/lab-ship
 strip -o target/lab-ship/edgelb target/release/edgelb
 strip -o target/lab-ship/bench_dataplane target/release/examples/bench_dataplane
+strip -o target/lab-ship/bench_appliance target/release/examples/bench_appliance
 cargo xtask kernel-lab --ship target/lab-ship/edgelb --ship target/lab-ship/bench_dataplane \
-    --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat
+    --ship target/lab-ship/bench_appliance --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat
 
 step "kernel lab: the IPVS netlink client against the real kernel"
 cargo build --release --locked -p edgelb --example ipvs_smoke

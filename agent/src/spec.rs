@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use edgelb_api::{IpFamily, Protocol, ServicePort, ServiceSpec, SessionAffinity, TrafficPolicy};
+use edgelb_api::{HealthOverrides, IpFamily, Protocol, ServicePort, ServiceSpec, SessionAffinity, TrafficPolicy};
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 
 /// Annotation naming the pool to allocate from.
@@ -15,6 +15,14 @@ pub const ANNOTATION_IPS: &str = "edgelb.io/load-balancer-ips";
 pub const ANNOTATION_SHARED: &str = "edgelb.io/allow-shared-ip";
 /// Annotation with the IPVS scheduler.
 pub const ANNOTATION_SCHEDULER: &str = "edgelb.io/scheduler";
+/// Annotation with the time between two health probes of each node (`2s`, `500ms`, `1m`).
+pub const ANNOTATION_HEALTH_INTERVAL: &str = "edgelb.io/health-interval";
+/// Annotation with the time a health probe may take (`1s`, `300ms`).
+pub const ANNOTATION_HEALTH_TIMEOUT: &str = "edgelb.io/health-timeout";
+/// Annotation with the good probes in a row that put a node back (1 to 100).
+pub const ANNOTATION_HEALTH_RISE: &str = "edgelb.io/health-rise";
+/// Annotation with the failed probes in a row that drain a node (1 to 100).
+pub const ANNOTATION_HEALTH_FALL: &str = "edgelb.io/health-fall";
 /// Our finalizer: the Service is not deleted before the appliance released its addresses.
 pub const FINALIZER: &str = "edgelb.io/release";
 /// The `ipMode` written into the status: traffic arrives with the VIP as destination.
@@ -110,6 +118,121 @@ fn port(v: i32, what: &str) -> Result<u16, SpecError> {
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| SpecError(format!("{what} {v} is not a port")))
+}
+
+/// A duration as Kubernetes and Go write them, in whole milliseconds: one or more numbers,
+/// each with a unit (`ms`, `s`, `m`, `h`), e.g. `500ms`, `2s`, `1.5s`, `1m30s`. A bare number is
+/// refused rather than guessed at: `2` could mean seconds or milliseconds, and a wrong guess is
+/// a factor of 1000. The message says what to write.
+pub fn parse_duration_ms(text: &str) -> Result<u32, String> {
+    const EXAMPLE: &str = "write a number with a unit, e.g. \"500ms\", \"2s\" or \"1m\"";
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("it is empty: {EXAMPLE}"));
+    }
+    if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("{t:?} has no unit: {EXAMPLE}"));
+    }
+    let too_long = || format!("{t:?} is far too long");
+    let mut rest = t;
+    // Integer arithmetic: `1.1s` is exactly 1100 ms, which floating point does not promise.
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_len);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ if num.is_empty() => return Err(format!("{t:?} is not a duration: {EXAMPLE}")),
+            other => return Err(format!("{t:?} has the unknown unit {other:?}: use ms, s, m or h")),
+        };
+        let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+        if (whole.is_empty() && frac.is_empty()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{t:?} is not a duration: {EXAMPLE}"));
+        }
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_long())?
+        };
+        let mut ms = whole.checked_mul(scale).ok_or_else(too_long)?;
+        if !frac.is_empty() {
+            let digits = u32::try_from(frac.len()).map_err(|_| too_long())?;
+            let denom = 10u64.checked_pow(digits).ok_or_else(too_long)?;
+            let numer = frac
+                .parse::<u64>()
+                .map_err(|_| too_long())?
+                .checked_mul(scale)
+                .ok_or_else(too_long)?;
+            if numer % denom != 0 {
+                return Err(format!("{t:?} is not a whole number of milliseconds"));
+            }
+            ms = ms.checked_add(numer / denom).ok_or_else(too_long)?;
+        }
+        total = total.checked_add(ms).ok_or_else(too_long)?;
+        rest = next;
+    }
+    u32::try_from(total).map_err(|_| too_long())
+}
+
+/// A count annotation (`rise`, `fall`).
+fn parse_count(text: &str) -> Result<u32, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number: write e.g. \"3\""))
+}
+
+/// The Service's own health-check settings from the `edgelb.io/health-*` annotations; `None`
+/// without any. Every bad annotation is reported at once, naming it and what to write, with
+/// the appliance's limits checked here too so the message names the annotation rather than the
+/// API field.
+pub fn health_overrides(svc: &Service) -> Result<Option<HealthOverrides>, SpecError> {
+    let mut problems: Vec<String> = Vec::new();
+    let mut read = |key: &str, parse: fn(&str) -> Result<u32, String>| -> Option<u32> {
+        let raw = annotation(svc, key)?;
+        parse(raw)
+            .map_err(|m| problems.push(format!("annotation {key}: {m}")))
+            .ok()
+    };
+    let o = HealthOverrides {
+        interval_ms: read(ANNOTATION_HEALTH_INTERVAL, parse_duration_ms),
+        timeout_ms: read(ANNOTATION_HEALTH_TIMEOUT, parse_duration_ms),
+        rise: read(ANNOTATION_HEALTH_RISE, parse_count),
+        fall: read(ANNOTATION_HEALTH_FALL, parse_count),
+    };
+    for (field, _) in o.problems() {
+        let (key, message) = match field {
+            "interval_ms" => (ANNOTATION_HEALTH_INTERVAL, "must be from 50ms to 1h".to_owned()),
+            "timeout_ms" if o.timeout_ms.is_some_and(|t| (50..=3_600_000).contains(&t)) => (
+                ANNOTATION_HEALTH_TIMEOUT,
+                format!(
+                    "must not be longer than {ANNOTATION_HEALTH_INTERVAL} ({:?})",
+                    annotation(svc, ANNOTATION_HEALTH_INTERVAL).unwrap_or_default()
+                ),
+            ),
+            "timeout_ms" => (ANNOTATION_HEALTH_TIMEOUT, "must be from 50ms to 1h".to_owned()),
+            "rise" => (ANNOTATION_HEALTH_RISE, "must be from 1 to 100".to_owned()),
+            _ => (ANNOTATION_HEALTH_FALL, "must be from 1 to 100".to_owned()),
+        };
+        let raw = annotation(svc, key).unwrap_or_default();
+        let problem = format!("annotation {key}: {raw:?} {message}");
+        // A timeout both out of range and longer than the interval is one thing to fix.
+        if !problems.contains(&problem) {
+            problems.push(problem);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(SpecError(problems.join("; ")));
+    }
+    Ok((o != HealthOverrides::default()).then_some(o))
 }
 
 /// The addresses asked for: `edgelb.io/load-balancer-ips` wins over `spec.loadBalancerIP`;
@@ -236,10 +359,168 @@ pub fn desired_spec(svc: &Service, local_nodes: &[String]) -> Result<ServiceSpec
         sharing_key: sharing_key(svc),
         scheduler: annotation(svc, ANNOTATION_SCHEDULER).map(str::to_owned),
         local_nodes: local.then(|| local_nodes.to_vec()),
-        // The `edgelb.io/health-*` annotations are not read yet: the appliance's defaults.
-        health: None,
+        health: health_overrides(svc)?,
     })
 }
 
 #[cfg(test)]
 mod tests;
+
+/// The `edgelb.io/health-*` annotations. (Beside `spec/tests.rs` rather than in it only because
+/// they were written while that file had another owner; they belong there.)
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+    use crate::fixtures::{annotate, service};
+
+    #[test]
+    fn durations_parse_like_kubernetes_writes_them() {
+        let ok: &[(&str, u32)] = &[
+            ("500ms", 500),
+            ("2s", 2_000),
+            ("1m", 60_000),
+            ("1h", 3_600_000),
+            ("1.5s", 1_500),
+            ("1.1s", 1_100),
+            ("0.25s", 250),
+            (".5s", 500),
+            ("1m30s", 90_000),
+            ("1s500ms", 1_500),
+            (" 2s ", 2_000),
+            ("0ms", 0),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration_ms(text), Ok(*want), "{text}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("2", "has no unit"),
+            ("500", "has no unit"),
+            ("", "empty"),
+            ("2x", "unknown unit \"x\""),
+            ("2 s", "unknown unit \" s\""),
+            ("2sec", "unknown unit \"sec\""),
+            ("-1s", "not a duration"),
+            ("ms", "not a duration"),
+            ("1.2.3s", "not a duration"),
+            ("1.5ms", "not a whole number of milliseconds"),
+            ("2000h", "far too long"),
+            ("99999999999999999999999s", "far too long"),
+        ];
+        for (text, want) in bad {
+            let err = parse_duration_ms(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        assert!(
+            parse_duration_ms("2").expect_err("bare").contains("\"2s\""),
+            "the message says what to write"
+        );
+    }
+
+    fn with(annotations: &[(&str, &str)]) -> Service {
+        annotations
+            .iter()
+            .fold(service("d", "a"), |svc, (k, v)| annotate(svc, k, v))
+    }
+
+    #[test]
+    fn health_annotations_become_the_services_overrides() {
+        let o = |interval_ms, timeout_ms, rise, fall| {
+            Some(HealthOverrides {
+                interval_ms,
+                timeout_ms,
+                rise,
+                fall,
+            })
+        };
+        let cases: Vec<(&str, Service, Option<HealthOverrides>)> = vec![
+            ("none", with(&[]), None),
+            (
+                "blank values are absent",
+                with(&[(ANNOTATION_HEALTH_INTERVAL, " ")]),
+                None,
+            ),
+            (
+                "interval only",
+                with(&[(ANNOTATION_HEALTH_INTERVAL, "500ms")]),
+                o(Some(500), None, None, None),
+            ),
+            (
+                "all four",
+                with(&[
+                    (ANNOTATION_HEALTH_INTERVAL, "5s"),
+                    (ANNOTATION_HEALTH_TIMEOUT, "1500ms"),
+                    (ANNOTATION_HEALTH_RISE, "3"),
+                    (ANNOTATION_HEALTH_FALL, " 2 "),
+                ]),
+                o(Some(5_000), Some(1_500), Some(3), Some(2)),
+            ),
+            (
+                "timeout alone may exceed the default interval: the appliance caps it",
+                with(&[(ANNOTATION_HEALTH_TIMEOUT, "3s")]),
+                o(None, Some(3_000), None, None),
+            ),
+        ];
+        for (name, svc, want) in cases {
+            assert_eq!(health_overrides(&svc), Ok(want), "{name}");
+            assert_eq!(desired_spec(&svc, &[]).expect(name).health, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_health_annotations_name_the_annotation_and_what_to_write() {
+        let cases: Vec<(&str, Service, Vec<&str>)> = vec![
+            (
+                "bare number",
+                with(&[(ANNOTATION_HEALTH_INTERVAL, "2")]),
+                vec!["annotation edgelb.io/health-interval: \"2\" has no unit"],
+            ),
+            (
+                "below the minimum",
+                with(&[(ANNOTATION_HEALTH_INTERVAL, "10ms")]),
+                vec!["annotation edgelb.io/health-interval: \"10ms\" must be from 50ms to 1h"],
+            ),
+            (
+                "above the maximum",
+                with(&[(ANNOTATION_HEALTH_TIMEOUT, "2h")]),
+                vec!["annotation edgelb.io/health-timeout: \"2h\" must be from 50ms to 1h"],
+            ),
+            (
+                "timeout longer than interval",
+                with(&[(ANNOTATION_HEALTH_INTERVAL, "1s"), (ANNOTATION_HEALTH_TIMEOUT, "2s")]),
+                vec![
+                    "annotation edgelb.io/health-timeout: \"2s\" must not be longer than edgelb.io/health-interval (\"1s\")",
+                ],
+            ),
+            (
+                "counts",
+                with(&[(ANNOTATION_HEALTH_RISE, "0"), (ANNOTATION_HEALTH_FALL, "three")]),
+                vec![
+                    "annotation edgelb.io/health-fall: \"three\" is not a whole number",
+                    "annotation edgelb.io/health-rise: \"0\" must be from 1 to 100",
+                ],
+            ),
+            (
+                "every problem at once",
+                with(&[
+                    (ANNOTATION_HEALTH_INTERVAL, "fast"),
+                    (ANNOTATION_HEALTH_TIMEOUT, "30ms"),
+                    (ANNOTATION_HEALTH_FALL, "101"),
+                ]),
+                vec![
+                    "annotation edgelb.io/health-interval: \"fast\" is not a duration",
+                    "annotation edgelb.io/health-timeout: \"30ms\" must be from 50ms to 1h",
+                    "annotation edgelb.io/health-fall: \"101\" must be from 1 to 100",
+                ],
+            ),
+        ];
+        for (name, svc, wants) in cases {
+            let SpecError(message) = health_overrides(&svc).expect_err(name);
+            for want in &wants {
+                assert!(message.contains(want), "{name}: {message:?} lacks {want:?}");
+            }
+            assert_eq!(message.matches("annotation ").count(), wants.len(), "{name}: {message}");
+            let SpecError(from_spec) = desired_spec(&svc, &[]).expect_err(name);
+            assert_eq!(from_spec, message, "{name}: the Service is refused as a whole");
+        }
+    }
+}

@@ -449,3 +449,64 @@ async fn agent_relists_after_its_watch_is_cut_and_the_history_compacted() {
     assert!(app.service("default", "before").await.is_none());
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_annotations_reach_the_appliance_and_a_bad_one_is_reported_not_sent() {
+    use edgelb_agent::spec::{ANNOTATION_HEALTH_FALL, ANNOTATION_HEALTH_INTERVAL, ANNOTATION_HEALTH_TIMEOUT};
+    let (app, token) = Appliance::start(&["10.60.0.0/29"]).await;
+    let fake = FakeApiServer::start().await;
+    let client = fake.client("test").await;
+    let api = services(&client, "default");
+    let agent = Agent::start(&fake, &app, &token, "agent-a").await;
+    let svc = annotate(
+        annotate(service("default", "web"), ANNOTATION_HEALTH_INTERVAL, "500ms"),
+        ANNOTATION_HEALTH_FALL,
+        "2",
+    );
+    create(&api, &svc).await;
+    wait_ips(&api, "web", 1).await;
+    let health = |v: &serde_json::Value| v["spec"]["health"].clone();
+    let sent = app.service("default", "web").await.expect("held");
+    assert_eq!(
+        health(&sent),
+        json!({"interval_ms": 500, "timeout_ms": null, "rise": null, "fall": 2})
+    );
+
+    // A bad value: a Warning Event names the annotation and what to write, and the appliance
+    // keeps the last good settings rather than getting a guess.
+    let bad = json!({"metadata": {"annotations": {ANNOTATION_HEALTH_INTERVAL: "2"}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&bad))
+        .await
+        .expect("patch");
+    let note = wait_event(&fake, "web", "AllocationFailed").await;
+    assert!(note.contains("edgelb.io/health-interval: \"2\" has no unit"), "{note}");
+    assert!(note.contains("\"2s\""), "the note says what to write: {note}");
+    let kept = app.service("default", "web").await.expect("still held");
+    assert_eq!(health(&kept), health(&sent), "nothing half-understood is sent");
+    assert_eq!(kept["ips"], sent["ips"], "the address stays");
+
+    // Fixed, with a timeout too: the appliance gets it.
+    let good =
+        json!({"metadata": {"annotations": {ANNOTATION_HEALTH_INTERVAL: "1s", ANNOTATION_HEALTH_TIMEOUT: "300ms"}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&good))
+        .await
+        .expect("patch");
+    eventually(30, "the fixed settings at the appliance", || async {
+        let v = app.service("default", "web").await?;
+        (health(&v) == json!({"interval_ms": 1000, "timeout_ms": 300, "rise": null, "fall": 2})).then_some(())
+    })
+    .await;
+
+    // Annotations removed: the appliance's (and the pool's) settings again.
+    let none = json!({"metadata": {"annotations": {
+        ANNOTATION_HEALTH_INTERVAL: null, ANNOTATION_HEALTH_TIMEOUT: null, ANNOTATION_HEALTH_FALL: null}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&none))
+        .await
+        .expect("patch");
+    eventually(30, "no overrides at the appliance", || async {
+        let v = app.service("default", "web").await?;
+        health(&v).is_null().then_some(())
+    })
+    .await;
+    agent.stop().await;
+}

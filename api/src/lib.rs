@@ -175,9 +175,16 @@ pub struct PoolSpec {
     /// How long a released address is held back for the Service that had it.
     #[serde(default = "default_hold_seconds")]
     pub hold_seconds: u64,
+    /// Health-check settings of the Services in this pool; each `null` field takes the
+    /// appliance's default, and a Service's own `health` wins field by field over these.
+    #[serde(default)]
+    pub health: Option<HealthOverrides>,
 }
 
 /// A partial update of a pool (`PATCH /api/v1/pools/{name}`); absent fields stay as they are.
+/// A field given replaces the stored value whole (`ranges` and `health` too: they are not
+/// merged); `null` is the same as absent, except for `health`, where `null` removes the pool's
+/// overrides.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolPatch {
@@ -189,6 +196,22 @@ pub struct PoolPatch {
     pub namespaces: Option<Vec<String>>,
     pub scheduler: Option<String>,
     pub hold_seconds: Option<u64>,
+    /// Absent: unchanged; `null`: remove the pool's overrides (Services take the appliance's
+    /// defaults again); an object: replaces the overrides whole (a field left out of it is
+    /// cleared, not kept).
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<HealthOverrides>)]
+    pub health: Option<Option<HealthOverrides>>,
+}
+
+/// Deserializes a field that is present (`null` included) as `Some`, so a PATCH can tell
+/// "remove" (`null`) from "leave alone" (absent, which `#[serde(default)]` makes `None`).
+fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Address counts of a pool. `total` and `free` are decimal strings because an IPv6 pool can
@@ -736,11 +759,37 @@ mod tests {
     }
 
     #[test]
+    fn pool_patch_tells_a_removed_health_from_an_absent_one() {
+        let cases: &[(&str, Option<Option<HealthOverrides>>)] = &[
+            (r#"{}"#, None),
+            (r#"{"priority": 3}"#, None),
+            (r#"{"health": null}"#, Some(None)),
+            (
+                r#"{"health": {"fall": 2}}"#,
+                Some(Some(HealthOverrides {
+                    fall: Some(2),
+                    ..HealthOverrides::default()
+                })),
+            ),
+        ];
+        for (body, want) in cases {
+            let patch: PoolPatch = serde_json::from_str(body).expect(body);
+            assert_eq!(patch.health, *want, "{body}");
+            let again: PoolPatch =
+                serde_json::from_value(serde_json::to_value(&patch).expect("serializes")).expect("round trip");
+            assert_eq!(again, patch, "{body} survives a round trip");
+        }
+        let err = serde_json::from_str::<PoolPatch>(r#"{"health": {"intervall_ms": 5}}"#).expect_err("typo");
+        assert!(err.to_string().contains("unknown field `intervall_ms`"), "{err}");
+    }
+
+    #[test]
     fn pool_spec_defaults_match_the_documentation() {
         let spec: PoolSpec = serde_json::from_str(r#"{"name": "a", "ranges": ["10.0.0.0/30"]}"#).expect("parses");
         assert!(spec.auto_assign);
         assert!(!spec.avoid_buggy_ips);
         assert_eq!(spec.scheduler, "wlc");
         assert_eq!(spec.hold_seconds, 600);
+        assert_eq!(spec.health, None);
     }
 }

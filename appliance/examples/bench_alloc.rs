@@ -5,6 +5,9 @@
 //! 3. allocations in an IPv6 /64 pool.
 //!
 //! Run: `cargo run --release -p edgelb --example bench_alloc` (prints a Markdown report).
+//! `-- --only throughput` (or `store`, `fill`, `ipv6`; comma-separated) runs some parts only, and
+//! `--rounds N` repeats the throughput table N times on the same appliance, so variants can be
+//! compared under the same load.
 //! The appliance runs in this process on the same two cores as the client, so the numbers are
 //! a floor for a dedicated host; compare ratios within one run.
 
@@ -167,6 +170,45 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// How many latencies exceed `ms`.
+fn over(sorted: &[Duration], ms: f64) -> usize {
+    sorted.iter().filter(|d| d.as_secs_f64() * 1000.0 > ms).count()
+}
+
+/// `total` calls of `Store::put_service` by `concurrency` tasks; returns (calls/s, latencies).
+async fn store_storm(t: &Target, prefix: &str, total: usize, concurrency: usize) -> (f64, Vec<Duration>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (store, next, prefix) = (t.server.clone(), next.clone(), prefix.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let name = format!("{prefix}-{i}");
+                let begin = Instant::now();
+                store
+                    .put_service("bench", "bench", "default", &name, spec(&name))
+                    .await
+                    .expect("put_service");
+                lat.push(begin.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    (rate, all)
+}
+
 fn mean_ms(v: &[Duration]) -> f64 {
     v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64 * 1000.0
 }
@@ -207,32 +249,104 @@ fn main() {
     rt.block_on(run());
 }
 
+/// Which parts to run and how often (see the module doc).
+struct Args {
+    only: Option<Vec<String>>,
+    rounds: usize,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut args = Args { only: None, rounds: 1 };
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--only" => {
+                    let v = it.next().expect("--only needs throughput, fill and/or ipv6");
+                    args.only = Some(v.split(',').map(str::to_owned).collect());
+                }
+                "--rounds" => {
+                    args.rounds = it
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n > 0)
+                        .expect("--rounds needs a positive number");
+                }
+                other => panic!("unknown argument {other}: use --only PARTS or --rounds N"),
+            }
+        }
+        args
+    }
+
+    fn runs(&self, part: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|p| p == part))
+    }
+}
+
 async fn run() {
+    let args = Args::parse();
     println!("## Allocation benchmark\n");
     println!(
         "`cargo run --release -p edgelb --example bench_alloc` on {} cores\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
 
-    // 1. Throughput and latency by concurrency.
+    // Part 1: throughput and latency by concurrency; part 3 (IPv6) reuses the appliance.
     let dir = tempfile::tempdir().expect("tempdir");
     let t = Arc::new(start(dir.path()).await);
     t.post("/api/v1/pools", json!({"name": "v4", "ranges": ["10.0.0.0/12"]}))
         .await;
     t.post("/api/v1/clusters", json!({"name": "bench"})).await;
-    println!("### Throughput over HTTPS (new Service per request, /12 pool)\n");
-    println!("| concurrency | allocations | allocations/s | p50 ms | p99 ms |");
-    println!("|---:|---:|---:|---:|---:|");
-    for (c, n) in [(1usize, 1000usize), (16, 8000), (64, 16000)] {
-        let (rate, lat) = t.storm(&format!("c{c}"), "IPv4", n, c).await;
-        println!(
-            "| {c} | {n} | {rate:.0} | {:.2} | {:.2} |",
-            pct(&lat, 0.5),
-            pct(&lat, 0.99)
-        );
+    if args.runs("throughput") {
+        println!("### Throughput over HTTPS (new Service per request, /12 pool)\n");
+        println!("| round | concurrency | allocations | allocations/s | p50 ms | p99 ms | max ms | over 20 ms |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for round in 1..=args.rounds {
+            for (c, n) in [(1usize, 1000usize), (16, 8000), (64, 16000)] {
+                let (rate, lat) = t.storm(&format!("r{round}-c{c}"), "IPv4", n, c).await;
+                println!(
+                    "| {round} | {c} | {n} | {rate:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                    pct(&lat, 0.5),
+                    pct(&lat, 0.99),
+                    pct(&lat, 1.0),
+                    over(&lat, 20.0)
+                );
+            }
+        }
     }
+    if args.runs("store") {
+        println!("\n### The store alone (`Store::put_service`, no HTTP), new Service per call\n");
+        println!("| round | concurrency | allocations | allocations/s | p50 ms | p99 ms | max ms | over 20 ms |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for round in 1..=args.rounds {
+            for (c, n) in [(1usize, 2000usize), (64, 16000)] {
+                let (rate, lat) = store_storm(&t, &format!("s{round}-c{c}"), n, c).await;
+                println!(
+                    "| {round} | {c} | {n} | {rate:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                    pct(&lat, 0.5),
+                    pct(&lat, 0.99),
+                    pct(&lat, 1.0),
+                    over(&lat, 20.0)
+                );
+            }
+        }
+    }
+    if args.runs("fill") {
+        fill_levels().await;
+    }
+    if args.runs("ipv6") {
+        t.post("/api/v1/pools", json!({"name": "v6", "ranges": ["2001:db8:100::/64"]}))
+            .await;
+        let (rate, lat) = t.storm("v6", "IPv6", 4000, 16).await;
+        println!("\n### IPv6 /64 pool (concurrency 16)\n");
+        println!("| allocations | allocations/s | p50 ms | p99 ms |");
+        println!("|---:|---:|---:|---:|");
+        println!("| 4000 | {rate:.0} | {:.2} | {:.2} |", pct(&lat, 0.5), pct(&lat, 0.99));
+    }
+}
 
-    // 2. Cost by fill level of a /16.
+/// Part 2: the cost of one allocation by how full a /16 is.
+async fn fill_levels() {
     let dir2 = tempfile::tempdir().expect("tempdir");
     let t2 = Arc::new(start(dir2.path()).await);
     t2.post("/api/v1/pools", json!({"name": "p16", "ranges": ["10.32.0.0/16"]}))
@@ -271,13 +385,4 @@ async fn run() {
             m / base.1
         );
     }
-
-    // 3. IPv6 /64.
-    t.post("/api/v1/pools", json!({"name": "v6", "ranges": ["2001:db8:100::/64"]}))
-        .await;
-    let (rate, lat) = t.storm("v6", "IPv6", 4000, 16).await;
-    println!("\n### IPv6 /64 pool (concurrency 16)\n");
-    println!("| allocations | allocations/s | p50 ms | p99 ms |");
-    println!("|---:|---:|---:|---:|");
-    println!("| 4000 | {rate:.0} | {:.2} | {:.2} |", pct(&lat, 0.5), pct(&lat, 0.99));
 }

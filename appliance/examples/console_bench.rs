@@ -59,6 +59,7 @@ async fn fill(store: &Store) {
                     namespaces: vec![],
                     scheduler: "wlc".into(),
                     hold_seconds: 600,
+                    health: None,
                 },
             )
             .await

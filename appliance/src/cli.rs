@@ -273,6 +273,7 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
                 namespaces,
                 scheduler,
                 hold_seconds,
+                health: None,
             };
             let p: Option<Pool> = c
                 .send(c.http.post(format!("{}/api/v1/pools", c.base)).json(&spec))

@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use edgelb_api::Role;
 use serde::Deserialize;
 
+use crate::dataplane::nft::NatMode;
+
 pub const DEFAULT_DATA_DIR: &str = "edgelb-data";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
@@ -100,6 +102,35 @@ impl DataplaneMode {
     }
 }
 
+/// How replies from the nodes reach the client: the `nat` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Nat {
+    /// Source NAT to the appliance's address: works whatever the nodes' routes are; the Service
+    /// sees the appliance's address, not the client's.
+    #[default]
+    Full,
+    /// No source NAT: the Service sees the client's address; replies come back only where the
+    /// appliance is the nodes' route back to the clients (their gateway).
+    Plain,
+}
+
+impl Nat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Nat::Full => "full",
+            Nat::Plain => "plain",
+        }
+    }
+
+    /// The data plane's name for it.
+    pub fn mode(self) -> NatMode {
+        match self {
+            Nat::Full => NatMode::FullNat,
+            Nat::Plain => NatMode::PlainNat,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DataplaneCommand {
     /// Remove what edgelb owns from the kernel: its IPVS services for VIPs inside its pools (with
@@ -147,6 +178,12 @@ pub struct ServeArgs {
     /// applied at once regardless.
     #[arg(long, env = "EDGELB_RESYNC_SECONDS")]
     pub resync_seconds: Option<u64>,
+    /// How replies find the client: `full` (default) source-NATs forwarded traffic to the
+    /// appliance's address, which works with any node routing but hides the client's address;
+    /// `plain` keeps the client's address and needs the appliance to be the nodes' route back
+    /// to the clients (see docs/operations.md).
+    #[arg(long, env = "EDGELB_NAT", value_enum)]
+    pub nat: Option<Nat>,
     #[command(flatten)]
     pub health: HealthArgs,
 }
@@ -174,6 +211,12 @@ pub struct HealthArgs {
     /// (default: probes may be what is broken), `fail-closed` drains them all.
     #[arg(long, env = "EDGELB_HEALTH_ALL_DOWN", value_enum)]
     pub health_all_down: Option<AllDown>,
+    /// Also probe each node address with kube-proxy's node-level `GET /healthz` on this port
+    /// (kube-proxy's default is 10256); while it fails, every real server on that node is
+    /// drained. Off unless set: only for clusters that run kube-proxy and let the appliance reach
+    /// the port.
+    #[arg(long, env = "EDGELB_HEALTH_NODE_PORT")]
+    pub health_node_port: Option<u16>,
 }
 
 /// What to do when every real server of a virtual service is unhealthy.
@@ -309,12 +352,15 @@ pub struct FileConfig {
     pub dataplane: Option<DataplaneMode>,
     pub interface: Option<String>,
     pub resync_seconds: Option<u64>,
+    /// `full` or `plain`; a string so a wrong value gets a message that says what each means.
+    pub nat: Option<String>,
     pub health_interval_seconds: Option<f64>,
     pub health_timeout_seconds: Option<f64>,
     pub health_rise: Option<u32>,
     pub health_fall: Option<u32>,
     pub drain_timeout_seconds: Option<u64>,
     pub health_all_down: Option<AllDown>,
+    pub health_node_port: Option<u16>,
 }
 
 /// Where the TLS certificate comes from.
@@ -350,6 +396,9 @@ pub struct HealthConfig {
     /// How long a drained real server stays (weight 0) before it is removed.
     pub drain_timeout: Duration,
     pub all_down: AllDown,
+    /// kube-proxy's node-level health port, probed with `GET /healthz` on each node address
+    /// used as a real server; `None` (the default) probes no node-level endpoint.
+    pub node_port: Option<u16>,
 }
 
 impl Default for HealthConfig {
@@ -361,6 +410,7 @@ impl Default for HealthConfig {
             fall: 3,
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECONDS),
             all_down: AllDown::FailOpen,
+            node_port: None,
         }
     }
 }
@@ -376,6 +426,7 @@ pub struct DataplaneConfig {
     pub defaulted: bool,
     pub interface: Option<String>,
     pub resync: Duration,
+    pub nat: Nat,
 }
 
 impl DataplaneConfig {
@@ -386,6 +437,7 @@ impl DataplaneConfig {
             defaulted: false,
             interface: None,
             resync: Duration::from_secs(DEFAULT_RESYNC_SECONDS),
+            nat: Nat::Full,
         }
     }
 }
@@ -498,11 +550,24 @@ pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors
             "interface: '{i}' is not an interface name (1 to 15 characters)"
         ));
     }
+    let nat = match (args.nat, &file.nat) {
+        (Some(n), _) => n,
+        (None, None) => Nat::default(),
+        (None, Some(text)) => Nat::from_str(text, false).unwrap_or_else(|_| {
+            problems.push(format!(
+                "nat: '{text}' is not a NAT mode: use \"full\" (source NAT to the appliance's address, works \
+                 whatever the nodes' routes) or \"plain\" (the client's address reaches the Service; the \
+                 appliance must be the nodes' route back to the clients)"
+            ));
+            Nat::default()
+        }),
+    };
     let dataplane = DataplaneConfig {
         mode: chosen.unwrap_or_else(|| DataplaneMode::default_for(has_cap_net_admin())),
         defaulted: chosen.is_none(),
         interface,
         resync: Duration::from_secs(resync),
+        nat,
     };
 
     let health = build_health(&args.health, file, &mut problems);
@@ -572,6 +637,14 @@ fn build_health(args: &HealthArgs, file: &FileConfig, problems: &mut Vec<String>
             "drain_timeout_seconds: {drain} is more than the maximum of 86400"
         ));
     }
+    let node_port = args.health_node_port.or(file.health_node_port);
+    if node_port == Some(0) {
+        problems.push(
+            "health_node_port: 0 is not a port: use kube-proxy's health port (10256 unless its \
+             --healthz-bind-address says otherwise), or leave it unset to probe no node-level endpoint"
+                .to_owned(),
+        );
+    }
     HealthConfig {
         interval,
         timeout,
@@ -579,6 +652,7 @@ fn build_health(args: &HealthArgs, file: &FileConfig, problems: &mut Vec<String>
         fall,
         drain_timeout: Duration::from_secs(drain),
         all_down: args.health_all_down.or(file.health_all_down).unwrap_or_default(),
+        node_port: node_port.filter(|p| *p != 0),
     }
 }
 
@@ -633,6 +707,7 @@ mod tests {
             dataplane: None,
             interface: None,
             resync_seconds: None,
+            nat: None,
             health: HealthArgs::default(),
         }
     }
@@ -667,6 +742,33 @@ mod tests {
         assert!(err.to_string().contains("longer than the interval"), "{err}");
         assert!(err.to_string().contains("health_rise"), "{err}");
         assert!(err.to_string().contains("drain_timeout_seconds"), "{err}");
+    }
+
+    #[test]
+    fn the_node_level_health_port_is_off_unless_set_and_zero_is_refused() {
+        let c = build(&args(), &FileConfig::default()).expect("valid");
+        assert_eq!(c.health.node_port, None, "off by default");
+        let file: FileConfig = toml::from_str("health_node_port = 10256").expect("toml");
+        assert_eq!(build(&args(), &file).expect("valid").health.node_port, Some(10256));
+        let mut a = args();
+        a.health.health_node_port = Some(10249);
+        assert_eq!(
+            build(&a, &file).expect("valid").health.node_port,
+            Some(10249),
+            "the flag wins over the file"
+        );
+        let file: FileConfig = toml::from_str(
+            "health_node_port = 0
+health_rise = 0",
+        )
+        .expect("toml");
+        let err = build(&args(), &file).expect_err("port 0");
+        assert_eq!(err.0.len(), 2, "every problem at once: {err}");
+        assert!(err.to_string().contains("health_node_port: 0 is not a port"), "{err}");
+        assert!(
+            toml::from_str::<FileConfig>("health_node_port = 70000").is_err(),
+            "not a u16"
+        );
     }
 
     #[test]
@@ -731,6 +833,42 @@ mod tests {
         a.resync_seconds = Some(0);
         let err = build(&a, &file).expect_err("resync 0");
         assert!(err.to_string().contains("resync_seconds"), "{err}");
+    }
+
+    #[test]
+    fn nat_defaults_to_full_and_comes_from_the_flag_over_the_file() {
+        let c = build(&args(), &FileConfig::default()).expect("valid");
+        assert_eq!(c.dataplane.nat, Nat::Full);
+        assert_eq!(c.dataplane.nat.mode(), NatMode::FullNat);
+        let file: FileConfig = toml::from_str("nat = \"plain\"").expect("toml");
+        let c = build(&args(), &file).expect("valid");
+        assert_eq!(c.dataplane.nat, Nat::Plain);
+        assert_eq!(c.dataplane.nat.mode(), NatMode::PlainNat);
+        let mut a = args();
+        a.nat = Some(Nat::Full);
+        assert_eq!(build(&a, &file).expect("valid").dataplane.nat, Nat::Full);
+    }
+
+    #[test]
+    fn a_wrong_nat_says_what_each_mode_means() {
+        let file: FileConfig = toml::from_str("nat = \"masquerade\"\nresync_seconds = 0").expect("toml");
+        let err = build(&args(), &file).expect_err("invalid");
+        assert_eq!(err.0.len(), 2, "every problem at once: {err}");
+        let text = err.to_string();
+        assert!(text.contains("nat: 'masquerade' is not a NAT mode"), "{text}");
+        assert!(text.contains("\"full\"") && text.contains("\"plain\""), "{text}");
+        assert!(text.contains("route back"), "{text}");
+    }
+
+    #[test]
+    fn the_nat_flag_takes_full_or_plain_and_refuses_others() {
+        let cli = Cli::try_parse_from(["edgelb", "serve", "--nat", "plain"]).expect("parses");
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(a.nat, Some(Nat::Plain));
+        let err = Cli::try_parse_from(["edgelb", "check-config", "--nat", "snat"]).expect_err("invalid");
+        assert!(err.to_string().contains("[possible values: full, plain]"), "{err}");
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl Server {
             DataplaneMode::Ipvs => {
                 let options = LinuxOptions {
                     interface: config.dataplane.interface.clone(),
+                    nat: config.dataplane.nat.mode(),
                     ..LinuxOptions::default()
                 };
                 match LinuxDataplane::connect(options).await {
@@ -171,6 +172,7 @@ impl Server {
                     dataplane = "ipvs",
                     resync_seconds = dp.resync.as_secs(),
                     defaulted = dp.defaulted,
+                    nat = dp.nat.as_str(),
                     health_interval_ms = self.config.health.interval.as_millis() as u64,
                     drain_timeout_seconds = self.config.health.drain_timeout.as_secs(),
                     "forwarding with IPVS"

@@ -2232,3 +2232,108 @@ async fn a_graceful_stop_finishes_every_answer_it_started() {
     again.stop().await;
     drop(dir);
 }
+
+// ---- per-pool health overrides ----
+
+#[tokio::test]
+async fn pool_health_overrides_are_created_patched_cleared_and_validated_over_https() {
+    let app = TestAppliance::start().await;
+    let r = post(
+        &app,
+        "/api/v1/pools",
+        &app.admin,
+        json!({"name": "edge", "ranges": ["198.51.100.0/28"], "health": {"interval_ms": 500, "fall": 2}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let want = json!({"interval_ms": 500, "timeout_ms": null, "rise": null, "fall": 2});
+    assert_eq!(r.json["health"], want);
+    assert_eq!(get(&app, "/api/v1/pools/edge", &app.admin).await.json["health"], want);
+    let plain = app.pool("plain", &["198.51.100.16/28"]).await;
+    assert_eq!(plain["health"], Value::Null, "no overrides: null");
+
+    // Absent: unchanged.
+    let r = patch(&app, "/api/v1/pools/edge", &app.admin, json!({"priority": 3})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["health"], want);
+    // An object replaces the overrides whole.
+    let r = patch(
+        &app,
+        "/api/v1/pools/edge",
+        &app.admin,
+        json!({"health": {"timeout_ms": 300, "rise": 4}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let replaced = json!({"interval_ms": null, "timeout_ms": 300, "rise": 4, "fall": null});
+    assert_eq!(r.json["health"], replaced);
+
+    // Invalid: 400 naming every field under `health`, and nothing changes.
+    let r = patch(
+        &app,
+        "/api/v1/pools/edge",
+        &app.admin,
+        json!({"health": {"interval_ms": 10, "timeout_ms": 300, "rise": 0}}),
+    )
+    .await;
+    let p = assert_problem(&r, StatusCode::BAD_REQUEST, &["health.interval_ms", "health.rise"]);
+    assert_eq!(
+        field_names(&p),
+        ["health.interval_ms", "health.timeout_ms", "health.rise"]
+    );
+    assert_eq!(
+        get(&app, "/api/v1/pools/edge", &app.admin).await.json["health"],
+        replaced
+    );
+    let r = post(
+        &app,
+        "/api/v1/pools",
+        &app.admin,
+        json!({"name": "worse", "ranges": ["nope"], "health": {"fall": 1000}}),
+    )
+    .await;
+    let p = assert_problem(&r, StatusCode::BAD_REQUEST, &["2 field(s)"]);
+    assert_eq!(field_names(&p), ["ranges[0]", "health.fall"]);
+    let r = patch(
+        &app,
+        "/api/v1/pools/edge",
+        &app.admin,
+        json!({"health": {"interval": 500}}),
+    )
+    .await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, &["unknown field `interval`"]);
+
+    // `null` clears.
+    let r = patch(&app, "/api/v1/pools/edge", &app.admin, json!({"health": null})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["health"], Value::Null);
+    assert_eq!(r.json["priority"], 3, "the rest stays");
+
+    // Every change is audited with before and after.
+    let changes = audit(&app, "?object=pool/edge").await;
+    let healths: Vec<(Value, Value)> = changes
+        .iter()
+        .filter(|e| e["action"] == "pool.update")
+        .map(|e| (e["before"]["health"].clone(), e["after"]["health"].clone()))
+        .collect();
+    assert!(
+        healths.contains(&(replaced.clone(), Value::Null)),
+        "the clearing is in the audit log: {healths:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_operators_and_admins_set_pool_health() {
+    let app = TestAppliance::start().await;
+    app.pool("edge", &["198.51.100.0/28"]).await;
+    let viewer = app.token("v", "viewer", None).await;
+    let operator = app.token("o", "operator", None).await;
+    let body = json!({"health": {"fall": 2}});
+    let r = patch(&app, "/api/v1/pools/edge", &viewer, body.clone()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = patch(&app, "/api/v1/pools/edge", &operator, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["health"]["fall"], 2);
+    app.stop().await;
+}

@@ -72,6 +72,7 @@ impl Dataplane for FakeDataplane {
         Manages {
             addresses: inner.state.addresses.is_some(),
             rules: inner.state.rules.is_some(),
+            ..Manages::default()
         }
     }
 

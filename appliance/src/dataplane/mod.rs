@@ -131,6 +131,8 @@ pub struct Manages {
     pub addresses: bool,
     /// Its own nftables table.
     pub rules: bool,
+    /// How forwarded traffic is translated (full NAT unless configured otherwise).
+    pub nat: nft::NatMode,
 }
 
 impl State {
@@ -153,6 +155,26 @@ impl State {
             Op::SetRules(r) => match &mut state.rules {
                 Some(rules) => {
                     *rules = nft::expected_state(r);
+                    Ok(())
+                }
+                None => Err("rules are not managed".into()),
+            },
+            Op::AddElements(elements) => match &mut state.rules {
+                Some(rules) => {
+                    for (set, e) in elements {
+                        rules.sets.entry((*set).to_owned()).or_default().insert(e.clone());
+                    }
+                    Ok(())
+                }
+                None => Err("rules are not managed".into()),
+            },
+            Op::DeleteElements(elements) => match &mut state.rules {
+                Some(rules) => {
+                    for (set, e) in elements {
+                        if !rules.sets.get_mut(*set).is_some_and(|s| s.remove(e)) {
+                            return Err(format!("element {e} not in set {set}"));
+                        }
+                    }
                     Ok(())
                 }
                 None => Err("rules are not managed".into()),
@@ -199,7 +221,10 @@ impl State {
                     return Err(format!("service {k} not found"));
                 }
                 // As in IPVS: the service's real servers go with it.
-                state.real_servers.retain(|(key, _), _| key != k);
+                let gone: Vec<SocketAddr> = state.real_servers_of(*k).map(|(a, _)| a).collect();
+                for a in gone {
+                    state.real_servers.remove(&(*k, a));
+                }
                 Ok(())
             }
             Op::AddRealServer(k, a, spec) => {
@@ -239,6 +264,10 @@ impl State {
 pub enum Op {
     /// Replace the appliance's nftables table with this content (one atomic `nft -f`).
     SetRules(Box<nft::Ruleset>),
+    /// Add elements to the table's sets (one Service's change, without rewriting the table).
+    AddElements(Vec<nft::Element>),
+    /// Delete elements from the table's sets.
+    DeleteElements(Vec<nft::Element>),
     /// Claim a VIP on the interface and announce it.
     AddAddress(IpAddr),
     /// `ipvsadm -A`.
@@ -264,6 +293,8 @@ impl std::fmt::Display for Op {
         match self {
             Op::SetRules(r) => write!(f, "set nftables table ({} forwarded ports)", r.forwards.len()),
             Op::DeleteRules => write!(f, "delete nftables table"),
+            Op::AddElements(e) => write!(f, "add {} nftables set element(s)", e.len()),
+            Op::DeleteElements(e) => write!(f, "delete {} nftables set element(s)", e.len()),
             Op::AddAddress(a) => write!(f, "add address {a}"),
             Op::AddService(k, s) => write!(
                 f,

@@ -44,10 +44,11 @@ pub const DEFAULT_TABLE: &str = "edgelb";
 const FAMILY: &str = "inet";
 
 /// How replies from the nodes find their way back to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NatMode {
     /// Source NAT to the appliance's address: nodes answer the appliance, which works whatever
     /// their default route is. The client's address is not visible to the Service.
+    #[default]
     FullNat,
     /// No source NAT: the client's address reaches the Service, and replies come back only if
     /// the appliance is the nodes' gateway.
@@ -353,37 +354,60 @@ fn proto_name(protocol: Protocol) -> &'static str {
     }
 }
 
+/// One element of one of the table's sets, as nft prints it: (`fullnat_v4`, `10.0.0.1 . tcp . 80`).
+pub type Element = (&'static str, String);
+
+/// The set elements one forwarded port needs.
+pub fn forward_elements(f: &Forward) -> Vec<Element> {
+    let mut out = Vec::new();
+    let proto = proto_name(f.protocol);
+    if f.mode == NatMode::FullNat {
+        for b in &f.backends {
+            let set = if b.is_ipv4() { "fullnat_v4" } else { "fullnat_v6" };
+            out.push((set, format!("{} . {proto} . {}", b.ip(), b.port())));
+        }
+    }
+    // No ranges means everyone may connect (Kubernetes' meaning of an empty list).
+    if f.source_ranges.is_empty() {
+        return out;
+    }
+    let (restricted, allowed) = match f.vip {
+        IpAddr::V4(_) => ("restricted_v4", "allowed_v4"),
+        IpAddr::V6(_) => ("restricted_v6", "allowed_v6"),
+    };
+    let key = format!("{} . {proto} . {}", f.vip, f.port);
+    for range in significant_ranges(&f.vip, &f.source_ranges) {
+        out.push((allowed, format!("{key} . {range}")));
+    }
+    out.push((restricted, key));
+    out
+}
+
 /// The elements of every set, as nft prints them (`10.0.0.1 . tcp . 80`).
 fn elements(ruleset: &Ruleset) -> BTreeMap<&'static str, BTreeSet<String>> {
     let mut sets: BTreeMap<&'static str, BTreeSet<String>> = SETS.iter().map(|s| (s.name, BTreeSet::new())).collect();
-    let mut add = |set: &'static str, element: String| {
+    for (set, element) in ruleset.forwards.iter().flat_map(forward_elements) {
         if let Some(elements) = sets.get_mut(set) {
             elements.insert(element);
         }
-    };
-    for f in &ruleset.forwards {
-        let proto = proto_name(f.protocol);
-        if f.mode == NatMode::FullNat {
-            for b in &f.backends {
-                let set = if b.is_ipv4() { "fullnat_v4" } else { "fullnat_v6" };
-                add(set, format!("{} . {proto} . {}", b.ip(), b.port()));
-            }
-        }
-        // No ranges means everyone may connect (Kubernetes' meaning of an empty list).
-        if f.source_ranges.is_empty() {
-            continue;
-        }
-        let (restricted, allowed) = match f.vip {
-            IpAddr::V4(_) => ("restricted_v4", "allowed_v4"),
-            IpAddr::V6(_) => ("restricted_v6", "allowed_v6"),
-        };
-        let key = format!("{} . {proto} . {}", f.vip, f.port);
-        for range in significant_ranges(&f.vip, &f.source_ranges) {
-            add(allowed, format!("{key} . {range}"));
-        }
-        add(restricted, key);
     }
     sets
+}
+
+/// Adds and deletes set elements in one `nft -f` transaction: what one Service's change needs,
+/// without rewriting the table. Deleting an element that is not there fails the transaction.
+pub fn render_patch(table: &str, add: &[Element], delete: &[Element]) -> String {
+    let mut out = String::new();
+    for (verb, elements) in [("add", add), ("delete", delete)] {
+        let mut by_set: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (set, e) in elements {
+            by_set.entry(set).or_default().push(e);
+        }
+        for (set, es) in by_set {
+            let _ = writeln!(out, "{verb} element {FAMILY} {table} {set} {{ {} }}", es.join(", "));
+        }
+    }
+    out
 }
 
 /// The VIP's family's prefixes without those inside another: the kernel's concatenated interval
@@ -602,6 +626,17 @@ impl NftTable {
             bytes = text.len(),
             "nftables table applied"
         );
+        Ok(())
+    }
+
+    /// Adds and deletes set elements in one transaction ([`render_patch`]).
+    pub async fn patch(&self, add: &[Element], delete: &[Element]) -> Result<(), NftError> {
+        if add.is_empty() && delete.is_empty() {
+            return Ok(());
+        }
+        let text = render_patch(&self.table, add, delete);
+        self.run(&["-f", "-"], Some(&text)).await?;
+        debug!(table = %self.table, added = add.len(), deleted = delete.len(), "nftables elements changed");
         Ok(())
     }
 

@@ -43,11 +43,40 @@ impl Target {
         Target {
             addr,
             port,
-            kind: ProbeKind::Http {
-                path: "/healthz".to_owned(),
-            },
+            kind: ProbeKind::Http { path: "/healthz" },
         }
     }
+}
+
+/// kube-proxy's node-level health port (its `--healthz-bind-address`), the usual value of
+/// `health_node_port`.
+pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
+
+/// The node-level check of a node address: kube-proxy's `GET /healthz` on `port` (normally
+/// [`KUBE_PROXY_HEALTHZ_PORT`]). kube-proxy answers 503 when it is not healthy (its rules are
+/// stale) and, from Kubernetes 1.28, when the node is being deleted or is tainted
+/// `ToBeDeletedByClusterAutoscaler`, so a node on its way out is drained before its NodePorts
+/// fail. One target per node address, shared by every real server on that address.
+pub fn node_target(node: IpAddr, port: u16) -> Target {
+    // The same probe as a `healthCheckNodePort`: an HTTP `/healthz` that must answer 200.
+    Target::healthz(node, port)
+}
+
+/// Since when a real server has not served, given every target it depends on (its own probe
+/// and, with the node-level check on, its node's): the earliest `since` among those that are
+/// down, because each has been down without a break since its own `since`, so the real server
+/// has been out since the first of them. `None` while all serve (a target not probed, or not
+/// yet known, serves). `health` looks a target's state up (the checker's snapshot, say).
+pub fn down_since<'a>(
+    targets: impl IntoIterator<Item = &'a Target>,
+    health: impl Fn(&Target) -> Option<TargetState>,
+) -> Option<SystemTime> {
+    targets
+        .into_iter()
+        .filter_map(health)
+        .filter(|s| !s.serves())
+        .map(|s| s.since)
+        .min()
 }
 
 impl std::fmt::Display for Target {
@@ -159,34 +188,28 @@ impl Checker {
         sh.targets.retain(|t, _| wanted.contains_key(t));
         let mut added = false;
         for (t, settings) in wanted {
-            let changed_interval = match sh.targets.get_mut(&t) {
-                Some(e) => {
-                    let c = e.settings.interval != settings.interval;
-                    e.settings = settings;
-                    c
+            added |= upsert(&mut sh, t, settings, now);
+        }
+        drop(sh);
+        if added {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Changes some targets only: `Some` settings adds or updates one (as [`set_targets`]
+    /// does), `None` forgets it. For a change that concerns a few Services.
+    ///
+    /// [`set_targets`]: Checker::set_targets
+    pub fn update_targets(&self, changes: impl IntoIterator<Item = (Target, Option<Settings>)>) {
+        let now = SystemTime::now();
+        let mut sh = self.lock();
+        let mut added = false;
+        for (t, settings) in changes {
+            match settings {
+                Some(settings) => added |= upsert(&mut sh, t, settings, now),
+                None => {
+                    sh.targets.remove(&t);
                 }
-                None => true,
-            };
-            if changed_interval {
-                sh.next_generation += 1;
-                let generation = sh.next_generation;
-                let state = sh
-                    .targets
-                    .remove(&t)
-                    .map(|e| e.state)
-                    .unwrap_or_else(|| TargetState::new(now));
-                // Spread first probes over the interval.
-                let offset = settings.interval.mul_f64(spread(&t));
-                sh.added.push((t.clone(), generation, offset));
-                sh.targets.insert(
-                    t,
-                    Entry {
-                        settings,
-                        state,
-                        generation,
-                    },
-                );
-                added = true;
             }
         }
         drop(sh);
@@ -313,3 +336,37 @@ fn unit_random() -> f64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Adds a target or updates its settings, keeping its state; true when it needs (re)scheduling.
+fn upsert(sh: &mut Shared, t: Target, settings: Settings, now: SystemTime) -> bool {
+    let changed_interval = match sh.targets.get_mut(&t) {
+        Some(e) => {
+            let c = e.settings.interval != settings.interval;
+            e.settings = settings;
+            c
+        }
+        None => true,
+    };
+    if !changed_interval {
+        return false;
+    }
+    sh.next_generation += 1;
+    let generation = sh.next_generation;
+    let state = sh
+        .targets
+        .remove(&t)
+        .map(|e| e.state)
+        .unwrap_or_else(|| TargetState::new(now));
+    // Spread first probes over the interval.
+    let offset = settings.interval.mul_f64(spread(&t));
+    sh.added.push((t.clone(), generation, offset));
+    sh.targets.insert(
+        t,
+        Entry {
+            settings,
+            state,
+            generation,
+        },
+    );
+    true
+}

@@ -16,8 +16,9 @@ use super::state::Outcome;
 pub enum ProbeKind {
     /// A TCP connection is accepted.
     Tcp,
-    /// `GET path` answers 200.
-    Http { path: String },
+    /// `GET path` answers 200. The paths probed are fixed (`/healthz`): a static string keeps a
+    /// target small and free of allocations, which counts at 100,000 targets.
+    Http { path: &'static str },
 }
 
 /// Probes `addr` once, within `timeout`; returns the outcome and how long it took.

@@ -54,9 +54,7 @@ async fn probes_tell_up_refused_slow_and_unhealthy_apart() {
     let (http_503, _) = http_server(Arc::new(AtomicUsize::new(503)), Duration::ZERO).await;
     let (http_slow, _) = http_server(ok.clone(), Duration::from_millis(600)).await;
     let refused = closed_port().await;
-    let healthz = ProbeKind::Http {
-        path: "/healthz".into(),
-    };
+    let healthz = ProbeKind::Http { path: "/healthz" };
     let t = Duration::from_millis(300);
 
     type Check = fn(&Outcome) -> bool;
@@ -104,9 +102,7 @@ async fn a_non_http_answer_is_a_failure() {
     });
     let (o, _) = probe::probe(
         SocketAddr::new(LOCAL, port),
-        &ProbeKind::Http {
-            path: "/healthz".into(),
-        },
+        &ProbeKind::Http { path: "/healthz" },
         Duration::from_secs(1),
     )
     .await;
@@ -231,4 +227,115 @@ fn targets_display_as_urls() {
         Target::healthz("fd00::1".parse().expect("ip"), 31000).to_string(),
         "http://[fd00::1]:31000/healthz"
     );
+}
+
+/// A kube-proxy-like node health server: `GET /healthz` answers 200 while `healthy`, 503 (as
+/// kube-proxy does for a node being deleted or with stale rules) otherwise; any other path 404,
+/// so a probe of the wrong path fails the test. Counts `/healthz` requests.
+async fn kube_proxy_healthz(healthy: Arc<AtomicBool>) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((LOCAL, 0)).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let answer: &[u8] = if !request.starts_with("GET /healthz HTTP/1.1\r\n") {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                h.fetch_add(1, Ordering::SeqCst);
+                if healthy.load(Ordering::SeqCst) {
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"lastUpdated\": \"x\"}"
+                } else {
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n{}"
+                }
+            };
+            let _ = s.write_all(answer).await;
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn a_node_whose_kube_proxy_answers_503_is_down_until_it_answers_200_again() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let (port, hits) = kube_proxy_healthz(healthy.clone()).await;
+    let node = node_target(LOCAL, port);
+    assert_eq!(node.to_string(), format!("http://127.0.0.1:{port}/healthz"));
+    let (o, _) = probe::probe(SocketAddr::new(LOCAL, port), &node.kind, Duration::from_secs(1)).await;
+    assert_eq!(o, Outcome::Up, "GET /healthz on the node port");
+
+    let checker = Checker::new(4, 0.0);
+    let task = tokio::spawn(checker.clone().run());
+    checker.set_targets(HashMap::from([(node.clone(), fast())]));
+    wait_for(&checker, &node, Health::Up).await;
+    healthy.store(false, Ordering::SeqCst);
+    let down = wait_for(&checker, &node, Health::Down).await;
+    assert_eq!(down.last, Some(Outcome::Unhealthy("HTTP 503".into())));
+    assert!(!checker.serves(&node));
+    healthy.store(true, Ordering::SeqCst);
+    wait_for(&checker, &node, Health::Up).await;
+    assert!(hits.load(Ordering::SeqCst) >= 6, "every probe asked for /healthz");
+    task.abort();
+}
+
+#[test]
+fn a_real_server_is_down_since_the_first_of_its_targets_that_is_down() {
+    use std::time::SystemTime;
+    let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+    let state = |health: Health, since: u64| TargetState {
+        health,
+        ..TargetState::new(at(since))
+    };
+    let own = Target::tcp(LOCAL, 30080);
+    let node = node_target(LOCAL, KUBE_PROXY_HEALTHZ_PORT);
+    // (case, own target's (health, since), node target's, down since)
+    type S = Option<(Health, u64)>;
+    let cases: &[(&str, S, S, Option<u64>)] = &[
+        ("neither probed", None, None, None),
+        ("both up", Some((Health::Up, 10)), Some((Health::Up, 20)), None),
+        (
+            "unknown serves",
+            Some((Health::Unknown, 10)),
+            Some((Health::Unknown, 20)),
+            None,
+        ),
+        (
+            "own probe down",
+            Some((Health::Down, 10)),
+            Some((Health::Up, 5)),
+            Some(10),
+        ),
+        ("node down", Some((Health::Up, 10)), Some((Health::Down, 30)), Some(30)),
+        ("node down, own not probed", None, Some((Health::Down, 30)), Some(30)),
+        (
+            "both down: the earlier",
+            Some((Health::Down, 40)),
+            Some((Health::Down, 30)),
+            Some(30),
+        ),
+        (
+            "both down, own first",
+            Some((Health::Down, 20)),
+            Some((Health::Down, 30)),
+            Some(20),
+        ),
+    ];
+    for (name, own_state, node_state, want) in cases {
+        let mut states = HashMap::new();
+        if let Some((h, s)) = own_state {
+            states.insert(own.clone(), state(*h, *s));
+        }
+        if let Some((h, s)) = node_state {
+            states.insert(node.clone(), state(*h, *s));
+        }
+        assert_eq!(
+            down_since([&own, &node], |t| states.get(t).cloned()),
+            want.map(at),
+            "{name}"
+        );
+    }
+    assert_eq!(down_since(std::iter::empty(), |_| None), None, "no targets: never down");
 }

@@ -174,6 +174,9 @@ pub async fn serve(
         h.graceful_shutdown(Some(grace));
     });
     axum_server::from_tcp_rustls(listener, tls)?
+        // TCP_NODELAY: without it a small answer can wait for the client's delayed ACK (40 ms
+        // on Linux), which was most of the allocation latency's tail (docs/benchmarks.md).
+        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
         .handle(handle)
         .serve(router.into_make_service_with_connect_info::<SocketAddr>())
         .await

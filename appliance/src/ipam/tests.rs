@@ -28,6 +28,7 @@ fn spec(name: &str, ranges: &[&str]) -> PoolSpec {
         namespaces: vec![],
         scheduler: "wlc".to_owned(),
         hold_seconds: 600,
+        health: None,
     }
 }
 

@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use edgelb_api::{HealthOverrides, IpFamily, Node, Protocol, ServicePort, ServiceSpec, SessionAffinity, TrafficPolicy};
+use edgelb_api::{HealthOverrides, IpFamily, Node, Protocol, ServicePort, ServiceSpec, TrafficPolicy};
 
-use super::{Desired, Ownership};
+use super::Desired;
+use super::model::Model;
 use crate::config::AllDown;
-use crate::dataplane::nft::{self, IpPrefix, NatMode};
-use crate::dataplane::{Manages, RealServer, RsSpec, State, VirtualService, VsKey, VsSpec};
+use crate::dataplane::nft::IpPrefix;
+use crate::dataplane::{Manages, State, VsKey};
 use crate::health::{Settings, Target, TargetState};
 use crate::store::{DataplaneSnapshot, SnapshotService};
 
@@ -25,7 +26,7 @@ use crate::store::{DataplaneSnapshot, SnapshotService};
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
 /// Stands in for a source range that does not parse: `0.0.0.0/32` is no client's address.
-const CLOSED: IpPrefix = IpPrefix::V4_UNSPECIFIED_HOST;
+pub(super) const CLOSED: IpPrefix = IpPrefix::V4_UNSPECIFIED_HOST;
 
 /// The weight of a healthy real server. Health checking lowers it to 0 to drain.
 pub const WEIGHT: u32 = 1;
@@ -41,10 +42,30 @@ pub struct HealthInput<'a> {
     pub now: SystemTime,
     pub drain_timeout: Duration,
     pub all_down: AllDown,
-    /// The damped health of probed targets; a target absent here serves.
-    pub targets: &'a HashMap<Target, TargetState>,
+    /// The damped health of probed targets; a target it does not know serves.
+    pub targets: &'a dyn HealthView,
     /// What the previous pass left.
     pub drains: &'a Drains,
+    /// kube-proxy's node-level health port, when the node check is on: a node whose check
+    /// fails has all its real servers drained ([`crate::health::node_target`]).
+    pub node_port: Option<u16>,
+}
+
+/// Where the damped health of targets is read: the checker itself, or a copy of its states.
+pub trait HealthView: std::fmt::Debug + Sync {
+    fn health(&self, target: &Target) -> Option<TargetState>;
+}
+
+impl HealthView for HashMap<Target, TargetState> {
+    fn health(&self, target: &Target) -> Option<TargetState> {
+        self.get(target).cloned()
+    }
+}
+
+impl HealthView for crate::health::Checker {
+    fn health(&self, target: &Target) -> Option<TargetState> {
+        self.state(target)
+    }
 }
 
 /// The reconciler's memory between passes, per virtual service: the real servers of eligible
@@ -76,33 +97,67 @@ impl Drains {
 pub struct HealthPlan {
     /// The target probed for each real server of an eligible node.
     pub targets: BTreeMap<RsKey, Target>,
-    /// Targets whose Service has its own settings (the first Service to name a target wins).
-    pub overrides: BTreeMap<Target, HealthOverrides>,
+    /// Virtual services whose Service or pool has its own settings. A target used by several
+    /// gets the settings of the first (in key order) that has any.
+    pub overrides: BTreeMap<VsKey, HealthOverrides>,
     pub drains: Drains,
     pub next_deadline: Option<SystemTime>,
+    /// The node-level check's port, when it is on.
+    pub node_port: Option<u16>,
+    /// The node-level targets, with how many eligible real servers depend on each. Probed with
+    /// the appliance's default settings.
+    pub nodes: BTreeMap<Target, u32>,
 }
 
 impl HealthPlan {
     /// Each distinct target once, with the default settings or its Service's own: what the
     /// checker probes.
     pub fn probes(&self, defaults: Settings) -> HashMap<Target, Settings> {
-        self.targets
-            .values()
-            .map(|t| {
-                let settings = self.overrides.get(t).map_or(defaults, |o| defaults.with(o));
-                (t.clone(), settings)
-            })
-            .collect()
+        // (settings, whether they came from an override)
+        let mut out: HashMap<Target, (Settings, bool)> = HashMap::new();
+        for ((key, _), t) in &self.targets {
+            let own = self.overrides.get(key).map(|o| defaults.with(o));
+            match out.get_mut(t) {
+                Some(e) if !e.1 => {
+                    if let Some(own) = own {
+                        *e = (own, true);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    out.insert(t.clone(), own.map_or((defaults, false), |o| (o, true)));
+                }
+            }
+        }
+        for t in self.nodes.keys() {
+            out.entry(t.clone()).or_insert((defaults, false));
+        }
+        out.into_iter().map(|(t, (s, _))| (t, s)).collect()
+    }
+
+    /// The node-level target of a real server's node, when the node check is on and the node
+    /// serves some real server.
+    pub fn node_target_of(&self, addr: IpAddr) -> Option<Target> {
+        let t = crate::health::node_target(addr, self.node_port?);
+        self.nodes.contains_key(&t).then_some(t)
+    }
+
+    /// The settings of one target, the same as [`probes`](Self::probes) gives it, from the real
+    /// servers that use it (in key order); `None` when none does.
+    pub fn settings_of<'a>(&self, users: impl IntoIterator<Item = &'a RsKey>, defaults: Settings) -> Option<Settings> {
+        let mut any = false;
+        for (key, _) in users {
+            any = true;
+            if let Some(o) = self.overrides.get(key) {
+                return Some(defaults.with(o));
+            }
+        }
+        any.then_some(defaults)
     }
 
     fn deadline(&mut self, at: SystemTime) {
         self.next_deadline = Some(self.next_deadline.map_or(at, |d| d.min(at)));
     }
-}
-
-/// A Service's own health-check settings.
-fn service_overrides(spec: &ServiceSpec) -> Option<HealthOverrides> {
-    spec.health
 }
 
 /// How a real server is probed: kube-proxy's `/healthz` on the `healthCheckNodePort` for an
@@ -125,7 +180,7 @@ pub fn target_of(spec: &ServiceSpec, node: IpAddr, port: &ServicePort) -> Option
 /// servers of nodes no longer eligible get 0 until the drain timeout since they left, as long as
 /// the node is still `listed`: a node deleted from the cluster's node list is gone, and so are
 /// its real servers.
-fn weigh(
+pub(super) fn weigh(
     key: VsKey,
     eligible: &[(SocketAddr, Option<Target>)],
     listed: &BTreeSet<IpAddr>,
@@ -134,25 +189,26 @@ fn weigh(
     out: &mut HealthPlan,
 ) -> Vec<(SocketAddr, u32)> {
     let drained_until = |since: SystemTime| since.checked_add(h.drain_timeout).filter(|until| *until > h.now);
-    let down_since = |t: &Option<Target>| {
-        t.as_ref()
-            .and_then(|t| h.targets.get(t))
-            .filter(|s| !s.serves())
-            .map(|s| s.since)
+    // A real server is down while its own target or (with the node check) its node is.
+    let down_since = |a: &SocketAddr, t: &Option<Target>| {
+        let node = h.node_port.map(|p| crate::health::node_target(a.ip(), p));
+        crate::health::down_since(t.iter().chain(node.iter()), |t| h.targets.health(t))
     };
     let fail_open = h.all_down == AllDown::FailOpen
         && !eligible.is_empty()
-        && eligible.iter().all(|(_, t)| down_since(t).is_some());
+        && eligible.iter().all(|(a, t)| down_since(a, t).is_some());
     let mut weights = Vec::new();
     let mut present = BTreeSet::new();
+    if let Some(o) = overrides
+        && eligible.iter().any(|(_, t)| t.is_some())
+    {
+        out.overrides.insert(key, o);
+    }
     for (a, t) in eligible {
         if let Some(t) = t {
             out.targets.insert((key, *a), t.clone());
-            if let Some(o) = overrides {
-                out.overrides.entry(t.clone()).or_insert(o);
-            }
         }
-        let weight = match down_since(t) {
+        let weight = match down_since(a, t) {
             Some(_) if fail_open => Some(WEIGHT),
             Some(since) => drained_until(since).map(|until| {
                 out.deadline(until);
@@ -191,7 +247,7 @@ fn weigh(
 /// Whether a node may receive a Service's traffic at all: Ready, schedulable, and not labelled
 /// `node.kubernetes.io/exclude-from-external-load-balancers`; for `externalTrafficPolicy: Local`
 /// also one of the nodes the agent reported with local endpoints (when it reported them).
-fn eligible(node: &Node, svc: &SnapshotService) -> bool {
+pub(super) fn eligible(node: &Node, svc: &SnapshotService) -> bool {
     if !node.ready || !node.schedulable || node.excluded {
         return false;
     }
@@ -205,7 +261,7 @@ fn eligible(node: &Node, svc: &SnapshotService) -> bool {
 }
 
 /// The node's first address of the VIP's family, in the order the agent gave.
-fn node_address(node: &Node, family: IpFamily) -> Option<IpAddr> {
+pub(super) fn node_address(node: &Node, family: IpFamily) -> Option<IpAddr> {
     node.addresses.iter().copied().find(|a| IpFamily::of(a) == family)
 }
 
@@ -221,109 +277,12 @@ pub fn desired(snap: &DataplaneSnapshot, manages: Manages) -> Desired {
         all_down: AllDown::FailOpen,
         targets: &none,
         drains: &drains,
+        node_port: None,
     };
     desired_with(snap, manages, &health).0
 }
 
 /// [`desired`] with health checking and draining: see [`weigh`] for the weights.
 pub fn desired_with(snap: &DataplaneSnapshot, manages: Manages, health: &HealthInput<'_>) -> (Desired, HealthPlan) {
-    let mut hp = HealthPlan::default();
-    let owned = Ownership::new(snap.pools.iter().flat_map(|p| p.ranges.iter().copied()).collect());
-    let mut state = State {
-        addresses: manages.addresses.then(BTreeSet::new),
-        ..State::default()
-    };
-    let mut forwards = Vec::new();
-    for svc in &snap.services {
-        let Some(spec) = &svc.spec else { continue };
-        let nodes = snap.nodes.get(&svc.cluster).map(Vec::as_slice).unwrap_or_default();
-        let listed: BTreeSet<IpAddr> = nodes.iter().flat_map(|n| n.addresses.iter().copied()).collect();
-        for assigned in &svc.addresses {
-            let vip = assigned.ip;
-            if !owned.owns(vip) {
-                continue;
-            }
-            let scheduler = spec.scheduler.clone().or_else(|| {
-                snap.pools
-                    .iter()
-                    .find(|p| p.name == assigned.pool)
-                    .map(|p| p.scheduler.clone())
-            });
-            let vs_spec = VsSpec {
-                scheduler: scheduler.unwrap_or_else(|| "wlc".to_owned()),
-                persistence: (spec.session_affinity == SessionAffinity::ClientIp).then(|| {
-                    spec.session_affinity_timeout_seconds
-                        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-                }),
-            };
-            let family = IpFamily::of(&vip);
-            // All the ranges, of both families: a non-empty list restricts the VIP, and the
-            // renderer allows only the VIP's family's prefixes. Filtering by family here would
-            // turn `["10.0.0.0/8"]` into an empty list, which means "everyone", for the IPv6 VIP
-            // of a dual-stack Service. The store validated them; should one still not parse, it
-            // becomes a prefix no client has, so the VIP stays closed rather than open.
-            let source_ranges: Vec<IpPrefix> = spec
-                .source_ranges
-                .iter()
-                .map(|r| {
-                    r.parse::<IpPrefix>().unwrap_or_else(|_| {
-                        tracing::error!(range = %r, "unparsable source range: the VIP stays closed to it");
-                        CLOSED
-                    })
-                })
-                .collect();
-            let backends: Vec<IpAddr> = nodes
-                .iter()
-                .filter(|n| eligible(n, svc))
-                .filter_map(|n| node_address(n, family))
-                .collect();
-            for port in &spec.ports {
-                let key = VsKey::new(vip, port.port, port.protocol);
-                // Two Services on one key cannot be stored; should it happen, the first wins.
-                if state.services.contains_key(&key) {
-                    continue;
-                }
-                state.services.insert(
-                    key,
-                    VirtualService {
-                        spec: vs_spec.clone(),
-                        counters: Default::default(),
-                    },
-                );
-                let eligible: Vec<(SocketAddr, Option<Target>)> = backends
-                    .iter()
-                    .map(|a| (SocketAddr::new(*a, port.node_port), target_of(spec, *a, port)))
-                    .collect();
-                let weights = weigh(key, &eligible, &listed, service_overrides(spec), health, &mut hp);
-                forwards.push(nft::Forward {
-                    vip,
-                    port: port.port,
-                    protocol: port.protocol,
-                    mode: NatMode::FullNat,
-                    // Drained ones too: their open connections still need the source NAT.
-                    backends: weights.iter().map(|(a, _)| *a).collect(),
-                    source_ranges: source_ranges.clone(),
-                });
-                for (addr, weight) in weights {
-                    state.real_servers.insert(
-                        (key, addr),
-                        RealServer {
-                            spec: RsSpec::masquerade(weight),
-                            counters: Default::default(),
-                        },
-                    );
-                }
-            }
-            if let Some(addrs) = &mut state.addresses
-                && !spec.ports.is_empty()
-            {
-                addrs.insert(vip);
-            }
-        }
-    }
-    let ruleset = manages.rules.then(|| nft::Ruleset {
-        snat: Default::default(),
-        forwards,
-    });
-    (Desired { state, owned, ruleset }, hp)
+    Model::build(snap.clone(), manages, health).into_parts()
 }

@@ -9,6 +9,8 @@
 //! wants it, or by the explicit [`flush_plan`].
 
 pub mod desired;
+pub mod model;
+pub mod overrides;
 pub mod runner;
 #[cfg(test)]
 mod tests;
@@ -60,8 +62,12 @@ pub struct Desired {
 /// drop every connection of the service. Observed entries outside the pools are ignored. Once
 /// applied, planning again from the new observation gives nothing.
 pub fn plan(desired: &Desired, observed: &State) -> Vec<Op> {
-    let owns = |ip: IpAddr| desired.owned.owns(ip);
-    let want = &desired.state;
+    plan_state(&desired.state, &desired.owned, desired.ruleset.as_ref(), observed)
+}
+
+/// [`plan`] from the desired state's parts.
+fn plan_state(want: &State, owned: &Ownership, ruleset: Option<&nft::Ruleset>, observed: &State) -> Vec<Op> {
+    let owns = |ip: IpAddr| owned.owns(ip);
     let mut add_addr = Vec::new();
     let mut add_svc = Vec::new();
     let mut edit_svc = Vec::new();
@@ -106,7 +112,7 @@ pub fn plan(desired: &Desired, observed: &State) -> Vec<Op> {
     }
 
     let mut ops = Vec::new();
-    if let (Some(ruleset), Some(have)) = (&desired.ruleset, &observed.rules)
+    if let (Some(ruleset), Some(have)) = (ruleset, &observed.rules)
         && nft::expected_state(ruleset) != *have
     {
         ops.push(Op::SetRules(Box::new(ruleset.clone())));

@@ -9,6 +9,12 @@
 //! resync and any pass after a failure dump the kernel, so drift is repaired within one resync
 //! period; counters in the status are as fresh as the last dump.
 //!
+//! A pass for a change that names only some Services (the store's journal says which, see
+//! [`Store::changes_since`]) reads just those from the store and replaces them in the kept
+//! [`Model`]; it plans, probes and publishes only what they touched, so its cost does not grow
+//! with the number of Services. Node lists, pools, health changes and drain ends rebuild the
+//! model whole.
+//!
 //! With health checking ([`Reconciler::with_health`]) it also runs a [`Checker`] over the
 //! targets the desired state names, feeds its damped health into [`desired_with`], and is woken
 //! by every health change, so a node going down reaches IPVS (as weight 0) within about one
@@ -26,10 +32,11 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::desired::{Drains, HealthInput, HealthPlan, desired_with};
-use super::{Ownership, desired, plan};
+use super::desired::{Drains, HealthInput, HealthPlan, HealthView};
+use super::model::{Model, Touched};
+use super::{Ownership, desired};
 use crate::config::HealthConfig;
-use crate::dataplane::{Counters, Dataplane, DataplaneError, Op, State};
+use crate::dataplane::{Counters, Dataplane, DataplaneError, Op, State, VirtualService, VsKey};
 use crate::health::{Checker, Health, Settings, Thresholds};
 use crate::store::{Store, StoreError};
 
@@ -79,9 +86,46 @@ pub struct Reconciler<D> {
     dataplane: D,
     options: RunnerOptions,
     status: watch::Sender<Arc<DataplaneStatus>>,
-    /// The kernel's state as the last successful pass left it; `None` forces a dump.
-    cache: Mutex<Option<State>>,
+    memory: Mutex<Memory>,
     health: Option<HealthRuntime>,
+}
+
+/// What a pass leaves for the next.
+#[derive(Debug, Default)]
+struct Memory {
+    /// The kernel's state as the last successful pass left it; `None` forces a dump.
+    observed: Option<State>,
+    /// The desired state; `None` forces a full build.
+    model: Option<Model>,
+    /// The store's journal generation the model reflects.
+    generation: u64,
+    /// Drain memory for the next full build when there is no model (`None`: seed it from the
+    /// kernel).
+    drains: Option<Drains>,
+}
+
+/// How much a pass redoes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Dump the kernel and rebuild the desired state.
+    Dump,
+    /// Rebuild the desired state; plan against the kept observation.
+    Rebuild,
+    /// Redo only the Services the store's journal names, when it names only Services.
+    Change,
+}
+
+/// A change naming more Services than this rebuilds the model from one snapshot instead.
+const INCREMENTAL_MAX: usize = 256;
+
+/// The result of a pass's work: the operations applied, the state after them (`None` if
+/// unknown), and what the status must be updated for.
+struct Outcome {
+    ops: Vec<Op>,
+    after: Option<State>,
+    owned: Ownership,
+    /// `None`: everything.
+    touched: Option<Touched>,
 }
 
 /// Probes in flight at most.
@@ -93,9 +137,6 @@ const PROBE_JITTER: f64 = 0.1;
 struct HealthRuntime {
     checker: Checker,
     config: HealthConfig,
-    /// The last pass's health plan; its drains are `None` until the first pass seeds them
-    /// from the kernel.
-    last: Mutex<(Option<Drains>, HealthPlan)>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -109,7 +150,7 @@ impl<D: Dataplane> Reconciler<D> {
             dataplane,
             options,
             status,
-            cache: Mutex::new(None),
+            memory: Mutex::new(Memory::default()),
             health: None,
         }
     }
@@ -120,7 +161,6 @@ impl<D: Dataplane> Reconciler<D> {
         self.health = Some(HealthRuntime {
             checker: Checker::new(PROBE_CONCURRENCY, PROBE_JITTER),
             config,
-            last: Mutex::new((None, HealthPlan::default())),
         });
         self
     }
@@ -141,95 +181,214 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// One full pass: snapshot, dump the kernel, plan, apply; then the status is published.
     pub async fn pass(&self) -> Result<PassReport, ReconcileError> {
-        self.pass_with(true).await
+        self.pass_with(Pass::Dump).await
     }
 
-    /// A pass for a store change: plans against the state the last pass left, when there is one.
+    /// A pass for a store change: redoes only the Services changed since the last pass when it
+    /// can, and plans against the state the last pass left, when there is one.
     pub async fn pass_for_change(&self) -> Result<PassReport, ReconcileError> {
-        self.pass_with(false).await
+        self.pass_with(Pass::Change).await
     }
 
-    async fn pass_with(&self, dump: bool) -> Result<PassReport, ReconcileError> {
+    async fn pass_with(&self, kind: Pass) -> Result<PassReport, ReconcileError> {
         let start = Instant::now();
-        let outcome = self.pass_inner(dump).await;
+        let mut memory = std::mem::take(&mut *self.memory.lock().unwrap_or_else(|e| e.into_inner()));
+        let outcome = self.pass_inner(kind, &mut memory).await;
         if outcome.is_err() {
-            self.set_cache(None);
+            memory.observed = None;
         }
         let elapsed = start.elapsed();
-        match &outcome {
-            Ok((ops, observed, owned)) => {
-                if !ops.is_empty() {
+        let report = match outcome {
+            Ok(out) => {
+                if !out.ops.is_empty() {
                     info!(
-                        operations = ops.len(),
+                        operations = out.ops.len(),
                         elapsed_ms = elapsed.as_millis() as u64,
                         "dataplane reconciled"
                     );
                 }
-                let vs = observed.as_ref().map(|o| {
-                    let mut vs = virtual_services(o, owned);
-                    if let Some(h) = &self.health {
-                        let last = h.last.lock().unwrap_or_else(|e| e.into_inner());
-                        add_health(&mut vs, &last.1, &h.checker);
-                    }
-                    vs
-                });
-                self.publish(ops.len(), vs, None);
+                self.publish_outcome(&out, &memory);
+                Ok(PassReport { ops: out.ops, elapsed })
             }
             Err(e) => {
-                warn!(error = %error_chain(e), elapsed_ms = elapsed.as_millis() as u64, "dataplane pass failed");
-                self.publish(0, None, Some(error_chain(e)));
+                warn!(error = %error_chain(&e), elapsed_ms = elapsed.as_millis() as u64, "dataplane pass failed");
+                self.publish(0, None, Some(error_chain(&e)));
+                Err(e)
             }
+        };
+        *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = memory;
+        report
+    }
+
+    /// Publishes a successful pass: the status of what it touched, or of everything.
+    fn publish_outcome(&self, out: &Outcome, memory: &Memory) {
+        let Some(after) = &out.after else {
+            self.publish(out.ops.len(), None, None);
+            return;
+        };
+        let hp = memory.model.as_ref().map(Model::health_plan);
+        let checker = self.health.as_ref().map(|h| &h.checker);
+        match &out.touched {
+            None => {
+                let mut vs = virtual_services(after, &out.owned);
+                if let (Some(hp), Some(checker)) = (hp, checker) {
+                    add_health(&mut vs, hp, checker);
+                }
+                self.publish(out.ops.len(), Some(vs), None);
+            }
+            Some(touched) => self.status.send_modify(|s| {
+                let s = Arc::make_mut(s);
+                s.passes += 1;
+                s.operations += out.ops.len() as u64;
+                s.last_sync = Some(OffsetDateTime::now_utc());
+                s.last_error = None;
+                for k in &touched.services {
+                    let pos = s
+                        .virtual_services
+                        .binary_search_by(|v| VsKey::new(v.ip, v.port, v.protocol).cmp(k));
+                    let mut now = match after.services.get(k) {
+                        Some(vs) if out.owned.owns(k.vip) => vec![virtual_service(after, *k, vs)],
+                        _ => Vec::new(),
+                    };
+                    if let (Some(hp), Some(checker)) = (hp, checker) {
+                        add_health(&mut now, hp, checker);
+                    }
+                    match (pos, now.pop()) {
+                        (Ok(i), Some(v)) => s.virtual_services[i] = v,
+                        (Ok(i), None) => {
+                            s.virtual_services.remove(i);
+                        }
+                        (Err(i), Some(v)) => s.virtual_services.insert(i, v),
+                        (Err(_), None) => {}
+                    }
+                }
+            }),
         }
-        outcome.map(|(ops, _, _)| PassReport { ops, elapsed })
     }
 
-    fn set_cache(&self, state: Option<State>) {
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    /// The health input of a pass, reading targets' health from `targets`.
+    fn health_input<'a>(&self, targets: &'a dyn HealthView, drains: &'a Drains) -> HealthInput<'a> {
+        match &self.health {
+            Some(h) => HealthInput {
+                now: SystemTime::now(),
+                drain_timeout: h.config.drain_timeout,
+                all_down: h.config.all_down,
+                targets,
+                drains,
+                node_port: h.config.node_port,
+            },
+            None => HealthInput {
+                now: SystemTime::UNIX_EPOCH,
+                drain_timeout: std::time::Duration::ZERO,
+                all_down: crate::config::AllDown::FailOpen,
+                targets,
+                drains,
+                node_port: None,
+            },
+        }
     }
 
-    /// The ops applied, the state after them for the status (`None` if unknown), and the
-    /// ownership used.
-    async fn pass_inner(&self, dump: bool) -> Result<(Vec<Op>, Option<State>, Ownership), ReconcileError> {
+    fn probe_defaults(&self) -> Option<Settings> {
+        self.health.as_ref().map(|h| Settings {
+            interval: h.config.interval,
+            timeout: h.config.timeout,
+            thresholds: Thresholds {
+                rise: h.config.rise,
+                fall: h.config.fall,
+            },
+        })
+    }
+
+    async fn pass_inner(&self, kind: Pass, memory: &mut Memory) -> Result<Outcome, ReconcileError> {
+        let (generation, dirty) = self.store.changes_since(memory.generation);
+        let incremental = kind == Pass::Change
+            && memory.model.is_some()
+            && memory.observed.is_some()
+            && !dirty.all
+            && dirty.nodes.is_empty()
+            && dirty.services.len() <= INCREMENTAL_MAX;
+        if incremental {
+            return self.pass_incremental(memory, generation, &dirty.services).await;
+        }
         let snap = self.store.dataplane_snapshot().await?;
-        let cached = if dump {
-            None
-        } else {
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).take()
+        let observed = match (kind, memory.observed.take()) {
+            (Pass::Dump, _) | (_, None) => self.dataplane.observe().await?,
+            (_, Some(state)) => state,
         };
-        let observed = match cached {
-            Some(state) => state,
-            None => self.dataplane.observe().await?,
+        let drains = match (memory.model.take(), memory.drains.take()) {
+            (Some(m), _) => m.into_drains(),
+            (None, Some(d)) => d,
+            (None, None) => Drains::seed(&observed),
         };
-        let want = match &self.health {
-            None => desired(&snap, self.dataplane.manages()),
-            Some(h) => {
-                let mut last = h.last.lock().unwrap_or_else(|e| e.into_inner());
-                let drains = last.0.take().unwrap_or_else(|| Drains::seed(&observed));
-                let targets = h.checker.snapshot();
-                let input = HealthInput {
-                    now: SystemTime::now(),
-                    drain_timeout: h.config.drain_timeout,
-                    all_down: h.config.all_down,
-                    targets: &targets,
-                    drains: &drains,
-                };
-                let (want, hp) = desired_with(&snap, self.dataplane.manages(), &input);
-                h.checker.set_targets(hp.probes(Settings {
-                    interval: h.config.interval,
-                    timeout: h.config.timeout,
-                    thresholds: Thresholds {
-                        rise: h.config.rise,
-                        fall: h.config.fall,
-                    },
-                }));
-                *last = (Some(hp.drains.clone()), hp);
-                want
-            }
+        let targets = self.health.as_ref().map(|h| h.checker.snapshot()).unwrap_or_default();
+        let model = Model::build(snap, self.dataplane.manages(), &self.health_input(&targets, &drains));
+        drop(drains);
+        if let (Some(h), Some(defaults)) = (&self.health, self.probe_defaults()) {
+            h.checker.set_targets(model.health_plan().probes(defaults));
+        }
+        let ops = model.plan_full(&observed);
+        let owned = model.owned().clone();
+        memory.model = Some(model);
+        memory.generation = generation;
+        let after = self.apply(&ops, observed, kind == Pass::Dump).await?;
+        memory.observed = after.clone();
+        Ok(Outcome {
+            ops,
+            after,
+            owned,
+            touched: None,
+        })
+    }
+
+    /// Replaces the changed Services in the kept model and applies what they touched.
+    async fn pass_incremental(
+        &self,
+        memory: &mut Memory,
+        generation: u64,
+        keys: &std::collections::BTreeSet<crate::ipam::ServiceKey>,
+    ) -> Result<Outcome, ReconcileError> {
+        let mut fresh: std::collections::BTreeMap<_, _> = self
+            .store
+            .snapshot_services(keys)
+            .await?
+            .into_iter()
+            .map(|s| (crate::ipam::ServiceKey::new(&s.cluster, &s.namespace, &s.name), s))
+            .collect();
+        let (Some(model), Some(observed)) = (memory.model.as_mut(), memory.observed.take()) else {
+            unreachable!("checked by the caller");
         };
-        let ops = plan(&want, &observed);
+        let none = Drains::default();
+        let no_checker = std::collections::HashMap::new();
+        let view: &dyn HealthView = match &self.health {
+            Some(h) => &h.checker,
+            None => &no_checker,
+        };
+        let input = self.health_input(view, &none);
+        let mut touched = Touched::default();
+        for key in keys {
+            model.replace(key, fresh.remove(key), &input, &mut touched);
+        }
+        if let (Some(h), Some(defaults)) = (&self.health, self.probe_defaults()) {
+            h.checker.update_targets(model.probe_changes(&touched, defaults));
+        }
+        let ops = model.plan_touched(&observed, &touched);
+        let owned = model.owned().clone();
+        memory.generation = generation;
+        let after = self.apply(&ops, observed, false).await?;
+        memory.observed = after.clone();
+        Ok(Outcome {
+            ops,
+            after,
+            owned,
+            touched: Some(touched),
+        })
+    }
+
+    /// Applies `ops` to the kernel; returns the state after them: dumped again with fresh
+    /// counters (`dump`), or `observed` with the operations folded in; `None` if unknown.
+    async fn apply(&self, ops: &[Op], observed: State, dump: bool) -> Result<Option<State>, ReconcileError> {
         if ops.is_empty() {
-            self.set_cache(Some(observed.clone()));
-            return Ok((ops, Some(observed), want.owned));
+            return Ok(Some(observed));
         }
         for op in ops.iter().take(LOG_OPS) {
             info!(op = %op, "dataplane change");
@@ -237,24 +396,20 @@ impl<D: Dataplane> Reconciler<D> {
         if ops.len() > LOG_OPS {
             info!(more = ops.len() - LOG_OPS, "dataplane changes not logged one by one");
         }
-        self.dataplane.apply(&ops).await?;
-        let after = if dump {
+        self.dataplane.apply(ops).await?;
+        if dump {
             // Fresh counters for the status; a failed dump only costs that.
-            self.dataplane.observe().await.ok()
-        } else {
-            let mut next = observed;
-            for op in &ops {
-                if let Err(e) = next.apply(op) {
-                    // The kernel accepted what the model refuses: trust neither, dump next time.
-                    warn!(op = %op, error = %e, "applied state diverges from the plan");
-                    self.set_cache(None);
-                    return Ok((ops, None, want.owned));
-                }
+            return Ok(self.dataplane.observe().await.ok());
+        }
+        let mut next = observed;
+        for op in ops {
+            if let Err(e) = next.apply(op) {
+                // The kernel accepted what the model refuses: trust neither, dump next time.
+                warn!(op = %op, error = %e, "applied state diverges from the plan");
+                return Ok(None);
             }
-            Some(next)
-        };
-        self.set_cache(after.clone());
-        Ok((ops, after, want.owned))
+        }
+        Ok(Some(next))
     }
 
     fn publish(&self, ops: usize, vs: Option<Vec<VirtualServiceStatus>>, error: Option<String>) {
@@ -285,10 +440,10 @@ impl<D: Dataplane> Reconciler<D> {
             .map(|h| tokio::spawn(h.checker.clone().run()))
             .map(AbortOnDrop);
         let mut retry = self.options.retry;
-        let mut dump = true;
+        let mut kind = Pass::Dump;
         loop {
-            let outcome = self.pass_with(dump).await;
-            dump = outcome.is_err();
+            let outcome = self.pass_with(kind).await;
+            kind = if outcome.is_err() { Pass::Dump } else { Pass::Rebuild };
             let delay = match outcome {
                 Ok(_) => {
                     retry = self.options.retry;
@@ -308,8 +463,9 @@ impl<D: Dataplane> Reconciler<D> {
             let delay = until_drain_ends.map_or(delay, |d| d.min(delay));
             tokio::select! {
                 Some(()) = health_changed(&mut health_changes) => {
-                    // A target changed health: plan against the kept state, at once (the
-                    // checker's rise/fall already damped it).
+                    // A target changed health: rebuild against the kept state, at once (the
+                    // checker's rise/fall already damped it; the debounce gathers targets
+                    // that go down together, as when a node dies).
                     tokio::time::sleep(self.options.debounce).await;
                     if let Some(rx) = &mut health_changes {
                         rx.borrow_and_update();
@@ -321,22 +477,26 @@ impl<D: Dataplane> Reconciler<D> {
                         tokio::time::sleep(delay).await;
                         continue;
                     }
-                    // Coalesce a burst of commits (an agent's start-up) into one pass.
-                    tokio::time::sleep(self.options.debounce).await;
+                    // At once: commits made while this pass runs (an agent's start-up) are
+                    // gathered by the journal into the next one.
                     changes.borrow_and_update();
+                    kind = Pass::Change;
                 }
                 _ = tokio::time::sleep(delay) => {
                     // The resync (or a retry): dump the kernel to see and repair drift. A pass
                     // after a failure dumps anyway (the kept state is dropped then).
-                    dump = !drain_ends_first;
+                    if !drain_ends_first {
+                        kind = Pass::Dump;
+                    }
                 }
             }
         }
     }
 
     fn next_deadline(&self) -> Option<SystemTime> {
-        let h = self.health.as_ref()?;
-        h.last.lock().unwrap_or_else(|e| e.into_inner()).1.next_deadline
+        self.health.as_ref()?;
+        let memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        memory.model.as_ref()?.health_plan().next_deadline
     }
 }
 
@@ -366,18 +526,28 @@ impl Drop for AbortOnDrop {
 }
 
 /// Adds each real server's health (what is probed, its damped state, the last probe) to the
-/// status, from the last pass's targets and the checker's current view.
+/// status, from the last pass's targets and the checker's current view. With the node-level
+/// check on, a node that fails it shows as the reason its real servers are down.
 pub fn add_health(vs: &mut [VirtualServiceStatus], hp: &HealthPlan, checker: &Checker) {
     for v in vs {
-        let key = crate::dataplane::VsKey::new(v.ip, v.port, v.protocol);
+        let key = VsKey::new(v.ip, v.port, v.protocol);
         for rs in &mut v.real_servers {
             let addr = std::net::SocketAddr::new(rs.ip, rs.port);
-            let Some(target) = hp.targets.get(&(key, addr)) else {
+            let own = hp
+                .targets
+                .get(&(key, addr))
+                .and_then(|t| checker.state(t).map(|s| (t.clone(), s)));
+            let node = hp.node_target_of(rs.ip).and_then(|t| checker.state(&t).map(|s| (t, s)));
+            // The node's check when it takes the real server out, else the real server's own.
+            let shown = match (own, node) {
+                (_, Some(n)) if n.1.health == Health::Down => Some(n),
+                (Some(o), _) => Some(o),
+                (None, n) => n,
+            };
+            let Some((target, st)) = shown else {
                 continue;
             };
-            let Some(st) = checker.state(target) else {
-                continue;
-            };
+            let target = &target;
             rs.health = Some(BackendHealth {
                 target: target.to_string(),
                 state: match st.health {
@@ -423,28 +593,34 @@ pub fn virtual_services(observed: &State, owned: &Ownership) -> Vec<VirtualServi
         .services
         .iter()
         .filter(|(k, _)| owned.owns(k.vip))
-        .map(|(k, vs)| VirtualServiceStatus {
-            ip: k.vip,
-            port: k.port,
-            protocol: k.protocol,
-            programmed: true,
-            scheduler: Some(vs.spec.scheduler.clone()),
-            persistence_timeout_seconds: vs.spec.persistence,
-            counters: counters(&vs.counters),
-            real_servers: observed
-                .real_servers_of(*k)
-                .map(|(a, rs)| RealServerStatus {
-                    ip: a.ip(),
-                    port: a.port(),
-                    weight: rs.spec.weight,
-                    active_connections: rs.counters.active_connections,
-                    inactive_connections: rs.counters.inactive_connections,
-                    counters: counters(&rs.counters),
-                    health: None,
-                })
-                .collect(),
-        })
+        .map(|(k, vs)| virtual_service(observed, *k, vs))
         .collect()
+}
+
+/// One virtual service of an observation, as the API shows it.
+fn virtual_service(observed: &State, k: VsKey, vs: &VirtualService) -> VirtualServiceStatus {
+    let k = &k;
+    VirtualServiceStatus {
+        ip: k.vip,
+        port: k.port,
+        protocol: k.protocol,
+        programmed: true,
+        scheduler: Some(vs.spec.scheduler.clone()),
+        persistence_timeout_seconds: vs.spec.persistence,
+        counters: counters(&vs.counters),
+        real_servers: observed
+            .real_servers_of(*k)
+            .map(|(a, rs)| RealServerStatus {
+                ip: a.ip(),
+                port: a.port(),
+                weight: rs.spec.weight,
+                active_connections: rs.counters.active_connections,
+                inactive_connections: rs.counters.inactive_connections,
+                counters: counters(&rs.counters),
+                health: None,
+            })
+            .collect(),
+    }
 }
 
 /// `edgelb dataplane flush`: removes every virtual service (with its real servers) and address

@@ -280,6 +280,7 @@ fn snapshot(spec: ServiceSpec, vips: &[&str], nodes: Vec<Node>) -> DataplaneSnap
                 IpRange::parse("2001:db8::/64").expect("range"),
             ],
             scheduler: "wlc".into(),
+            health: None,
         }],
         services: vec![SnapshotService {
             cluster: "prod".into(),
@@ -350,6 +351,7 @@ fn desired_state_takes_service_scheduler_affinity_and_local_nodes() {
         Manages {
             addresses: true,
             rules: false,
+            ..Manages::default()
         },
     );
     let web = VsKey::new(ip("203.0.113.5"), 80, Protocol::Tcp);
@@ -388,6 +390,7 @@ fn source_ranges_of_one_family_close_the_other_familys_vip() {
         Manages {
             addresses: false,
             rules: true,
+            ..Manages::default()
         },
     );
     let rules = d.ruleset.expect("rules managed");
@@ -425,7 +428,7 @@ fn desired_state_skips_vips_outside_the_pools_and_reserved_services() {
             &snap,
             Manages {
                 addresses: true,
-                rules: false
+                ..Manages::default()
             }
         )
         .state
@@ -439,6 +442,7 @@ fn desired_state_skips_vips_outside_the_pools_and_reserved_services() {
         Manages {
             addresses: true,
             rules: false,
+            ..Manages::default()
         },
     );
     assert!(d.state.services.is_empty());
@@ -741,6 +745,7 @@ fn desired_at(
         all_down,
         targets: &targets,
         drains,
+        node_port: None,
     };
     desired_with(&snap, Manages::default(), &input)
 }
@@ -1054,6 +1059,7 @@ fn each_distinct_target_is_probed_once() {
             all_down: AllDown::FailOpen,
             targets: &HashMap::new(),
             drains: &Drains::default(),
+            node_port: None,
         };
         let (_, hp) = desired_with(&snap, Manages::default(), &input);
         let mut probes: Vec<String> = hp.probes(Settings::default()).keys().map(|t| t.to_string()).collect();
@@ -1151,6 +1157,7 @@ async fn a_health_change_reaches_the_data_plane_without_waiting_for_the_resync()
         fall: 2,
         drain_timeout: Duration::from_secs(600),
         all_down: AllDown::FailOpen,
+        ..crate::config::HealthConfig::default()
     });
     let status = r.status();
     let task = tokio::spawn(r.run());
@@ -1198,14 +1205,17 @@ async fn a_health_change_reaches_the_data_plane_without_waiting_for_the_resync()
 #[test]
 fn a_services_own_settings_override_the_defaults_for_its_targets() {
     let own = Target::tcp(ip("10.1.0.11"), 30080);
-    let other = Target::tcp(ip("10.1.0.12"), 30080);
+    let other = Target::tcp(ip("10.1.0.12"), 30081);
+    let api = VsKey::new(ip("203.0.113.6"), 80, Protocol::Tcp);
     let hp = HealthPlan {
         targets: BTreeMap::from([
             ((web(), sa("10.1.0.11:30080")), own.clone()),
-            ((web(), sa("10.1.0.12:30080")), other.clone()),
+            ((api, sa("10.1.0.11:30080")), own.clone()),
+            ((api, sa("10.1.0.12:30081")), other.clone()),
         ]),
+        // `web` has its own settings, `api` has none: the target both use takes web's.
         overrides: BTreeMap::from([(
-            own.clone(),
+            web(),
             edgelb_api::HealthOverrides {
                 interval_ms: Some(500),
                 fall: Some(2),
@@ -1225,6 +1235,17 @@ fn a_services_own_settings_override_the_defaults_for_its_targets() {
         "the default timeout follows a short interval"
     );
     assert_eq!((s.thresholds.rise, s.thresholds.fall), (defaults.thresholds.rise, 2));
+    // One target at a time, as an incremental pass asks: the same answers.
+    let users = |t: &Target| {
+        hp.targets
+            .iter()
+            .filter(|(_, u)| *u == t)
+            .map(|(k, _)| *k)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(hp.settings_of(&users(&own), defaults), Some(s));
+    assert_eq!(hp.settings_of(&users(&other), defaults), Some(defaults));
+    assert_eq!(hp.settings_of(&[], defaults), None);
 }
 
 #[tokio::test]
@@ -1283,6 +1304,7 @@ async fn a_drained_real_server_is_removed_when_the_drain_ends_without_waiting_fo
         fall: 1,
         drain_timeout: Duration::from_millis(700),
         all_down: AllDown::FailOpen,
+        ..crate::config::HealthConfig::default()
     });
     let task = tokio::spawn(r.run());
     let n2 = SocketAddr::new(ip("127.0.0.5"), node_port);
@@ -1335,6 +1357,7 @@ fn a_services_health_settings_reach_its_probes() {
         all_down: AllDown::FailOpen,
         targets: &HashMap::new(),
         drains: &Drains::default(),
+        node_port: None,
     };
     let (_, hp) = desired_with(&snap, Manages::default(), &input);
     let probes = hp.probes(Settings::default());
@@ -1342,4 +1365,401 @@ fn a_services_health_settings_reach_its_probes() {
     assert_eq!(got.interval, Duration::from_millis(250));
     assert_eq!(got.timeout, Duration::from_millis(200));
     assert_eq!((got.thresholds.rise, got.thresholds.fall), (1, 5));
+}
+
+// ---- the model changed one Service at a time ----
+
+/// A small deterministic generator (xorshift), so a failing sequence can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Service `i` with a random spec: one or two ports, maybe UDP, maybe `Local` with some local
+/// nodes, maybe source ranges (of both families), maybe its own scheduler, affinity and health
+/// settings; its VIPs are its own, one in four shares service 0's IPv4 VIP on other ports.
+fn random_service(rng: &mut Rng, i: u16) -> SnapshotService {
+    let mut ports = vec![(Protocol::Tcp, 80 + i, 30_000 + i)];
+    if rng.below(2) == 0 {
+        ports.push((
+            if rng.below(3) == 0 {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            },
+            1_000 + i,
+            31_000 + i,
+        ));
+    }
+    let mut s = spec(&ports);
+    if rng.below(3) == 0 {
+        s.external_traffic_policy = TrafficPolicy::Local;
+        s.health_check_node_port = Some(32_000 + i);
+        s.local_nodes = Some(
+            ["n1", "n2", "n3"]
+                .iter()
+                .take(rng.below(4) as usize)
+                .map(|n| n.to_string())
+                .collect(),
+        );
+    }
+    if rng.below(3) == 0 {
+        s.source_ranges = vec!["198.51.100.0/24".into(), "2001:db8:9::/48".into()];
+        if rng.below(2) == 0 {
+            s.source_ranges.push("198.51.0.0/16".into());
+        }
+    }
+    if rng.below(4) == 0 {
+        s.scheduler = Some("rr".into());
+    }
+    if rng.below(4) == 0 {
+        s.session_affinity = SessionAffinity::ClientIp;
+    }
+    if rng.below(4) == 0 {
+        s.health = Some(edgelb_api::HealthOverrides {
+            interval_ms: Some(500 + u32::from(i)),
+            ..Default::default()
+        });
+    }
+    let shared = i > 0 && rng.below(4) == 0;
+    let mut addresses = vec![AssignedIp {
+        ip: if shared {
+            ip("203.0.113.200")
+        } else {
+            IpAddr::from([203, 0, 113, i as u8])
+        },
+        pool: if i.is_multiple_of(2) { "public" } else { "other" }.into(),
+    }];
+    if rng.below(3) == 0 {
+        addresses.push(AssignedIp {
+            ip: format!("2001:db8::{i:x}").parse().expect("v6"),
+            pool: "public".into(),
+        });
+    }
+    SnapshotService {
+        cluster: "prod".into(),
+        namespace: "default".into(),
+        name: format!("svc-{i}"),
+        spec: Some(s),
+        addresses,
+    }
+}
+
+fn model_snapshot(services: &BTreeMap<u16, SnapshotService>) -> DataplaneSnapshot {
+    let mut snap = snapshot(spec(&[]), &[], Vec::new());
+    snap.pools.push(SnapshotPool {
+        name: "other".into(),
+        ranges: vec![IpRange::parse("203.0.113.128/25").expect("range")],
+        scheduler: "sh".into(),
+        health: Some(edgelb_api::HealthOverrides {
+            rise: Some(5),
+            ..Default::default()
+        }),
+    });
+    let mut n4 = node("n4", &["10.1.0.14", "fd00::14"]);
+    n4.ready = false;
+    snap.nodes.insert(
+        "prod".into(),
+        vec![
+            node("n1", &["10.1.0.11", "fd00::11"]),
+            node("n2", &["10.1.0.12", "fd00::12"]),
+            node("n3", &["10.1.0.13"]),
+            n4,
+        ],
+    );
+    snap.services = services.values().cloned().collect();
+    snap
+}
+
+#[test]
+fn a_model_changed_one_service_at_a_time_equals_one_built_whole_and_its_plans_reach_it() {
+    model_equivalence(None);
+}
+
+#[test]
+fn the_same_holds_with_the_node_level_check_on() {
+    model_equivalence(Some(10256));
+}
+
+fn model_equivalence(node_port: Option<u16>) {
+    use super::model::{Model, Touched};
+    let manages = Manages {
+        addresses: true,
+        rules: true,
+        ..Manages::default()
+    };
+    // One target down (drained to weight 0, with a deadline), the rest unknown (serving).
+    let down = std::collections::HashMap::from([
+        (
+            crate::health::Target::tcp(ip("10.1.0.12"), 30_003),
+            target_state(Health::Down, 0),
+        ),
+        (
+            crate::health::node_target(ip("10.1.0.13"), 10256),
+            target_state(Health::Down, 0),
+        ),
+    ]);
+    let drains = Drains::default();
+    let input = HealthInput {
+        now: at(10),
+        drain_timeout: Duration::from_secs(300),
+        all_down: AllDown::FailOpen,
+        targets: &down,
+        drains: &drains,
+        node_port,
+    };
+    let defaults = crate::health::Settings::default();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut services: BTreeMap<u16, SnapshotService> = BTreeMap::new();
+    let mut model = Model::build(model_snapshot(&services), manages, &input);
+    let mut kernel = State {
+        addresses: Some(BTreeSet::new()),
+        rules: Some(Default::default()),
+        ..State::default()
+    };
+    kernel = applied(&kernel, &model.plan_full(&kernel));
+    let mut probes = model.health_plan().probes(defaults);
+    let mut kinds = BTreeSet::new();
+    for step in 0..400 {
+        let i = rng.below(24) as u16;
+        let svc = if services.contains_key(&i) && rng.below(3) == 0 {
+            services.remove(&i);
+            kinds.insert("delete");
+            None
+        } else {
+            kinds.insert(if services.contains_key(&i) { "update" } else { "create" });
+            let s = random_service(&mut rng, i);
+            services.insert(i, s.clone());
+            Some(s)
+        };
+        let key = crate::ipam::ServiceKey::new("prod", "default", &format!("svc-{i}"));
+        let before = model.health_plan().drains.clone();
+        let mut touched = Touched::default();
+        model.replace(&key, svc, &input, &mut touched);
+
+        // A full build starts from the drains the previous pass left, as the runner's does.
+        let whole = Model::build(
+            model_snapshot(&services),
+            manages,
+            &HealthInput {
+                drains: &before,
+                ..input
+            },
+        );
+        assert_eq!(
+            model.differences(&whole),
+            Vec::<String>::new(),
+            "step {step}: service {i}"
+        );
+        assert_eq!(model.clone().without_deadline(), whole.clone().without_deadline());
+        // The plan of what was touched brings the kernel to the whole desired state.
+        let ops = model.plan_touched(&kernel, &touched);
+        kernel = applied(&kernel, &ops);
+        assert_eq!(
+            whole.plan_full(&kernel),
+            Vec::new(),
+            "step {step}: service {i}: {ops:?}"
+        );
+        // And the probes updated target by target are those of the whole plan.
+        for (t, s) in model.probe_changes(&touched, defaults) {
+            match s {
+                Some(s) => probes.insert(t, s),
+                None => probes.remove(&t),
+            };
+        }
+        assert_eq!(probes, whole.health_plan().probes(defaults), "step {step}: service {i}");
+    }
+    assert_eq!(kinds.len(), 3, "creates, updates and deletes were all exercised");
+    assert!(!services.is_empty());
+    let rules = kernel.rules.as_ref().expect("rules");
+    assert!(
+        ["fullnat_v4", "fullnat_v6", "restricted_v4", "allowed_v6"]
+            .iter()
+            .all(|set| rules.sets.get(*set).is_some_and(|s| !s.is_empty())),
+        "the sequence exercised every kind of set element: {:?}",
+        rules.sets.keys()
+    );
+}
+
+#[tokio::test]
+async fn a_change_to_some_services_touches_only_them_and_leaves_what_a_full_pass_would() {
+    let (_dir, store) = store_with_service().await;
+    for i in 0..40 {
+        store
+            .put_service(
+                "test",
+                "prod",
+                "default",
+                &format!("s{i}"),
+                spec(&[(Protocol::Tcp, 80, 31_000 + i)]),
+            )
+            .await
+            .expect("service");
+    }
+    let fake = FakeDataplane::full();
+    let r = Reconciler::new(store.clone(), fake.clone(), fast());
+    let status = r.status();
+    r.pass().await.expect("full pass");
+    let vip_of = |name: &str| {
+        let store = store.clone();
+        let name = name.to_owned();
+        async move { store.get_service("prod", "default", &name).await.expect("get").ips[0] }
+    };
+    let (s7, s8) = (vip_of("s7").await, vip_of("s8").await);
+
+    // s7 gains a port and a source range, s8 goes, s-new comes.
+    let mut changed = spec(&[(Protocol::Tcp, 80, 31_007), (Protocol::Udp, 53, 32_007)]);
+    changed.source_ranges = vec!["192.0.2.0/24".into()];
+    store
+        .put_service("test", "prod", "default", "s7", changed)
+        .await
+        .expect("s7");
+    store.delete_service("test", "prod", "default", "s8").await.expect("s8");
+    store
+        .put_service(
+            "test",
+            "prod",
+            "default",
+            "s-new",
+            spec(&[(Protocol::Tcp, 8080, 32_100)]),
+        )
+        .await
+        .expect("new");
+    let s_new = vip_of("s-new").await;
+
+    let ops = r.pass_for_change().await.expect("change pass").ops;
+    let vip_of_op = |op: &Op| match op {
+        Op::AddService(k, _) | Op::EditService(k, _) | Op::DeleteService(k) => Some(k.vip),
+        Op::AddRealServer(k, _, _) | Op::EditRealServer(k, _, _) | Op::DeleteRealServer(k, _) => Some(k.vip),
+        Op::AddAddress(a) | Op::DeleteAddress(a) => Some(*a),
+        _ => None,
+    };
+    assert!(
+        ops.iter().filter_map(vip_of_op).all(|v| [s7, s8, s_new].contains(&v)),
+        "only the changed Services' VIPs: {ops:?}"
+    );
+    assert!(
+        matches!(ops.first(), Some(Op::AddElements(_))),
+        "set elements first: {ops:?}"
+    );
+    assert!(
+        matches!(ops.last(), Some(Op::DeleteAddress(a)) if *a == s8),
+        "the VIP released last: {ops:?}"
+    );
+    assert!(
+        !ops.iter().any(|op| matches!(op, Op::SetRules(_))),
+        "the table is patched, not rewritten: {ops:?}"
+    );
+    let rules = fake.state().rules.expect("rules");
+    assert!(
+        rules.sets["restricted_v4"].contains(&format!("{s7} . udp . 53")),
+        "{rules:?}"
+    );
+    assert!(
+        !rules.sets["fullnat_v4"].iter().any(|e| e.ends_with(". 31008")),
+        "s8's elements are gone"
+    );
+
+    // The kernel now holds exactly what a full pass wants, and the status shows it.
+    assert_eq!(r.pass().await.expect("full pass").ops, Vec::new());
+    let shown = status.borrow().virtual_services.clone();
+    r.pass_for_change().await.expect("nothing to do");
+    assert_eq!(
+        shown,
+        runner::virtual_services(
+            &fake.state(),
+            &desired(&store.dataplane_snapshot().await.expect("snap"), Manages::default()).owned
+        )
+    );
+
+    // The status after a change pass is the one a full pass publishes.
+    store.delete_service("test", "prod", "default", "s9").await.expect("s9");
+    r.pass_for_change().await.expect("change pass");
+    let incremental = status.borrow().virtual_services.clone();
+    r.pass().await.expect("full pass");
+    assert_eq!(incremental, status.borrow().virtual_services);
+    assert_eq!(incremental.len(), 2 + 40 - 2 + 2);
+}
+
+// ---- the node-level check (kube-proxy's port 10256) ----
+
+/// Two Services (TCP and UDP) on three nodes, with the node check on and `down` nodes' checks
+/// failing since t0.
+fn with_node_check(down: &[u8], all_down: AllDown) -> (Desired, HealthPlan) {
+    let mut snap = snapshot(spec(&[(Protocol::Tcp, 80, 30080)]), &["203.0.113.5"], three_nodes());
+    let mut udp = snap.services[0].clone();
+    udp.name = "dns".into();
+    udp.spec = Some(spec(&[(Protocol::Udp, 53, 30053)]));
+    udp.addresses[0].ip = ip("203.0.113.6");
+    snap.services.push(udp);
+    let targets: HashMap<Target, TargetState> = down
+        .iter()
+        .map(|o| {
+            (
+                crate::health::node_target(ip(&format!("10.1.0.{o}")), 10256),
+                target_state(Health::Down, 0),
+            )
+        })
+        .collect();
+    let input = HealthInput {
+        now: at(10),
+        drain_timeout: DRAIN,
+        all_down,
+        targets: &targets,
+        drains: &Drains::default(),
+        node_port: Some(10256),
+    };
+    desired_with(&snap, Manages::default(), &input)
+}
+
+fn weights_of(d: &Desired, k: VsKey) -> BTreeMap<String, u32> {
+    d.state
+        .real_servers_of(k)
+        .map(|(a, rs)| (a.ip().to_string(), rs.spec.weight))
+        .collect()
+}
+
+#[test]
+fn a_failing_node_check_drains_every_real_server_of_that_node_tcp_and_udp_alike() {
+    let dns = VsKey::new(ip("203.0.113.6"), 53, Protocol::Udp);
+    let (all_up, hp) = with_node_check(&[], AllDown::FailOpen);
+    assert_eq!(weights_of(&all_up, web()), w(&[(11, 1), (12, 1), (13, 1)]));
+    // One probe per node, with the defaults, besides the TCP Service's own targets.
+    let probes = hp.probes(Settings::default());
+    for o in [11, 12, 13] {
+        assert_eq!(
+            probes.get(&crate::health::node_target(ip(&format!("10.1.0.{o}")), 10256)),
+            Some(&Settings::default())
+        );
+    }
+    assert_eq!(probes.len(), 3 + 3, "3 node checks and 3 NodePort probes: {probes:?}");
+
+    let (one_down, hp) = with_node_check(&[12], AllDown::FailOpen);
+    assert_eq!(weights_of(&one_down, web()), w(&[(11, 1), (12, 0), (13, 1)]));
+    assert_eq!(
+        weights_of(&one_down, dns),
+        w(&[(11, 1), (12, 0), (13, 1)]),
+        "UDP has no probe of its own"
+    );
+    assert_eq!(hp.next_deadline, Some(at(0) + DRAIN), "drained until the drain timeout");
+    // Weights change in place: no service or real server is deleted and re-added.
+    let ops = plan(&one_down, &all_up.state);
+    assert!(
+        ops.iter()
+            .all(|op| matches!(op, Op::EditRealServer(_, a, s) if a.ip() == ip("10.1.0.12") && s.weight == 0)),
+        "{ops:?}"
+    );
+    assert_eq!(ops.len(), 2);
+
+    // Every node failing: fail-open keeps them all; fail-closed drains them all.
+    let (open, _) = with_node_check(&[11, 12, 13], AllDown::FailOpen);
+    assert_eq!(weights_of(&open, dns), w(&[(11, 1), (12, 1), (13, 1)]));
+    let (closed, _) = with_node_check(&[11, 12, 13], AllDown::FailClosed);
+    assert_eq!(weights_of(&closed, dns), w(&[(11, 0), (12, 0), (13, 0)]));
 }

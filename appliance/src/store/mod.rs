@@ -2,13 +2,17 @@
 //! and the audit log. The only module that speaks SQL.
 //!
 //! Writes go through one connection behind a mutex, each in a `BEGIN IMMEDIATE` transaction
-//! that also writes its audit entry; the allocation state ([`Ipam`]) is changed only after the
-//! commit succeeded, so it always equals the database. Every write runs in its own task so that
-//! a client hanging up cannot cancel it between the commit and that update. Reads use a pool of
-//! connections and never wait for writes (WAL). Every commit bumps a change counter that the
-//! reconciler watches.
+//! that also writes its audit entry; the allocation state ([`Ipam`]) equals the database after
+//! every commit or failed transaction (a failed group of Service PUTs puts back what it had
+//! applied, see `services.rs`). Every write runs in its own task so that a client hanging up
+//! cannot cancel it between the commit and that update. Concurrent Service PUTs, the hot path,
+//! are committed in groups: one transaction for everything queued while the writer was busy.
+//! Reads use a pool of connections and never wait for writes (WAL). Every commit bumps a change
+//! counter that the reconciler watches.
 
 mod auth;
+#[cfg(test)]
+mod batch_tests;
 mod listing;
 mod pools;
 mod services;
@@ -97,7 +101,86 @@ struct Writer {
     clusters: std::collections::HashSet<String>,
     /// A digest of each Service's stored spec, so a repeated PUT is recognised without a query.
     specs: std::collections::HashMap<crate::ipam::ServiceKey, [u8; 16]>,
+    /// What the write in progress changed, for the journal (see [`Change`]).
+    touched: Touched,
 }
+
+/// What a commit changed, as far as the data plane is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// One Service's spec or addresses.
+    Service(crate::ipam::ServiceKey),
+    /// One cluster's node list.
+    Nodes(String),
+    /// Anything (pools, a cluster deleted, or a write that did not say).
+    All,
+}
+
+/// What a write declared it changed. A write that declares nothing counts as [`Change::All`]:
+/// forgetting to declare costs a full reconcile pass, never a missed change.
+#[derive(Debug, Default)]
+enum Touched {
+    #[default]
+    Unknown,
+    Known(Vec<Change>),
+}
+
+impl Writer {
+    /// Declares that this write changed `change` (call once per thing changed).
+    fn touch(&mut self, change: Change) {
+        match &mut self.touched {
+            Touched::Known(v) => v.push(change),
+            Touched::Unknown => self.touched = Touched::Known(vec![change]),
+        }
+    }
+
+    /// Declares that this write changed nothing the data plane reads (tokens, users, an
+    /// unchanged spec).
+    fn touch_nothing(&mut self) {
+        if let Touched::Unknown = self.touched {
+            self.touched = Touched::Known(Vec::new());
+        }
+    }
+}
+
+/// The data plane's changes since some generation, merged: what a reconcile pass must redo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Everything must be rebuilt.
+    pub all: bool,
+    pub services: std::collections::BTreeSet<crate::ipam::ServiceKey>,
+    /// Clusters whose node list changed.
+    pub nodes: std::collections::BTreeSet<String>,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.services.is_empty() && self.nodes.is_empty()
+    }
+
+    fn add(&mut self, change: &Change) {
+        match change {
+            Change::Service(k) => {
+                self.services.insert(k.clone());
+            }
+            Change::Nodes(c) => {
+                self.nodes.insert(c.clone());
+            }
+            Change::All => self.all = true,
+        }
+    }
+}
+
+/// The last commits' changes, by generation (the value the change watch carries).
+#[derive(Debug, Default)]
+struct Journal {
+    generation: u64,
+    /// (generation, what it changed), oldest first, at most [`JOURNAL_LEN`].
+    entries: std::collections::VecDeque<(u64, Vec<Change>)>,
+}
+
+/// Commits remembered; a reader further behind rebuilds everything.
+const JOURNAL_LEN: usize = 4096;
 
 /// A digest of a spec's JSON (128 bits of SHA-256: equal digests mean equal specs).
 fn spec_digest(json: &str) -> [u8; 16] {
@@ -112,6 +195,10 @@ struct Inner {
     read: SqlitePool,
     write: Mutex<Writer>,
     changes: watch::Sender<u64>,
+    /// What each recent commit changed; its generation is the one `changes` carries.
+    journal: std::sync::Mutex<Journal>,
+    /// Service PUTs waiting to be committed together (see `services.rs`).
+    puts: std::sync::Mutex<services::PutQueue>,
     path: PathBuf,
     /// Recently verified tokens (see `auth.rs`); emptied whenever tokens can have changed.
     token_cache: std::sync::Mutex<auth::TokenCache>,
@@ -152,7 +239,14 @@ impl Store {
         // The writer never checkpoints inside a commit (that stalled allocations for tens of
         // milliseconds); a background connection does, see `checkpoint_wal`. The large limit is
         // only a safety net should that task ever stop.
-        let mut conn = SqliteConnection::connect_with(&options(&path).pragma("wal_autocheckpoint", "20000")).await?;
+        // Room for every size of the group commit's multi-row statements (see `services.rs`)
+        // besides the other writes' statements, so none is prepared again and again.
+        let mut conn = SqliteConnection::connect_with(
+            &options(&path)
+                .pragma("wal_autocheckpoint", "20000")
+                .statement_cache_capacity(512),
+        )
+        .await?;
         MIGRATOR.run(&mut conn).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
@@ -193,8 +287,11 @@ impl Store {
                     ipam,
                     clusters,
                     specs,
+                    touched: Touched::Unknown,
                 }),
                 changes,
+                journal: Default::default(),
+                puts: Default::default(),
                 path,
                 token_cache: Default::default(),
                 token_generation: Default::default(),
@@ -214,8 +311,39 @@ impl Store {
         self.inner.changes.subscribe()
     }
 
-    fn changed(&self) {
-        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    /// Records a commit's changes in the journal and moves the change counter. A commit that
+    /// changed nothing the data plane reads is not recorded and wakes no one.
+    fn changed(&self, touched: Touched) {
+        let changes = match touched {
+            Touched::Known(v) if v.is_empty() => return,
+            Touched::Known(v) => v,
+            Touched::Unknown => vec![Change::All],
+        };
+        let mut j = self.inner.journal.lock().unwrap_or_else(|e| e.into_inner());
+        j.generation += 1;
+        let generation = j.generation;
+        j.entries.push_back((generation, changes));
+        if j.entries.len() > JOURNAL_LEN {
+            j.entries.pop_front();
+        }
+        // Under the journal's lock, so the counter never runs ahead of or behind the journal.
+        self.inner.changes.send_replace(generation);
+    }
+
+    /// What changed after generation `since` (a value the change watch carried), and the
+    /// generation it is as of now. Everything is dirty when `since` is too old for the journal.
+    pub fn changes_since(&self, since: u64) -> (u64, Dirty) {
+        let j = self.inner.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dirty = Dirty::default();
+        let oldest = j.entries.front().map_or(j.generation + 1, |(g, _)| *g);
+        if since + 1 < oldest || since > j.generation {
+            dirty.all = true;
+            return (j.generation, dirty);
+        }
+        for (_, changes) in j.entries.iter().filter(|(g, _)| *g > since) {
+            changes.iter().for_each(|c| dirty.add(c));
+        }
+        (j.generation, dirty)
     }
 
     fn read(&self) -> &SqlitePool {
@@ -229,16 +357,24 @@ impl Store {
         F: for<'w> FnOnce(&'w mut Writer, i64) -> futures::future::BoxFuture<'w, Result<T>> + Send + 'static,
     {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut w = this.inner.write.lock().await;
-            let out = f(&mut w, now()).await;
-            drop(w);
-            if out.is_ok() {
-                this.changed();
-            }
-            out
-        })
-        .await?
+        tokio::spawn(async move { this.write_here(f).await }).await?
+    }
+
+    /// Runs `f` with the writer in the calling task and records what it changed. Only for a
+    /// caller that is a task of its own already (see [`Store::write`]).
+    async fn write_here<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'w> FnOnce(&'w mut Writer, i64) -> futures::future::BoxFuture<'w, Result<T>>,
+    {
+        let mut w = self.inner.write.lock().await;
+        let out = f(&mut w, now()).await;
+        let touched = std::mem::take(&mut w.touched);
+        // Still under the writer's lock: journal entries are in commit order.
+        if out.is_ok() {
+            self.changed(touched);
+        }
+        drop(w);
+        out
     }
 
     /// Writes a consistent copy of the live database to `dest` (which must not exist).
@@ -272,6 +408,8 @@ impl Store {
     pub async fn expire_holds(&self) -> Result<usize> {
         self.write(|w, now| {
             Box::pin(async move {
+                // A held address forwards nothing: the data plane does not care.
+                w.touch_nothing();
                 let expired = w.ipam.expired_holds(now);
                 if expired.is_empty() {
                     return Ok(0);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use edgelb_api::{Pool, PoolPatch, PoolSpec, PoolUsage};
+use edgelb_api::{FieldError, HealthOverrides, Pool, PoolPatch, PoolSpec, PoolUsage};
 use sqlx::{Connection, Row, SqliteConnection};
 
 use super::{Result, Store, StoreError, audit, blob_ip, ip_blob, json_vec, ts};
@@ -19,6 +19,8 @@ struct PoolRow {
     namespaces: String,
     scheduler: String,
     hold_seconds: i64,
+    /// JSON `HealthOverrides`; NULL when the pool overrides nothing.
+    health: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -35,12 +37,41 @@ impl PoolRow {
             namespaces: json_vec(&self.namespaces)?,
             scheduler: self.scheduler.clone(),
             hold_seconds: u64::try_from(self.hold_seconds).map_err(|_| StoreError::Corrupt("hold_seconds".into()))?,
+            health: health_of(&self.name, self.health.as_deref())?,
         })
     }
 }
 
+/// A pool's stored health overrides.
+pub(super) fn health_of(pool: &str, text: Option<&str>) -> Result<Option<HealthOverrides>> {
+    text.map(|t| serde_json::from_str(t).map_err(|e| StoreError::Corrupt(format!("pool '{pool}': health: {e}"))))
+        .transpose()
+}
+
 fn def_of(spec: &PoolSpec) -> Result<PoolDef> {
     PoolDef::from_spec(spec).map_err(|e| StoreError::Corrupt(format!("pool '{}': {e:?}", spec.name)))
+}
+
+/// Validates a spec as given by a client: every problem of its ranges and names (from the
+/// allocator) and of its health overrides (as `health.interval_ms` and so on), all at once.
+fn checked(spec: &PoolSpec) -> Result<PoolDef> {
+    let health: Vec<FieldError> = spec
+        .health
+        .iter()
+        .flat_map(HealthOverrides::problems)
+        .map(|(field, message)| FieldError {
+            field: format!("health.{field}"),
+            message,
+        })
+        .collect();
+    match PoolDef::from_spec(spec) {
+        Ok(def) if health.is_empty() => Ok(def),
+        Ok(_) => Err(StoreError::Invalid(health)),
+        Err(mut errors) => {
+            errors.extend(health);
+            Err(StoreError::Invalid(errors))
+        }
+    }
 }
 
 fn to_json(spec: &PoolSpec) -> serde_json::Value {
@@ -48,7 +79,7 @@ fn to_json(spec: &PoolSpec) -> serde_json::Value {
 }
 
 const SELECT_POOL: &str = "SELECT name, ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, \
-     scheduler, hold_seconds, created_at, updated_at FROM pools";
+     scheduler, hold_seconds, health, created_at, updated_at FROM pools";
 
 /// Reads every pool and address into a fresh allocation state.
 pub(super) async fn load_ipam(conn: &mut SqliteConnection) -> Result<Ipam> {
@@ -158,7 +189,7 @@ impl Store {
     }
 
     pub async fn create_pool(&self, actor: &str, spec: PoolSpec) -> Result<Pool> {
-        let def = PoolDef::from_spec(&spec).map_err(StoreError::Invalid)?;
+        let def = checked(&spec)?;
         let actor = actor.to_owned();
         let name = spec.name.clone();
         self.write(move |w, now| {
@@ -212,11 +243,13 @@ impl Store {
                     namespaces: patch.namespaces.unwrap_or_else(|| old.namespaces.clone()),
                     scheduler: patch.scheduler.unwrap_or_else(|| old.scheduler.clone()),
                     hold_seconds: patch.hold_seconds.unwrap_or(old.hold_seconds),
+                    // `Some(None)` is an explicit `null`: the overrides go.
+                    health: patch.health.unwrap_or(old.health),
                 };
                 if new == old {
                     return Ok(());
                 }
-                let def = PoolDef::from_spec(&new).map_err(StoreError::Invalid)?;
+                let def = checked(&new)?;
                 w.ipam.check_pool(&def, Some(&name), now)?;
                 // Expired holds that the new ranges leave out go now: nothing may point outside.
                 let gone: Vec<u128> = w
@@ -300,11 +333,16 @@ impl Store {
 async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64, insert: bool) -> Result<()> {
     let sql = if insert {
         "INSERT INTO pools (ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, scheduler, \
-         hold_seconds, name, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10)"
+         hold_seconds, name, created_at, updated_at, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10, ?11)"
     } else {
         "UPDATE pools SET ranges = ?, auto_assign = ?, avoid_buggy_ips = ?, priority = ?, clusters = ?, \
-         namespaces = ?, scheduler = ?, hold_seconds = ?, updated_at = ?10 WHERE name = ?9"
+         namespaces = ?, scheduler = ?, hold_seconds = ?, updated_at = ?10, health = ?11 WHERE name = ?9"
     };
+    let health = spec
+        .health
+        .map(|h| serde_json::to_string(&h))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("pool '{}': health: {e}", spec.name)))?;
     let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     sqlx::query(sql)
         .bind(json(&spec.ranges))
@@ -317,6 +355,7 @@ async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64
         .bind(i64::try_from(spec.hold_seconds).unwrap_or(i64::MAX))
         .bind(&spec.name)
         .bind(now)
+        .bind(health)
         .execute(conn)
         .await
         .map_err(|e| StoreError::on_unique(e, || format!("pool '{}' already exists", spec.name)))?;

@@ -1,7 +1,8 @@
 //! Clusters, their Services (with allocation and release), nodes, the start-up sync, and the
-//! allocation and audit listings.
+//! allocation and audit listings. Concurrent Service PUTs are committed in groups, one
+//! transaction per group (see [`PutQueue`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use edgelb_api::{
@@ -9,8 +10,9 @@ use edgelb_api::{
     Node, NodeList, Page, Protocol, Service, ServiceRef, ServiceSpec, SyncConflict, SyncRequest, SyncResponse,
 };
 use sqlx::{Connection, Row, SqliteConnection};
+use tokio::sync::oneshot;
 
-use super::{Result, Store, StoreError, audit, blob_ip, ip_blob, ts};
+use super::{Change, Result, Store, StoreError, audit, blob_ip, ip_blob, ts};
 use crate::ipam::{self, Assign, Decision, How, Outcome, PortKey, Release, Request, ServiceKey, from_u128, to_u128};
 
 /// Kubernetes object names: DNS labels (RFC 1123), at most 63 characters.
@@ -258,6 +260,360 @@ fn ips_json(assign: &[Assign]) -> serde_json::Value {
     serde_json::json!(assign.iter().map(|a| from_u128(a.ip).to_string()).collect::<Vec<_>>())
 }
 
+/// The most PUTs committed in one transaction.
+const MAX_BATCH: usize = 64;
+
+/// PUTs waiting for the writer (group commit). The first PUT into an idle queue starts a
+/// drainer task; it takes the writer's lock, commits everything queued by then in one
+/// transaction, answers, and goes on until the queue is empty. One transaction per batch
+/// instead of one per PUT saves the per-statement hand-offs to SQLite's thread that dominated
+/// allocation latency at high concurrency (docs/benchmarks.md).
+#[derive(Default)]
+pub(super) struct PutQueue {
+    pending: VecDeque<PendingPut>,
+    /// A drainer task is running (or about to).
+    draining: bool,
+}
+
+/// One PUT waiting for the writer, with what could be prepared without the allocation state.
+pub(super) struct PendingPut {
+    actor: String,
+    key: ServiceKey,
+    spec: ServiceSpec,
+    spec_json: String,
+    /// The spec as the audit entry's `after` embeds it.
+    spec_value: serde_json::Value,
+    digest: [u8; 16],
+    ports: Vec<PortKey>,
+    answer: oneshot::Sender<Result<Option<Service>>>,
+}
+
+impl PendingPut {
+    /// A PUT of a validated spec, with the receiver of its answer. Everything that needs no
+    /// allocation state is done here, outside the writer's lock.
+    pub(super) fn new(
+        actor: &str,
+        key: ServiceKey,
+        spec: ServiceSpec,
+    ) -> Result<(PendingPut, oneshot::Receiver<Result<Option<Service>>>)> {
+        let spec_json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let spec_value = serde_json::to_value(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (answer, answered) = oneshot::channel();
+        let put = PendingPut {
+            actor: actor.to_owned(),
+            key,
+            ports: port_keys(&spec),
+            digest: super::spec_digest(&spec_json),
+            spec_json,
+            spec_value,
+            spec,
+            answer,
+        };
+        Ok((put, answered))
+    }
+
+    fn request(&self) -> Request<'_> {
+        Request {
+            key: &self.key,
+            uid: &self.spec.uid,
+            pool: self.spec.pool.as_deref(),
+            requested: &self.spec.requested_ips,
+            families: &self.spec.ip_families,
+            sharing_key: self.spec.sharing_key.as_deref(),
+            ports: &self.ports,
+        }
+    }
+}
+
+/// Should a drainer panic, empties the queue (its callers get an error rather than wait
+/// forever) and lets the next PUT start a new drainer.
+struct ResetOnPanic<'a>(&'a Store);
+
+impl Drop for ResetOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut q = self.0.inner.puts.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.clear();
+            q.draining = false;
+        }
+    }
+}
+
+/// A PUT of the batch that writes, with its decision and audit entry.
+struct Write {
+    put: PendingPut,
+    decision: Decision,
+    action: &'static str,
+    after: String,
+}
+
+impl Write {
+    /// Only new addresses, nothing released: the rows of several such PUTs can go into the
+    /// same multi-row statements without changing what a sequence of single PUTs would write.
+    fn is_simple(&self) -> bool {
+        self.decision.release.is_empty() && self.decision.assign.iter().all(|a| a.how == How::New)
+    }
+}
+
+type Answer = (oneshot::Sender<Result<Option<Service>>>, Result<Option<Service>>);
+
+/// Decides and commits a batch of PUTs in one transaction and returns every caller's answer.
+///
+/// Each PUT is decided against the allocation state including the batch's earlier PUTs, which
+/// are applied to `w.ipam` as they are decided; if the transaction fails, every address they
+/// touched is put back as it was (the state is a function of the address records), so the
+/// allocation state again equals the database, and every PUT that was to write gets the error.
+/// The batch holds at most one PUT per Service (see [`Store::take_puts`]).
+pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now: i64) -> Vec<Answer> {
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut writes = Vec::new();
+    // The state of every address the batch touched, before the batch.
+    let mut undo: HashMap<u128, Option<ipam::AddrInfo>> = HashMap::new();
+    for put in batch {
+        // Everything up to the first write is decided in memory: an idempotent PUT, an unknown
+        // cluster or a refused allocation costs no database round trip.
+        if !w.clusters.contains(&put.key.cluster) {
+            let e = StoreError::NotFound(format!(
+                "cluster '{}' does not exist: create it first (POST /api/v1/clusters)",
+                put.key.cluster
+            ));
+            answers.push((put.answer, Err(e)));
+            continue;
+        }
+        let decision = match w.ipam.decide(&put.request(), now) {
+            Ok(d) => d,
+            Err(e) => {
+                answers.push((put.answer, Err(e.into())));
+                continue;
+            }
+        };
+        if w.specs.get(&put.key) == Some(&put.digest) && decision.keeps_everything() {
+            answers.push((put.answer, Ok(None)));
+            continue;
+        }
+        let touched = decision
+            .assign
+            .iter()
+            .map(|a| a.ip)
+            .chain(decision.release.iter().map(|r| r.ip));
+        for ip in touched {
+            undo.entry(ip).or_insert_with(|| w.ipam.addr(ip).cloned());
+        }
+        w.ipam.apply(&put.request(), &decision);
+        let after = serde_json::json!({"uid": put.spec.uid, "ips": ips_json(&decision.assign), "spec": put.spec_value})
+            .to_string();
+        let action = if decision.assign.iter().any(|a| a.how != How::Keep) {
+            "service.allocate"
+        } else {
+            "service.update"
+        };
+        writes.push(Write {
+            put,
+            decision,
+            action,
+            after,
+        });
+    }
+    if writes.is_empty() {
+        w.touch_nothing();
+        return answers;
+    }
+    match write_puts(&mut w.conn, &writes, now).await {
+        Ok(()) => {
+            w.touch_nothing();
+            for wr in writes {
+                let Write { put, decision, .. } = wr;
+                w.specs.insert(put.key.clone(), put.digest);
+                w.touch(Change::Service(put.key.clone()));
+                // Answer from what was just committed: no second read on the hot path.
+                let addresses: Vec<AssignedIp> = decision
+                    .assign
+                    .iter()
+                    .map(|a| AssignedIp {
+                        ip: from_u128(a.ip),
+                        pool: a.pool.clone(),
+                    })
+                    .collect();
+                let service = Service {
+                    cluster: put.key.cluster,
+                    namespace: put.key.namespace,
+                    name: put.key.name,
+                    uid: put.spec.uid.clone(),
+                    ips: addresses.iter().map(|a| a.ip).collect(),
+                    pool: addresses.first().map(|a| a.pool.clone()),
+                    addresses,
+                    spec: Some(put.spec),
+                    updated_at: ts(now),
+                };
+                answers.push((put.answer, Ok(Some(service))));
+            }
+        }
+        Err(e) => {
+            // Nothing was committed: nothing changed for the data plane either.
+            w.touch_nothing();
+            for (ip, before) in undo {
+                w.ipam.forget(&[ip]);
+                if let Some(info) = before {
+                    w.ipam.load_addr(ip, info);
+                }
+            }
+            tracing::warn!(error = %e, puts = writes.len(), "a batch of Service PUTs failed to commit");
+            // The first PUT gets the error itself, the others a copy (errors are not `Clone`).
+            let copies: Vec<StoreError> = (1..writes.len()).map(|_| copy_error(&e)).collect();
+            for (wr, e) in writes.into_iter().zip(std::iter::once(e).chain(copies)) {
+                answers.push((wr.put.answer, Err(e)));
+            }
+        }
+    }
+    answers
+}
+
+/// The same error for another caller: client errors as they are, the rest (logged at the
+/// edge, shown as a 500) with its whole description.
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Invalid(v) => StoreError::Invalid(v.clone()),
+        StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Unprocessable(m) => StoreError::Unprocessable(m.clone()),
+        other => StoreError::Io(format!("the transaction of this PUT and others failed: {other:?}")),
+    }
+}
+
+/// Writes the batch's PUTs in one `BEGIN IMMEDIATE` transaction and commits it, in batch
+/// order: each run of simple PUTs (see [`Write::is_simple`]) as one multi-row statement per
+/// table, sent to SQLite at once, the others as a single PUT always was.
+async fn write_puts(conn: &mut SqliteConnection, writes: &[Write], now: i64) -> Result<()> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut rest = writes;
+    while let Some(first) = rest.first() {
+        if first.is_simple() {
+            let n = rest.iter().position(|w| !w.is_simple()).unwrap_or(rest.len());
+            write_simple(&mut tx, &rest[..n], now).await?;
+            rest = &rest[n..];
+        } else {
+            write_one(&mut tx, first, now).await?;
+            rest = &rest[1..];
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The audit entry of a PUT; its `before` is the Service's row as it still is.
+const AUDIT_ROW: &str = "INSERT INTO audit (time, actor, action, object, before, after) ";
+const AUDIT_BEFORE: &str = "(SELECT json_object('uid', uid, 'spec', json(spec)) FROM services WHERE cluster = ";
+const SERVICE_ROW: &str = "INSERT INTO services (cluster, namespace, name, uid, spec, created_at, updated_at) ";
+const SERVICE_UPSERT: &str = " ON CONFLICT (cluster, namespace, name) DO UPDATE SET uid = excluded.uid, \
+     spec = excluded.spec, updated_at = excluded.updated_at";
+
+/// Audit entries, Services, new addresses and their links for PUTs of distinct Services that
+/// only take new addresses: the same rows as one PUT after the other, in four multi-row
+/// statements sent as one. Rows go in batch order, so audit ids follow it.
+async fn write_simple(conn: &mut SqliteConnection, writes: &[Write], now: i64) -> Result<()> {
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(AUDIT_ROW);
+    // All audit entries first: every Service in the run is distinct, so each `before` still
+    // sees its own Service's row as it was.
+    q.push_values(writes, |mut row, wr| {
+        let k = &wr.put.key;
+        row.push_bind(now)
+            .push_bind(wr.put.actor.as_str())
+            .push_bind(wr.action)
+            .push_bind(format!("service/{k}"))
+            .push(AUDIT_BEFORE)
+            .push_bind_unseparated(k.cluster.as_str())
+            .push_unseparated(" AND namespace = ")
+            .push_bind_unseparated(k.namespace.as_str())
+            .push_unseparated(" AND name = ")
+            .push_bind_unseparated(k.name.as_str())
+            .push_unseparated(")")
+            .push_bind(wr.after.as_str());
+    });
+    q.push("; ").push(SERVICE_ROW);
+    q.push_values(writes, |mut row, wr| {
+        let k = &wr.put.key;
+        row.push_bind(k.cluster.as_str())
+            .push_bind(k.namespace.as_str())
+            .push_bind(k.name.as_str())
+            .push_bind(wr.put.spec.uid.as_str())
+            .push_bind(wr.put.spec_json.as_str())
+            .push_bind(now)
+            .push_bind(now);
+    });
+    q.push(SERVICE_UPSERT);
+    let assigns: Vec<(&Write, &Assign)> = writes
+        .iter()
+        .flat_map(|wr| wr.decision.assign.iter().map(move |a| (wr, a)))
+        .collect();
+    if !assigns.is_empty() {
+        q.push("; INSERT INTO addresses (ip, pool, cluster, sharing_key, state, since) ");
+        q.push_values(&assigns, |mut row, (wr, a)| {
+            row.push_bind(ip_blob(a.ip))
+                .push_bind(a.pool.as_str())
+                .push_bind(wr.put.key.cluster.as_str())
+                .push_bind(wr.put.spec.sharing_key.as_deref())
+                .push("'allocated'")
+                .push_bind(now);
+        });
+        q.push("; INSERT OR IGNORE INTO service_addresses (cluster, namespace, name, ip) ");
+        q.push_values(&assigns, |mut row, (wr, a)| {
+            let k = &wr.put.key;
+            row.push_bind(k.cluster.as_str())
+                .push_bind(k.namespace.as_str())
+                .push_bind(k.name.as_str())
+                .push_bind(ip_blob(a.ip));
+        });
+    }
+    q.build().execute(&mut *conn).await.map_err(|e| {
+        // The allocation state said these addresses were free: only a writer other than this
+        // store can have taken one.
+        StoreError::on_unique(e, || {
+            let ips: Vec<String> = assigns.iter().map(|(_, a)| from_u128(a.ip).to_string()).collect();
+            format!("one of {} was just taken: try again", ips.join(", "))
+        })
+    })?;
+    Ok(())
+}
+
+/// A PUT that keeps, shares, reclaims or releases addresses, written as on its own.
+async fn write_one(conn: &mut SqliteConnection, wr: &Write, now: i64) -> Result<()> {
+    let (put, k) = (&wr.put, &wr.put.key);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{AUDIT_ROW}VALUES (?, ?, ?, ?, {AUDIT_BEFORE}? AND namespace = ? AND name = ?), ?)"
+    )))
+    .bind(now)
+    .bind(&put.actor)
+    .bind(wr.action)
+    .bind(format!("service/{k}"))
+    .bind(&k.cluster)
+    .bind(&k.namespace)
+    .bind(&k.name)
+    .bind(&wr.after)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{SERVICE_ROW}VALUES (?, ?, ?, ?, ?, ?, ?){SERVICE_UPSERT}"
+    )))
+    .bind(&k.cluster)
+    .bind(&k.namespace)
+    .bind(&k.name)
+    .bind(&put.spec.uid)
+    .bind(&put.spec_json)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    write_decision(
+        conn,
+        k,
+        &put.spec.uid,
+        put.spec.sharing_key.as_deref(),
+        &wr.decision,
+        now,
+    )
+    .await
+}
+
 /// Filters of `GET /api/v1/allocations`.
 #[derive(Debug, Clone, Default)]
 pub struct AllocationFilter {
@@ -325,6 +681,8 @@ impl Store {
                 )
                 .await?;
                 tx.commit().await?;
+                // A new cluster has no Services or nodes yet.
+                w.touch_nothing();
                 w.clusters.insert(spec.name.clone());
                 Ok(())
             })
@@ -425,6 +783,7 @@ impl Store {
         let agent_version = agent_version.map(str::to_owned);
         self.write(move |w, now| {
             Box::pin(async move {
+                w.touch_nothing();
                 sqlx::query("UPDATE clusters SET last_contact = ?, agent_version = ? WHERE name = ?")
                     .bind(now)
                     .bind(agent_version)
@@ -441,6 +800,10 @@ impl Store {
 
     /// Stores a Service's spec and allocates its addresses. Idempotent: the same request
     /// changes nothing and writes no audit entry.
+    ///
+    /// Concurrent calls are committed together (see [`PutQueue`]): each is decided in turn
+    /// against the allocation state left by the ones before it, a refused one gets its own
+    /// error, and the others share one transaction.
     pub async fn put_service(
         &self,
         actor: &str,
@@ -450,93 +813,84 @@ impl Store {
         spec: ServiceSpec,
     ) -> Result<Service> {
         validate_service(namespace, name, &spec).map_err(StoreError::Invalid)?;
-        let actor = actor.to_owned();
         let key = ServiceKey::new(cluster, namespace, name);
-        let key2 = key.clone();
-        let written = self.write(move |w, now| {
-            Box::pin(async move {
-                let ports = port_keys(&spec);
-                let req = Request {
-                    key: &key,
-                    uid: &spec.uid,
-                    pool: spec.pool.as_deref(),
-                    requested: &spec.requested_ips,
-                    families: &spec.ip_families,
-                    sharing_key: spec.sharing_key.as_deref(),
-                    ports: &ports,
-                };
-                // Everything up to the first write is decided in memory: an idempotent PUT, an
-                // unknown cluster or a refused allocation costs no database round trip.
-                if !w.clusters.contains(&key.cluster) {
-                    return Err(StoreError::NotFound(format!(
-                        "cluster '{}' does not exist: create it first (POST /api/v1/clusters)",
-                        key.cluster
-                    )));
-                }
-                let decision = w.ipam.decide(&req, now)?;
-                let spec_json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let digest = super::spec_digest(&spec_json);
-                if w.specs.get(&key) == Some(&digest) && decision.keeps_everything() {
-                    return Ok(None);
-                }
-                let after = serde_json::json!({"uid": spec.uid, "ips": ips_json(&decision.assign), "spec": spec});
-                let action =
-                    if decision.assign.iter().any(|a| a.how != How::Keep) { "service.allocate" } else { "service.update" };
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
-                // The audit entry first: its `before` is the row as it still is.
-                sqlx::query(
-                    "INSERT INTO audit (time, actor, action, object, before, after) VALUES (?1, ?2, ?3, ?4, \
-                     (SELECT json_object('uid', uid, 'spec', json(spec)) FROM services \
-                      WHERE cluster = ?5 AND namespace = ?6 AND name = ?7), ?8)",
-                )
-                .bind(now)
-                .bind(&actor)
-                .bind(action)
-                .bind(format!("service/{key}"))
-                .bind(&key.cluster)
-                .bind(&key.namespace)
-                .bind(&key.name)
-                .bind(after.to_string())
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO services (cluster, namespace, name, uid, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?6, ?6) \
-                     ON CONFLICT (cluster, namespace, name) DO UPDATE SET uid = excluded.uid, spec = excluded.spec, \
-                     updated_at = excluded.updated_at",
-                )
-                .bind(&key.cluster)
-                .bind(&key.namespace)
-                .bind(&key.name)
-                .bind(&spec.uid)
-                .bind(&spec_json)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                write_decision(&mut tx, &key, &spec.uid, spec.sharing_key.as_deref(), &decision, now).await?;
-                tx.commit().await?;
-                w.ipam.apply(&req, &decision);
-                w.specs.insert(key.clone(), digest);
-                // Answer from what was just committed: no second read on the hot path.
-                let addresses: Vec<AssignedIp> =
-                    decision.assign.iter().map(|a| AssignedIp { ip: from_u128(a.ip), pool: a.pool.clone() }).collect();
-                Ok(Some(Service {
-                    cluster: key.cluster.clone(),
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                    uid: spec.uid.clone(),
-                    ips: addresses.iter().map(|a| a.ip).collect(),
-                    pool: addresses.first().map(|a| a.pool.clone()),
-                    addresses,
-                    spec: Some(spec),
-                    updated_at: ts(now),
-                }))
-            })
-        })
-        .await?;
+        let (put, answered) = PendingPut::new(actor, key.clone(), spec)?;
+        let start_drainer = {
+            let mut q = self.inner.puts.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.push_back(put);
+            !std::mem::replace(&mut q.draining, true)
+        };
+        if start_drainer {
+            // A task of its own: a client hanging up cannot cancel a batch mid-commit.
+            tokio::spawn(self.clone().drain_puts());
+        }
+        let written = answered
+            .await
+            .map_err(|_| StoreError::Io("the store's writer stopped before answering".into()))??;
         match written {
             Some(service) => Ok(service),
-            None => self.get_service(&key2.cluster, &key2.namespace, &key2.name).await,
+            None => self.get_service(&key.cluster, &key.namespace, &key.name).await,
         }
+    }
+
+    /// Commits queued PUTs a batch at a time until the queue is empty. The writer's lock is
+    /// taken once per batch, so other writes still get their turn between batches.
+    async fn drain_puts(self) {
+        let _reset = ResetOnPanic(&self);
+        loop {
+            let this = self.clone();
+            let answers = self
+                .write_here(move |w, now| {
+                    Box::pin(async move {
+                        // Taken under the writer's lock: whatever queued while the previous
+                        // holder worked joins this batch.
+                        let batch = this.take_puts();
+                        if batch.is_empty() {
+                            w.touch_nothing();
+                            return Ok(None);
+                        }
+                        Ok(Some(put_batch(w, batch, now).await))
+                    })
+                })
+                .await;
+            match answers {
+                // Sent after the journal has the batch's changes: an answered caller sees them.
+                Ok(Some(answers)) => {
+                    for (tx, answer) in answers {
+                        // The caller may have gone; what it asked for is committed all the same.
+                        let _ = tx.send(answer);
+                    }
+                }
+                Ok(None) => break,
+                // `put_batch` answers its errors itself: the closure never fails.
+                Err(e) => tracing::error!(error = %e, "a batch of Service PUTs failed outside its transaction"),
+            }
+        }
+    }
+
+    /// Up to [`MAX_BATCH`] queued PUTs, oldest first, at most one per Service: a second PUT of
+    /// the same Service waits for the next batch, so it is decided against the first one's
+    /// committed state and its audit entry's `before` is what the first one wrote. Marks the
+    /// queue as not drained when it is empty (under its lock, so no PUT is left behind).
+    fn take_puts(&self) -> Vec<PendingPut> {
+        let mut q = self.inner.puts.lock().unwrap_or_else(|e| e.into_inner());
+        if q.pending.is_empty() {
+            q.draining = false;
+            return Vec::new();
+        }
+        let mut keys = HashSet::new();
+        let mut batch = Vec::new();
+        let mut rest = VecDeque::new();
+        for p in q.pending.drain(..) {
+            if batch.len() < MAX_BATCH && !keys.contains(&p.key) {
+                keys.insert(p.key.clone());
+                batch.push(p);
+            } else {
+                rest.push_back(p);
+            }
+        }
+        q.pending = rest;
+        batch
     }
 
     /// Releases a Service's addresses (each held for it for its pool's hold period) and
@@ -578,6 +932,7 @@ impl Store {
                 )
                 .await?;
                 tx.commit().await?;
+                w.touch(Change::Service(key.clone()));
                 w.specs.remove(&key);
                 w.ipam.apply_release(&key, &uid, &releases);
                 Ok(())
@@ -724,9 +1079,12 @@ impl Store {
                     let mut conflicts = Vec::new();
                     let mut reserved = Vec::new();
                     let mut count = 0usize;
+                    // The Services that got an address in this sync.
+                    let mut touched = Vec::new();
                     for s in &req.services {
                         let key = ServiceKey::new(&cluster, &s.namespace, &s.name);
                         let mut any = false;
+                        let count_before = count;
                         for ip in &s.ips {
                             match ipam.decide_reserve(&key, &s.uid, *ip, s.sharing_key.as_deref(), now) {
                                 Ok(None) => any = true,
@@ -769,6 +1127,9 @@ impl Store {
                         if any {
                             reserved.push((s.namespace.clone(), s.name.clone()));
                         }
+                        if count > count_before {
+                            touched.push(key);
+                        }
                     }
                     if count > 0 {
                         let after = serde_json::json!({"reserved_addresses": count, "services_listed": req.services.len()});
@@ -776,6 +1137,10 @@ impl Store {
                     }
                     tx.commit().await?;
                     w.ipam = ipam;
+                    w.touch_nothing();
+                    for key in touched {
+                        w.touch(Change::Service(key));
+                    }
                     Ok((reserved, conflicts))
                 })
             })
@@ -845,6 +1210,8 @@ impl Store {
                 require_cluster(&mut tx, &cluster).await?;
                 let old = nodes_of(&mut tx, &cluster).await?;
                 if old == list.nodes {
+                    drop(tx);
+                    w.touch_nothing();
                     return Ok(());
                 }
                 sqlx::query("DELETE FROM nodes WHERE cluster = ?").bind(&cluster).execute(&mut *tx).await?;
@@ -872,6 +1239,7 @@ impl Store {
                 audit(&mut tx, now, &actor, "nodes.update", &format!("cluster/{cluster}/nodes"), Some(&summary(&old)), Some(&summary(&list.nodes)))
                     .await?;
                 tx.commit().await?;
+                w.touch(Change::Nodes(cluster.clone()));
                 Ok(())
             })
         })

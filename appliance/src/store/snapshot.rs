@@ -2,14 +2,14 @@
 //! Services with their specs and allocated addresses, and every cluster's nodes. One read
 //! transaction, so the reconciler never sees a Service's new address with the old node list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use edgelb_api::{AssignedIp, Node, ServiceSpec};
+use edgelb_api::{AssignedIp, HealthOverrides, Node, ServiceSpec};
 use sqlx::Row;
 
 use super::{Result, Store, StoreError, blob_ip, json_vec};
-use crate::ipam::{IpRange, from_u128};
+use crate::ipam::{IpRange, ServiceKey, from_u128};
 
 /// A pool as the data plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub struct SnapshotPool {
     pub ranges: Vec<IpRange>,
     /// The default IPVS scheduler of its Services.
     pub scheduler: String,
+    /// Health-check settings of its Services, below each Service's own
+    /// (`reconcile::overrides::effective`); `None` when the pool overrides nothing.
+    pub health: Option<HealthOverrides>,
 }
 
 /// A Service with its allocated addresses.
@@ -47,7 +50,7 @@ impl Store {
         let mut tx = self.read().begin().await?;
 
         let mut pools = Vec::new();
-        for row in sqlx::query("SELECT name, ranges, scheduler FROM pools ORDER BY name")
+        for row in sqlx::query("SELECT name, ranges, scheduler, health FROM pools ORDER BY name")
             .fetch_all(&mut *tx)
             .await?
         {
@@ -56,10 +59,12 @@ impl Store {
                 .iter()
                 .map(|r| IpRange::parse(r).map_err(|e| StoreError::Corrupt(format!("pool '{name}': {e}"))))
                 .collect::<Result<Vec<_>>>()?;
+            let health = super::pools::health_of(&name, row.try_get::<Option<&str>, _>(3)?)?;
             pools.push(SnapshotPool {
                 name,
                 ranges,
                 scheduler: row.try_get(2)?,
+                health,
             });
         }
 
@@ -124,5 +129,56 @@ impl Store {
         }
         tx.commit().await?;
         Ok(DataplaneSnapshot { pools, services, nodes })
+    }
+}
+
+impl Store {
+    /// Some Services as [`dataplane_snapshot`](Store::dataplane_snapshot) shows them, in one
+    /// read transaction; a key without a Service (deleted) is left out. For a reconcile pass
+    /// that redoes only the Services a change named.
+    pub async fn snapshot_services(&self, keys: &BTreeSet<ServiceKey>) -> Result<Vec<SnapshotService>> {
+        let mut tx = self.read().begin().await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let row = sqlx::query("SELECT spec FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
+                .bind(&key.cluster)
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else { continue };
+            let spec = match row.try_get::<Option<String>, _>(0)? {
+                Some(text) => Some(
+                    serde_json::from_str::<ServiceSpec>(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("service spec: {e}")))?,
+                ),
+                None => None,
+            };
+            let mut addresses = Vec::new();
+            for row in sqlx::query(
+                "SELECT sa.ip, a.pool FROM service_addresses sa JOIN addresses a USING (ip) \
+                 WHERE sa.cluster = ? AND sa.namespace = ? AND sa.name = ? AND a.state = 'allocated' ORDER BY sa.ip",
+            )
+            .bind(&key.cluster)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                addresses.push(AssignedIp {
+                    ip: from_u128(blob_ip(row.try_get::<&[u8], _>(0)?)?),
+                    pool: row.try_get(1)?,
+                });
+            }
+            out.push(SnapshotService {
+                cluster: key.cluster.clone(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                spec,
+                addresses,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 }

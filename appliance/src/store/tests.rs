@@ -35,6 +35,7 @@ fn pool(name: &str, ranges: &[&str]) -> PoolSpec {
         namespaces: vec![],
         scheduler: "wlc".to_owned(),
         hold_seconds: 600,
+        health: None,
     }
 }
 
@@ -1601,4 +1602,287 @@ async fn backup_is_a_consistent_copy_that_opens_as_a_store() {
         ["10.0.0.1"]
     );
     copy.ping().await.expect("ping");
+}
+
+// ---- the change journal ----
+
+#[tokio::test]
+async fn the_journal_names_what_each_commit_changed() {
+    let (_dir, store) = with_pool_and_cluster(&[pool("p", &["10.0.0.0/24"])], "prod").await;
+    let (start, _) = store.changes_since(0);
+    let key = |n: &str| crate::ipam::ServiceKey::new("prod", "default", n);
+
+    store
+        .put_service(ACTOR, "prod", "default", "web", service("uid-web", &[80]))
+        .await
+        .expect("put web");
+    store
+        .put_service(ACTOR, "prod", "default", "api", service("uid-api", &[80]))
+        .await
+        .expect("put api");
+    let (after_puts, dirty) = store.changes_since(start);
+    assert_eq!(after_puts, start + 2, "one generation per commit");
+    assert!(!dirty.all);
+    assert_eq!(dirty.services, BTreeSet::from([key("api"), key("web")]));
+    assert!(dirty.nodes.is_empty());
+    assert_eq!(
+        *store.subscribe().borrow(),
+        after_puts,
+        "the watch carries the generation"
+    );
+
+    // A repeated PUT, a token, an unchanged node list: nothing for the data plane, no wake-up.
+    store
+        .put_service(ACTOR, "prod", "default", "web", service("uid-web", &[80]))
+        .await
+        .expect("repeat");
+    store
+        .create_token(
+            ACTOR,
+            TokenSpec {
+                name: "t".into(),
+                role: edgelb_api::Role::Viewer,
+                cluster: None,
+            },
+        )
+        .await
+        .expect("token");
+    let (now, dirty) = store.changes_since(after_puts);
+    assert_eq!((now, dirty.is_empty()), (after_puts, true));
+
+    let list = NodeList {
+        nodes: vec![node("n1", "192.0.2.1", true)],
+    };
+    store.put_nodes(ACTOR, "prod", list.clone()).await.expect("nodes");
+    store.put_nodes(ACTOR, "prod", list).await.expect("same nodes");
+    store
+        .delete_service(ACTOR, "prod", "default", "api")
+        .await
+        .expect("delete");
+    let (now, dirty) = store.changes_since(after_puts);
+    assert_eq!(now, after_puts + 2);
+    assert_eq!(
+        (dirty.all, dirty.services, dirty.nodes),
+        (false, BTreeSet::from([key("api")]), BTreeSet::from(["prod".to_owned()]))
+    );
+    // Only what came after the generation asked about.
+    let (_, dirty) = store.changes_since(now - 1);
+    assert_eq!(dirty.services, BTreeSet::from([key("api")]));
+    assert!(dirty.nodes.is_empty());
+
+    // A pool change may move ownership of any VIP: everything is dirty.
+    store
+        .patch_pool(
+            ACTOR,
+            "p",
+            PoolPatch {
+                priority: Some(5),
+                ..PoolPatch::default()
+            },
+        )
+        .await
+        .expect("patch");
+    let (_, dirty) = store.changes_since(now);
+    assert!(dirty.all);
+    // A generation the journal no longer covers (or from the future) also means everything.
+    assert!(store.changes_since(now + 10).1.all);
+}
+
+// ---- per-pool health overrides (issue 6) ----
+
+use edgelb_api::HealthOverrides;
+
+fn health(interval_ms: Option<u32>, timeout_ms: Option<u32>, rise: Option<u32>, fall: Option<u32>) -> HealthOverrides {
+    HealthOverrides {
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+    }
+}
+
+fn invalid_fields(r: Result<edgelb_api::Pool>) -> Vec<String> {
+    match r {
+        Err(StoreError::Invalid(errors)) => errors.into_iter().map(|e| e.field).collect(),
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+async fn snapshot_health(store: &Store, pool: &str) -> Option<HealthOverrides> {
+    let snap = store.dataplane_snapshot().await.expect("snapshot");
+    snap.pools
+        .into_iter()
+        .find(|p| p.name == pool)
+        .unwrap_or_else(|| panic!("pool {pool} in the snapshot"))
+        .health
+}
+
+#[tokio::test]
+async fn pool_health_overrides_are_validated_stored_patched_and_cleared() {
+    let (dir, store) = open().await;
+    let spec = PoolSpec {
+        health: Some(health(Some(500), None, None, Some(2))),
+        ..pool("public", &["203.0.113.0/24"])
+    };
+    let created = store.create_pool(ACTOR, spec.clone()).await.expect("create");
+    assert_eq!(created.spec, spec);
+    assert_eq!(snapshot_health(&store, "public").await, spec.health);
+
+    // Every problem at once, with its path under `health`, next to the allocator's own.
+    let bad = PoolSpec {
+        health: Some(health(Some(10), Some(200), Some(0), Some(101))),
+        ..pool("bad", &["banana"])
+    };
+    assert_eq!(
+        invalid_fields(store.create_pool(ACTOR, bad).await),
+        [
+            "ranges[0]",
+            "health.interval_ms",
+            "health.timeout_ms",
+            "health.rise",
+            "health.fall"
+        ]
+    );
+
+    // A PATCH without `health` keeps it.
+    let p = store
+        .patch_pool(
+            ACTOR,
+            "public",
+            PoolPatch {
+                priority: Some(5),
+                ..PoolPatch::default()
+            },
+        )
+        .await
+        .expect("patch priority");
+    assert_eq!(p.spec.health, spec.health, "absent: unchanged");
+
+    // An object replaces the overrides whole: `fall` is not carried over.
+    let replaced = Some(health(None, Some(300), Some(3), None));
+    let p = store
+        .patch_pool(
+            ACTOR,
+            "public",
+            PoolPatch {
+                health: Some(replaced),
+                ..PoolPatch::default()
+            },
+        )
+        .await
+        .expect("patch health");
+    assert_eq!(p.spec.health, replaced);
+
+    // An invalid one changes nothing.
+    let fields = invalid_fields(
+        store
+            .patch_pool(
+                ACTOR,
+                "public",
+                PoolPatch {
+                    health: Some(Some(health(Some(100), Some(200), None, None))),
+                    ..PoolPatch::default()
+                },
+            )
+            .await,
+    );
+    assert_eq!(fields, ["health.timeout_ms"]);
+    assert_eq!(store.get_pool("public").await.expect("get").spec.health, replaced);
+
+    // It survives a restart.
+    drop(store);
+    let store = Store::open(dir.path()).await.expect("reopen");
+    assert_eq!(store.get_pool("public").await.expect("get").spec.health, replaced);
+    assert_eq!(snapshot_health(&store, "public").await, replaced);
+
+    // `null` removes them.
+    let p = store
+        .patch_pool(
+            ACTOR,
+            "public",
+            PoolPatch {
+                health: Some(None),
+                ..PoolPatch::default()
+            },
+        )
+        .await
+        .expect("clear");
+    assert_eq!(p.spec.health, None);
+    assert_eq!(snapshot_health(&store, "public").await, None);
+    let actions = audit_actions(&store).await;
+    assert_eq!(actions.iter().filter(|a| *a == "pool.update").count(), 3, "{actions:?}");
+}
+
+/// A data directory made by a release that had only migrations 0001 and 0002, with a pool and
+/// an address held in it, opened by this release: the pool and the hold are all there, the pool
+/// has no health overrides, and they can be set.
+#[tokio::test]
+async fn a_database_from_before_pool_health_upgrades_without_losing_its_pools() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let old_migrations = tempfile::tempdir().expect("temp dir");
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for file in ["0001_initial.sql", "0002_console.sql"] {
+        std::fs::copy(here.join(file), old_migrations.path().join(file)).expect("copy migration");
+    }
+    {
+        let mut conn = SqliteConnection::connect_with(&options(&dir.path().join(DB_FILE)))
+            .await
+            .expect("create the old database");
+        let old = sqlx::migrate::Migrator::new(old_migrations.path())
+            .await
+            .expect("old migrations");
+        old.run(&mut conn).await.expect("migrate to version 2");
+        let until = now() + 3600;
+        sqlx::query(
+            "INSERT INTO pools (name, ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, \
+             scheduler, hold_seconds, created_at, updated_at) \
+             VALUES ('legacy', '[\"198.51.100.0/28\"]', 1, 0, 7, '[]', '[\"web\"]', 'rr', 900, 1, 2)",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("old pool");
+        sqlx::query(
+            "INSERT INTO addresses (ip, pool, cluster, state, held_namespace, held_name, held_uid, held_until, since) \
+             VALUES (?, 'legacy', 'prod', 'held', 'web', 'shop', 'uid-1', ?, 1)",
+        )
+        .bind(ip_blob(crate::ipam::to_u128("198.51.100.3".parse().expect("ip"))))
+        .bind(until)
+        .execute(&mut conn)
+        .await
+        .expect("old hold");
+        conn.close().await.expect("close");
+    }
+
+    let store = Store::open(dir.path()).await.expect("open and upgrade");
+    let p = store.get_pool("legacy").await.expect("the old pool is still there");
+    assert_eq!(
+        p.spec,
+        PoolSpec {
+            name: "legacy".into(),
+            ranges: vec!["198.51.100.0/28".into()],
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            priority: 7,
+            clusters: vec![],
+            namespaces: vec!["web".into()],
+            scheduler: "rr".into(),
+            hold_seconds: 900,
+            health: None,
+        }
+    );
+    assert_eq!(p.usage.held, 1, "the hold survived");
+    assert_eq!(snapshot_health(&store, "legacy").await, None);
+    let p = store
+        .patch_pool(
+            ACTOR,
+            "legacy",
+            PoolPatch {
+                health: Some(Some(health(None, None, None, Some(5)))),
+                ..PoolPatch::default()
+            },
+        )
+        .await
+        .expect("set health on the upgraded pool");
+    assert_eq!(p.spec.health, Some(health(None, None, None, Some(5))));
+    assert_eq!(p.spec.priority, 7, "the rest untouched");
 }

@@ -57,6 +57,8 @@ fn spec_of(f: &PoolForm) -> Result<PoolSpec, FieldErrors> {
         namespaces: list(&f.namespaces),
         scheduler: f.scheduler.trim().to_owned(),
         hold_seconds,
+        // Not on the form: set with the API (`PATCH /api/v1/pools/{name}`), shown on the pool page.
+        health: None,
     })
 }
 
@@ -170,6 +172,8 @@ pub async fn update_pool(
         namespaces: Some(spec.namespaces),
         scheduler: Some(spec.scheduler),
         hold_seconds: Some(spec.hold_seconds),
+        // The form has no health fields: an edit keeps the pool's overrides.
+        health: None,
     };
     match s.store.patch_pool(&user.actor(), &name, patch).await {
         Ok(_) => {

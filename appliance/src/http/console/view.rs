@@ -123,6 +123,8 @@ pub struct PoolRow {
     pub auto_assign: bool,
     pub priority: i32,
     pub scope: String,
+    /// The pool's health-check overrides in words.
+    pub health: String,
 }
 
 impl PoolRow {
@@ -141,7 +143,32 @@ impl PoolRow {
                 list(&s.clusters, "all"),
                 list(&s.namespaces, "all")
             ),
+            health: health_text(s.health.as_ref()),
         }
+    }
+}
+
+/// Health-check overrides in words, e.g. `interval 500 ms, fall 2; the rest from the appliance's
+/// defaults`.
+pub fn health_text(h: Option<&edgelb_api::HealthOverrides>) -> String {
+    let Some(h) = h else {
+        return "the appliance's defaults".to_owned();
+    };
+    let ms = |name: &str, v: Option<u32>| v.map(|v| format!("{name} {v} ms"));
+    let n = |name: &str, v: Option<u32>| v.map(|v| format!("{name} {v}"));
+    let set: Vec<String> = [
+        ms("interval", h.interval_ms),
+        ms("timeout", h.timeout_ms),
+        n("rise", h.rise),
+        n("fall", h.fall),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match set.len() {
+        0 => "the appliance's defaults".to_owned(),
+        4 => set.join(", "),
+        _ => format!("{}; the rest from the appliance's defaults", set.join(", ")),
     }
 }
 
@@ -772,5 +799,31 @@ mod tests {
     fn query_strings_skip_empty_values_and_escape_the_rest() {
         assert_eq!(query(&[("ip", ""), ("pool", "a b/c")]), "?pool=a%20b%2Fc");
         assert_eq!(query(&[("ip", "")]), "");
+    }
+
+    #[test]
+    fn pool_health_overrides_read_as_words() {
+        use edgelb_api::HealthOverrides;
+        let o = |interval_ms, timeout_ms, rise, fall| HealthOverrides {
+            interval_ms,
+            timeout_ms,
+            rise,
+            fall,
+        };
+        let cases: &[(Option<HealthOverrides>, &str)] = &[
+            (None, "the appliance's defaults"),
+            (Some(HealthOverrides::default()), "the appliance's defaults"),
+            (
+                Some(o(Some(500), None, None, Some(2))),
+                "interval 500 ms, fall 2; the rest from the appliance's defaults",
+            ),
+            (
+                Some(o(Some(1000), Some(300), Some(2), Some(3))),
+                "interval 1000 ms, timeout 300 ms, rise 2, fall 3",
+            ),
+        ];
+        for (h, want) in cases {
+            assert_eq!(health_text(h.as_ref()), *want, "{h:?}");
+        }
     }
 }

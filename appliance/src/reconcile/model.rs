@@ -1,0 +1,510 @@
+//! The desired state as the reconciler keeps it between passes: built whole from a store
+//! snapshot ([`Model::build`]), then changed one Service at a time ([`Model::replace`]), so that
+//! a change to one Service costs the same with 10 Services or 10,000.
+//!
+//! Besides the desired [`State`] it remembers what each Service contributed (its virtual
+//! services and VIPs), how many forwarded ports need each nftables set element and each VIP
+//! (two Services may share an address), and which real servers use each probed target. A
+//! replacement reports what it [`Touched`], and [`Model::plan_touched`] compares only that with
+//! the kernel. A full build and a series of replacements give the same model (tested).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use edgelb_api::{IpFamily, Node, SessionAffinity};
+
+use super::desired::{
+    CLOSED, DEFAULT_AFFINITY_TIMEOUT, Drains, HealthInput, HealthPlan, RsKey, eligible, node_address, target_of, weigh,
+};
+use super::{Desired, Ownership, plan_state};
+use crate::dataplane::nft::{self, IpPrefix};
+use crate::dataplane::{Manages, Op, RealServer, RsSpec, State, VirtualService, VsKey, VsSpec};
+use crate::health::{Settings, Target};
+use crate::ipam::ServiceKey;
+use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService};
+
+/// The desired state, with what is needed to change one Service of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    manages: Manages,
+    owned: Ownership,
+    pools: Vec<SnapshotPool>,
+    nodes: BTreeMap<String, Vec<Node>>,
+    /// Desired virtual services, real servers and addresses.
+    state: State,
+    /// The nftables side of each virtual service (only when the table is managed).
+    forwards: BTreeMap<VsKey, nft::Forward>,
+    /// How many forwards need each set element.
+    elements: HashMap<nft::Element, u32>,
+    /// How many Services forward on each VIP.
+    vips: BTreeMap<IpAddr, u32>,
+    parts: HashMap<ServiceKey, Part>,
+    hp: HealthPlan,
+    /// How many real servers are probed through each target.
+    users: HashMap<Target, u32>,
+    /// The real servers with their own settings (a Service's or pool's) probed through each
+    /// target, in key order: the first decides the target's settings. Only those, to keep the
+    /// memory of 100,000 targets with default settings small.
+    tuned: HashMap<Target, Vec<RsKey>>,
+}
+
+/// The smallest socket address: IPv4 sorts before IPv6, and 0.0.0.0:0 first of all.
+const LOWEST: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// What one Service contributed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Part {
+    keys: Vec<VsKey>,
+    vips: Vec<IpAddr>,
+    /// The node addresses whose node-level check its eligible real servers depend on, once per
+    /// real server (with the node check on).
+    nodes: Vec<IpAddr>,
+}
+
+/// What replacements changed: where a plan must compare, which targets' probes to update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub services: BTreeSet<VsKey>,
+    pub vips: BTreeSet<IpAddr>,
+    pub elements: BTreeSet<nft::Element>,
+    pub targets: BTreeSet<Target>,
+}
+
+impl Model {
+    /// The whole desired state from a snapshot.
+    pub fn build(snap: DataplaneSnapshot, manages: Manages, health: &HealthInput<'_>) -> Model {
+        let mut m = Model {
+            manages,
+            owned: Ownership::new(snap.pools.iter().flat_map(|p| p.ranges.iter().copied()).collect()),
+            pools: snap.pools,
+            nodes: snap.nodes,
+            state: State {
+                addresses: manages.addresses.then(BTreeSet::new),
+                ..State::default()
+            },
+            ..Model::default()
+        };
+        m.hp.node_port = health.node_port;
+        for svc in snap.services {
+            m.insert(svc, health, None);
+        }
+        m
+    }
+
+    /// The desired state and its health side, as [`super::desired_with`] returns them.
+    pub fn into_parts(self) -> (Desired, HealthPlan) {
+        let ruleset = self.ruleset();
+        (
+            Desired {
+                state: self.state,
+                owned: self.owned,
+                ruleset,
+            },
+            self.hp,
+        )
+    }
+
+    pub fn owned(&self) -> &Ownership {
+        &self.owned
+    }
+
+    pub fn health_plan(&self) -> &HealthPlan {
+        &self.hp
+    }
+
+    /// Forgets when the next drain ends (for comparing models in tests: a removed Service's
+    /// deadline may linger in one built by replacements, which costs one needless pass).
+    #[cfg(test)]
+    pub fn without_deadline(mut self) -> Model {
+        self.hp.next_deadline = None;
+        self
+    }
+
+    /// The fields in which two models differ, for a readable test failure.
+    #[cfg(test)]
+    pub fn differences(&self, other: &Model) -> Vec<String> {
+        let mut out = Vec::new();
+        macro_rules! cmp {
+            ($($f:ident).+) => {
+                if self.$($f).+ != other.$($f).+ {
+                    out.push(format!("{}: {:?}\n  vs {:?}", stringify!($($f).+), self.$($f).+, other.$($f).+));
+                }
+            };
+        }
+        macro_rules! cmp_map {
+            ($($f:ident).+) => {
+                if self.$($f).+ != other.$($f).+ {
+                    let a: Vec<_> = self.$($f).+.iter().filter(|(k, v)| other.$($f).+.get(*k) != Some(*v)).collect();
+                    let b: Vec<_> = other.$($f).+.iter().filter(|(k, v)| self.$($f).+.get(*k) != Some(*v)).collect();
+                    out.push(format!("{}: {a:?}\n  vs {b:?}", stringify!($($f).+)));
+                }
+            };
+        }
+        cmp_map!(state.services);
+        cmp!(state.addresses);
+        cmp_map!(state.real_servers);
+        cmp_map!(forwards);
+        cmp_map!(elements);
+        cmp_map!(vips);
+        cmp_map!(parts);
+        cmp_map!(hp.targets);
+        cmp_map!(hp.overrides);
+        cmp_map!(hp.nodes);
+        cmp!(hp.node_port);
+        cmp!(hp.drains);
+        cmp_map!(users);
+        cmp_map!(tuned);
+        out
+    }
+
+    /// Takes the drains out, for the next full build.
+    pub fn into_drains(self) -> Drains {
+        self.hp.drains
+    }
+
+    /// The nftables table's content, when the data plane manages it.
+    fn ruleset(&self) -> Option<nft::Ruleset> {
+        self.manages.rules.then(|| nft::Ruleset {
+            snat: Default::default(),
+            forwards: self.forwards.values().cloned().collect(),
+        })
+    }
+
+    /// The operations that bring `observed` to the whole desired state (as [`super::plan`]).
+    pub fn plan_full(&self, observed: &State) -> Vec<Op> {
+        plan_state(&self.state, &self.owned, self.ruleset().as_ref(), observed)
+    }
+
+    /// Replaces one Service (`None`: it is gone) and records what changed in `touched`. The
+    /// drain memory of the Service's virtual services carries over; `health.drains` is not read.
+    pub fn replace(
+        &mut self,
+        key: &ServiceKey,
+        svc: Option<SnapshotService>,
+        health: &HealthInput<'_>,
+        touched: &mut Touched,
+    ) {
+        let drains = self.remove(key, touched);
+        if let Some(svc) = svc {
+            let h = HealthInput {
+                drains: &drains,
+                ..*health
+            };
+            self.insert(svc, &h, Some(touched));
+        }
+    }
+
+    /// Removes a Service's contribution; returns the drain memory of its virtual services.
+    fn remove(&mut self, key: &ServiceKey, touched: &mut Touched) -> Drains {
+        let mut drains = Drains::default();
+        let Some(part) = self.parts.remove(key) else {
+            return drains;
+        };
+        for k in part.keys {
+            touched.services.insert(k);
+            self.state.services.remove(&k);
+            let addrs: Vec<SocketAddr> = self.state.real_servers_of(k).map(|(a, _)| a).collect();
+            for a in addrs {
+                self.state.real_servers.remove(&(k, a));
+            }
+            // Every eligible node's target, also of a real server already drained away.
+            let probed: Vec<SocketAddr> = self
+                .hp
+                .targets
+                .range((k, LOWEST)..)
+                .take_while(|((key, _), _)| *key == k)
+                .map(|((_, a), _)| *a)
+                .collect();
+            for a in probed {
+                let Some(t) = self.hp.targets.remove(&(k, a)) else {
+                    continue;
+                };
+                if let Some(tuned) = self.tuned.get_mut(&t) {
+                    tuned.retain(|u| *u != (k, a));
+                    if tuned.is_empty() {
+                        self.tuned.remove(&t);
+                    }
+                }
+                if let Some(n) = self.users.get_mut(&t) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.users.remove(&t);
+                    }
+                }
+                touched.targets.insert(t);
+            }
+            self.hp.overrides.remove(&k);
+            if let Some(p) = self.hp.drains.present.remove(&k) {
+                drains.present.insert(k, p);
+            }
+            if let Some(l) = self.hp.drains.leaving.remove(&k) {
+                drains.leaving.insert(k, l);
+            }
+            if let Some(f) = self.forwards.remove(&k) {
+                for e in nft::forward_elements(&f) {
+                    if let Some(n) = self.elements.get_mut(&e) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.elements.remove(&e);
+                        }
+                    }
+                    touched.elements.insert(e);
+                }
+            }
+        }
+        if let Some(port) = self.hp.node_port {
+            for node in part.nodes {
+                let t = crate::health::node_target(node, port);
+                if let Some(n) = self.hp.nodes.get_mut(&t) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.hp.nodes.remove(&t);
+                    }
+                }
+                touched.targets.insert(t);
+            }
+        }
+        for vip in part.vips {
+            touched.vips.insert(vip);
+            if let Some(n) = self.vips.get_mut(&vip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.vips.remove(&vip);
+                    if let Some(addrs) = &mut self.state.addresses {
+                        addrs.remove(&vip);
+                    }
+                }
+            }
+        }
+        drains
+    }
+
+    /// Adds a Service's contribution: for each of its VIPs inside a pool and each port, a
+    /// virtual service with the Service's scheduler (else its pool's) and persistence
+    /// (`sessionAffinity: ClientIP`), whose real servers are the eligible nodes' addresses of
+    /// the VIP's family at the NodePort, weighed by health ([`weigh`]).
+    fn insert(&mut self, svc: SnapshotService, health: &HealthInput<'_>, mut touched: Option<&mut Touched>) {
+        let Some(spec) = &svc.spec else { return };
+        let key = ServiceKey::new(&svc.cluster, &svc.namespace, &svc.name);
+        let mut part = Part::default();
+        let nodes = self.nodes.get(&svc.cluster).map(Vec::as_slice).unwrap_or_default();
+        let listed: BTreeSet<IpAddr> = nodes.iter().flat_map(|n| n.addresses.iter().copied()).collect();
+        for assigned in &svc.addresses {
+            let vip = assigned.ip;
+            if !self.owned.owns(vip) {
+                continue;
+            }
+            let pool = self.pools.iter().find(|p| p.name == assigned.pool);
+            let vs_spec = VsSpec {
+                scheduler: spec
+                    .scheduler
+                    .clone()
+                    .or_else(|| pool.map(|p| p.scheduler.clone()))
+                    .unwrap_or_else(|| "wlc".to_owned()),
+                persistence: (spec.session_affinity == SessionAffinity::ClientIp).then(|| {
+                    spec.session_affinity_timeout_seconds
+                        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+                }),
+            };
+            let overrides = super::overrides::effective(spec.health, pool.and_then(|p| p.health));
+            let family = IpFamily::of(&vip);
+            // All the ranges, of both families: a non-empty list restricts the VIP, and the
+            // renderer allows only the VIP's family's prefixes. Filtering by family here would
+            // turn `["10.0.0.0/8"]` into an empty list, which means "everyone", for the IPv6 VIP
+            // of a dual-stack Service. The store validated them; should one still not parse, it
+            // becomes a prefix no client has, so the VIP stays closed rather than open.
+            let source_ranges: Vec<IpPrefix> = spec
+                .source_ranges
+                .iter()
+                .map(|r| {
+                    r.parse::<IpPrefix>().unwrap_or_else(|_| {
+                        tracing::error!(range = %r, "unparsable source range: the VIP stays closed to it");
+                        CLOSED
+                    })
+                })
+                .collect();
+            let backends: Vec<IpAddr> = nodes
+                .iter()
+                .filter(|n| eligible(n, &svc))
+                .filter_map(|n| node_address(n, family))
+                .collect();
+            for port in &spec.ports {
+                let k = VsKey::new(vip, port.port, port.protocol);
+                // Two Services on one key cannot be stored; should it happen, the first wins.
+                if self.state.services.contains_key(&k) {
+                    continue;
+                }
+                part.keys.push(k);
+                if let Some(t) = touched.as_deref_mut() {
+                    t.services.insert(k);
+                }
+                self.state.services.insert(
+                    k,
+                    VirtualService {
+                        spec: vs_spec.clone(),
+                        counters: Default::default(),
+                    },
+                );
+                let eligible: Vec<(SocketAddr, Option<Target>)> = backends
+                    .iter()
+                    .map(|a| (SocketAddr::new(*a, port.node_port), target_of(spec, *a, port)))
+                    .collect();
+                let mut weights = weigh(k, &eligible, &listed, overrides, health, &mut self.hp);
+                if let Some(port) = self.hp.node_port {
+                    for (a, _) in &eligible {
+                        let t = crate::health::node_target(a.ip(), port);
+                        *self.hp.nodes.entry(t.clone()).or_default() += 1;
+                        part.nodes.push(a.ip());
+                        if let Some(touched) = touched.as_deref_mut() {
+                            touched.targets.insert(t);
+                        }
+                    }
+                }
+                // In address order, whatever the order nodes became eligible or left in.
+                weights.sort_unstable();
+                for (a, target) in &eligible {
+                    let Some(target) = target else { continue };
+                    if !self.hp.targets.contains_key(&(k, *a)) {
+                        continue;
+                    }
+                    *self.users.entry(target.clone()).or_default() += 1;
+                    if overrides.is_some() {
+                        let tuned = self.tuned.entry(target.clone()).or_default();
+                        if let Err(at) = tuned.binary_search(&(k, *a)) {
+                            tuned.insert(at, (k, *a));
+                        }
+                    }
+                    if let Some(t) = touched.as_deref_mut() {
+                        t.targets.insert(target.clone());
+                    }
+                }
+                if self.manages.rules {
+                    let f = nft::Forward {
+                        vip,
+                        port: port.port,
+                        protocol: port.protocol,
+                        mode: self.manages.nat,
+                        // Drained ones too: their open connections still need the source NAT.
+                        backends: weights.iter().map(|(a, _)| *a).collect(),
+                        source_ranges: source_ranges.clone(),
+                    };
+                    for e in nft::forward_elements(&f) {
+                        *self.elements.entry(e.clone()).or_default() += 1;
+                        if let Some(t) = touched.as_deref_mut() {
+                            t.elements.insert(e);
+                        }
+                    }
+                    self.forwards.insert(k, f);
+                }
+                for (addr, weight) in weights {
+                    self.state.real_servers.insert(
+                        (k, addr),
+                        RealServer {
+                            spec: RsSpec::masquerade(weight),
+                            counters: Default::default(),
+                        },
+                    );
+                }
+            }
+            if !spec.ports.is_empty() {
+                part.vips.push(vip);
+                if let Some(t) = touched.as_deref_mut() {
+                    t.vips.insert(vip);
+                }
+                *self.vips.entry(vip).or_default() += 1;
+                if let Some(addrs) = &mut self.state.addresses {
+                    addrs.insert(vip);
+                }
+            }
+        }
+        self.parts.insert(key, part);
+    }
+
+    /// The settings each touched target is now probed with; `None` for one no longer used.
+    pub fn probe_changes(&self, touched: &Touched, defaults: Settings) -> Vec<(Target, Option<Settings>)> {
+        touched
+            .targets
+            .iter()
+            .map(|t| {
+                let settings = match (self.tuned.get(t).and_then(|u| u.first()), self.users.contains_key(t)) {
+                    (Some(first), _) => self.hp.settings_of([first], defaults),
+                    (None, true) => Some(defaults),
+                    (None, false) => self.hp.nodes.contains_key(t).then_some(defaults),
+                };
+                (t.clone(), settings)
+            })
+            .collect()
+    }
+
+    /// The operations that bring what `touched` names in `observed` to the desired state, in
+    /// the same safe order as [`super::plan`]: set elements added first, then addresses,
+    /// services, real servers; removals after, elements and addresses last.
+    pub fn plan_touched(&self, observed: &State, touched: &Touched) -> Vec<Op> {
+        let owns = |ip: IpAddr| self.owned.owns(ip);
+        let want = &self.state;
+        let mut add_addr = Vec::new();
+        let mut add_svc = Vec::new();
+        let mut edit_svc = Vec::new();
+        let mut add_rs = Vec::new();
+        let mut edit_rs = Vec::new();
+        let mut del_rs = Vec::new();
+        let mut del_svc = Vec::new();
+        let mut del_addr = Vec::new();
+        for k in &touched.services {
+            match (want.services.get(k), observed.services.get(k)) {
+                (Some(w), None) => add_svc.push(Op::AddService(*k, w.spec.clone())),
+                (Some(w), Some(o)) if o.spec != w.spec => edit_svc.push(Op::EditService(*k, w.spec.clone())),
+                (None, Some(_)) if owns(k.vip) => del_svc.push(Op::DeleteService(*k)),
+                _ => {}
+            }
+            for (a, rs) in want.real_servers_of(*k) {
+                match observed.real_servers.get(&(*k, a)) {
+                    None => add_rs.push(Op::AddRealServer(*k, a, rs.spec)),
+                    Some(o) if o.spec != rs.spec => edit_rs.push(Op::EditRealServer(*k, a, rs.spec)),
+                    Some(_) => {}
+                }
+            }
+            if owns(k.vip) {
+                for (a, _) in observed.real_servers_of(*k) {
+                    if !want.real_servers.contains_key(&(*k, a)) {
+                        del_rs.push(Op::DeleteRealServer(*k, a));
+                    }
+                }
+            }
+        }
+        if let (Some(want_addrs), Some(have_addrs)) = (&want.addresses, &observed.addresses) {
+            for vip in &touched.vips {
+                match (want_addrs.contains(vip), have_addrs.contains(vip)) {
+                    (true, false) => add_addr.push(Op::AddAddress(*vip)),
+                    (false, true) if owns(*vip) => del_addr.push(Op::DeleteAddress(*vip)),
+                    _ => {}
+                }
+            }
+        }
+        let mut add_elements = Vec::new();
+        let mut del_elements = Vec::new();
+        if let (true, Some(have)) = (self.manages.rules, &observed.rules) {
+            for e in &touched.elements {
+                let present = have.sets.get(e.0).is_some_and(|s| s.contains(&e.1));
+                match (self.elements.contains_key(e), present) {
+                    (true, false) => add_elements.push(e.clone()),
+                    (false, true) => del_elements.push(e.clone()),
+                    _ => {}
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        if !add_elements.is_empty() {
+            ops.push(Op::AddElements(add_elements));
+        }
+        ops.extend(add_addr);
+        for part in [add_svc, edit_svc, add_rs, edit_rs, del_rs, del_svc] {
+            ops.extend(part);
+        }
+        if !del_elements.is_empty() {
+            ops.push(Op::DeleteElements(del_elements));
+        }
+        ops.extend(del_addr);
+        ops
+    }
+}
