@@ -1,0 +1,159 @@
+//! Memory and change cost of the appliance's control side at N Services x 10 nodes, on any
+//! machine (no IPVS needed): a real store in a temporary directory filled through `put_service`,
+//! and the reconciler (with health checking, probes 1 h apart so none runs) over the fake data
+//! plane, whose own copy of the "kernel" is counted too. Prints the resident size after each
+//! step (after `malloc_trim`, so it is what is live, not what glibc keeps) and the time of a
+//! pass for a one-Service change (p50 / max of 20).
+//!
+//! Usage: `cargo run --release -p edgelb --example bench_memory [N]` (default 10000). The
+//! appliance's own resident size in the real kernel is measured by the kernel-lab scenario
+//! `bench-appliance`; this one isolates the parts quickly.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use edgelb::dataplane::FakeDataplane;
+use edgelb::reconcile::{Reconciler, RunnerOptions};
+use edgelb::store::Store;
+use edgelb_api::{
+    ClusterSpec, IpFamily, Node, NodeList, PoolSpec, Protocol, ServicePort, ServiceSpec, SessionAffinity, TrafficPolicy,
+};
+
+/// The resident size in MiB, after handing freed memory back.
+#[allow(unsafe_code)]
+fn rss_mib() -> f64 {
+    // SAFETY: malloc_trim takes no pointer; it only returns the allocator's free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let kib: u64 = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    kib as f64 / 1024.0
+}
+
+fn spec(i: u32, scheduler: Option<&str>) -> ServiceSpec {
+    ServiceSpec {
+        uid: format!("uid-{i}"),
+        ports: vec![ServicePort {
+            name: None,
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: 30_000 + (i % 2_700) as u16,
+        }],
+        external_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        session_affinity: SessionAffinity::None,
+        session_affinity_timeout_seconds: None,
+        source_ranges: vec![],
+        pool: None,
+        requested_ips: vec![],
+        ip_families: vec![IpFamily::Ipv4],
+        sharing_key: None,
+        scheduler: scheduler.map(str::to_owned),
+        local_nodes: None,
+        health: None,
+    }
+}
+
+async fn run(n: u32) -> Result<(), String> {
+    let e = |e: edgelb::store::StoreError| e.to_string();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let store = Store::open(dir.path()).await.map_err(e)?;
+    let pool = serde_json::from_value::<PoolSpec>(serde_json::json!({"name": "p", "ranges": ["10.64.0.0/16"]}))
+        .map_err(|e| e.to_string())?;
+    store.create_pool("bench", pool).await.map_err(e)?;
+    let cluster = ClusterSpec {
+        name: "c".into(),
+        description: String::new(),
+    };
+    store.create_cluster("bench", cluster).await.map_err(e)?;
+    let nodes = (0..10u8)
+        .map(|r| Node {
+            name: format!("n{r}"),
+            addresses: vec![std::net::IpAddr::from([10, 1, 0, 10 + r])],
+            ready: true,
+            schedulable: true,
+            excluded: false,
+        })
+        .collect();
+    store.put_nodes("bench", "c", NodeList { nodes }).await.map_err(e)?;
+    let start = rss_mib();
+    let mut tasks = Vec::new();
+    for w in 0..64u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(64) {
+                store
+                    .put_service("bench", "c", "default", &format!("s{i}"), spec(i, None))
+                    .await?;
+            }
+            Ok::<_, edgelb::store::StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?.map_err(e)?;
+    }
+    println!(
+        "BENCH name=memory step=store services={n} rss_mib={:.1} (empty store {start:.1})",
+        rss_mib()
+    );
+
+    let fake = FakeDataplane::full();
+    let health = edgelb::config::HealthConfig {
+        interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let r = Reconciler::new(store.clone(), fake.clone(), RunnerOptions::default()).with_health(health);
+    let full = r.pass().await.map_err(|e| e.to_string())?;
+    println!(
+        "BENCH name=memory step=full-pass services={n} ops={} ms={} rss_mib={:.1}",
+        full.ops.len(),
+        full.elapsed.as_millis(),
+        rss_mib()
+    );
+    let mut samples = Vec::new();
+    for k in 0..20u32 {
+        let scheduler = if k % 2 == 0 { Some("rr") } else { None };
+        store
+            .put_service("bench", "c", "default", "s7", spec(7, scheduler))
+            .await
+            .map_err(e)?;
+        let pass = r.pass_for_change().await.map_err(|e| e.to_string())?;
+        if pass.ops.len() != 1 {
+            return Err(format!("a scheduler change is one operation, not {:?}", pass.ops));
+        }
+        samples.push(pass.elapsed);
+    }
+    samples.sort();
+    println!(
+        "BENCH name=change-pass services={n} p50_us={} max_us={} rss_mib={:.1}",
+        samples[samples.len() / 2].as_micros(),
+        samples[samples.len() - 1].as_micros(),
+        rss_mib()
+    );
+    let resync = r.pass().await.map_err(|e| e.to_string())?;
+    println!(
+        "BENCH name=memory step=resync services={n} ms={} rss_mib={:.1}",
+        resync.elapsed.as_millis(),
+        rss_mib()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let n = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    match run(n).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_memory: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
