@@ -118,12 +118,15 @@ async fn run(n: u32) -> Result<(), String> {
         rss_mib()
     );
     let mut samples = Vec::new();
+    let mut puts = Vec::new();
     for k in 0..20u32 {
         let scheduler = if k % 2 == 0 { Some("rr") } else { None };
+        let put = std::time::Instant::now();
         store
             .put_service("bench", "c", "default", "s7", spec(7, scheduler))
             .await
             .map_err(e)?;
+        puts.push(put.elapsed());
         let pass = r.pass_for_change().await.map_err(|e| e.to_string())?;
         if pass.ops.len() != 1 {
             return Err(format!("a scheduler change is one operation, not {:?}", pass.ops));
@@ -131,10 +134,13 @@ async fn run(n: u32) -> Result<(), String> {
         samples.push(pass.elapsed);
     }
     samples.sort();
+    puts.sort();
     println!(
-        "BENCH name=change-pass services={n} p50_us={} max_us={} rss_mib={:.1}",
+        "BENCH name=change-pass services={n} p50_us={} max_us={} put_p50_us={} put_max_us={} rss_mib={:.1}",
         samples[samples.len() / 2].as_micros(),
         samples[samples.len() - 1].as_micros(),
+        puts[puts.len() / 2].as_micros(),
+        puts[puts.len() - 1].as_micros(),
         rss_mib()
     );
     let resync = r.pass().await.map_err(|e| e.to_string())?;
