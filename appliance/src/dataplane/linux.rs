@@ -228,7 +228,7 @@ fn ipvs_op(op: &Op) -> Option<IpvsOp> {
         | Op::DeleteAddress(_)
         | Op::SetRules(_)
         | Op::DeleteRules
-        | Op::AddElements(_)
+        | Op::PatchElements { .. }
         | Op::DeleteElements(_) => return None,
     })
 }
@@ -334,11 +334,25 @@ impl Dataplane for LinuxDataplane {
                             claimed.push(*ip);
                         }
                     }
+                    Err(e) if matches!(op, Op::SetRules(_) | Op::PatchElements { .. }) => {
+                        // Without the table's source ranges and source NAT, new virtual services
+                        // would be open to everyone and real servers unreachable: change nothing
+                        // else. The next pass dumps the kernel and retries.
+                        let mut failed = vec![(op.clone(), e)];
+                        failed.extend(
+                            ops.iter()
+                                .filter(|o| *o != op)
+                                .map(|o| (o.clone(), "not attempted: the nftables table was not set".to_owned())),
+                        );
+                        return Err(DataplaneError::Apply {
+                            total: ops.len(),
+                            failed,
+                        });
+                    }
                     Err(e) => failed.push((op.clone(), e)),
                 },
             }
         }
-        self.announce_in_background(claimed);
         if ops
             .iter()
             .any(|op| matches!(op, Op::AddService(k, _) if k.vip.is_ipv6()))
@@ -361,6 +375,8 @@ impl Dataplane for LinuxDataplane {
                 }
             }
         }
+        // Neighbours learn a VIP once its virtual services are there.
+        self.announce_in_background(claimed);
         for op in after {
             if let Err(e) = self.apply_other(op).await {
                 failed.push((op.clone(), e));
@@ -396,11 +412,11 @@ impl LinuxDataplane {
                 .flush()
                 .await
                 .map_err(|e| chain(&e)),
-            Op::AddElements(e) => self
+            Op::PatchElements { delete, add } => self
                 .nft
                 .as_ref()
                 .ok_or_else(unmanaged)?
-                .patch(e, &[])
+                .patch(add, delete)
                 .await
                 .map_err(|e| chain(&e)),
             Op::DeleteElements(e) => self

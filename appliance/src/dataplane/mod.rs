@@ -159,9 +159,14 @@ impl State {
                 }
                 None => Err("rules are not managed".into()),
             },
-            Op::AddElements(elements) => match &mut state.rules {
+            Op::PatchElements { delete, add } => match &mut state.rules {
                 Some(rules) => {
-                    for (set, e) in elements {
+                    for (set, e) in delete {
+                        if !rules.sets.get_mut(*set).is_some_and(|s| s.remove(e)) {
+                            return Err(format!("element {e} not in set {set}"));
+                        }
+                    }
+                    for (set, e) in add {
                         rules.sets.entry((*set).to_owned()).or_default().insert(e.clone());
                     }
                     Ok(())
@@ -264,8 +269,13 @@ impl State {
 pub enum Op {
     /// Replace the appliance's nftables table with this content (one atomic `nft -f`).
     SetRules(Box<nft::Ruleset>),
-    /// Add elements to the table's sets (one Service's change, without rewriting the table).
-    AddElements(Vec<nft::Element>),
+    /// Change the table's sets in one transaction, deletions first (one Service's change,
+    /// without rewriting the table). Deleting first lets a source range be replaced by one
+    /// that overlaps it: the kernel refuses overlapping elements in an interval set.
+    PatchElements {
+        delete: Vec<nft::Element>,
+        add: Vec<nft::Element>,
+    },
     /// Delete elements from the table's sets.
     DeleteElements(Vec<nft::Element>),
     /// Claim a VIP on the interface and announce it.
@@ -293,7 +303,12 @@ impl std::fmt::Display for Op {
         match self {
             Op::SetRules(r) => write!(f, "set nftables table ({} forwarded ports)", r.forwards.len()),
             Op::DeleteRules => write!(f, "delete nftables table"),
-            Op::AddElements(e) => write!(f, "add {} nftables set element(s)", e.len()),
+            Op::PatchElements { delete, add } => write!(
+                f,
+                "change nftables sets: delete {} element(s), add {}",
+                delete.len(),
+                add.len()
+            ),
             Op::DeleteElements(e) => write!(f, "delete {} nftables set element(s)", e.len()),
             Op::AddAddress(a) => write!(f, "add address {a}"),
             Op::AddService(k, s) => write!(

@@ -394,11 +394,14 @@ fn elements(ruleset: &Ruleset) -> BTreeMap<&'static str, BTreeSet<String>> {
     sets
 }
 
-/// Adds and deletes set elements in one `nft -f` transaction: what one Service's change needs,
-/// without rewriting the table. Deleting an element that is not there fails the transaction.
+/// Deletes and adds set elements in one `nft -f` transaction, deletions first: what one
+/// Service's change needs, without rewriting the table. Deleting first lets an element be
+/// replaced by one that overlaps it (a source range widened or narrowed): the kernel refuses an
+/// interval element that overlaps a live one. Deleting an element that is not there fails the
+/// transaction.
 pub fn render_patch(table: &str, add: &[Element], delete: &[Element]) -> String {
     let mut out = String::new();
-    for (verb, elements) in [("add", add), ("delete", delete)] {
+    for (verb, elements) in [("delete", delete), ("add", add)] {
         let mut by_set: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (set, e) in elements {
             by_set.entry(set).or_default().push(e);
@@ -629,7 +632,7 @@ impl NftTable {
         Ok(())
     }
 
-    /// Adds and deletes set elements in one transaction ([`render_patch`]).
+    /// Deletes and adds set elements in one transaction ([`render_patch`]).
     pub async fn patch(&self, add: &[Element], delete: &[Element]) -> Result<(), NftError> {
         if add.is_empty() && delete.is_empty() {
             return Ok(());

@@ -175,23 +175,44 @@ impl Model {
         plan_state(&self.state, &self.owned, self.ruleset().as_ref(), observed)
     }
 
-    /// Replaces one Service (`None`: it is gone) and records what changed in `touched`. The
-    /// drain memory of the Service's virtual services carries over; `health.drains` is not read.
+    /// Replaces one Service (`None`: it is gone); see [`replace_all`](Self::replace_all).
     pub fn replace(
         &mut self,
         key: &ServiceKey,
         svc: Option<SnapshotService>,
         health: &HealthInput<'_>,
         touched: &mut Touched,
-    ) {
-        let drains = self.remove(key, touched);
-        if let Some(svc) = svc {
-            let h = HealthInput {
-                drains: &drains,
-                ..*health
-            };
-            self.insert(svc, &h, Some(touched));
+    ) -> bool {
+        self.replace_all(vec![(key.clone(), svc)], health, touched)
+    }
+
+    /// Replaces some Services (`None`: gone) and records what changed in `touched`: all of
+    /// them are removed first, then the new ones added, so that a virtual service one of them
+    /// gives up and another takes in the same change is handed over, not lost. The drain memory
+    /// of their virtual services carries over; `health.drains` is not read. Returns false when
+    /// a new one claims a virtual service another Service still holds: a full build decides
+    /// that case (the first in key order wins), so the caller must rebuild.
+    pub fn replace_all(
+        &mut self,
+        services: Vec<(ServiceKey, Option<SnapshotService>)>,
+        health: &HealthInput<'_>,
+        touched: &mut Touched,
+    ) -> bool {
+        let mut drains = Drains::default();
+        for (key, _) in &services {
+            let d = self.remove(key, touched);
+            drains.present.extend(d.present);
+            drains.leaving.extend(d.leaving);
         }
+        let h = HealthInput {
+            drains: &drains,
+            ..*health
+        };
+        let mut consistent = true;
+        for svc in services.into_iter().filter_map(|(_, s)| s) {
+            consistent &= self.insert(svc, &h, Some(touched));
+        }
+        consistent
     }
 
     /// Removes a Service's contribution; returns the drain memory of its virtual services.
@@ -283,8 +304,11 @@ impl Model {
     /// virtual service with the Service's scheduler (else its pool's) and persistence
     /// (`sessionAffinity: ClientIP`), whose real servers are the eligible nodes' addresses of
     /// the VIP's family at the NodePort, weighed by health ([`weigh`]).
-    fn insert(&mut self, svc: SnapshotService, health: &HealthInput<'_>, mut touched: Option<&mut Touched>) {
-        let Some(spec) = &svc.spec else { return };
+    /// Returns false when one of its virtual services is held by another Service already (and
+    /// so left to that one).
+    fn insert(&mut self, svc: SnapshotService, health: &HealthInput<'_>, mut touched: Option<&mut Touched>) -> bool {
+        let Some(spec) = &svc.spec else { return true };
+        let mut consistent = true;
         let key = ServiceKey::new(&svc.cluster, &svc.namespace, &svc.name);
         let mut part = Part::default();
         let nodes = self.nodes.get(&svc.cluster).map(Vec::as_slice).unwrap_or_default();
@@ -332,6 +356,7 @@ impl Model {
                 let k = VsKey::new(vip, port.port, port.protocol);
                 // Two Services on one key cannot be stored; should it happen, the first wins.
                 if self.state.services.contains_key(&k) {
+                    consistent = false;
                     continue;
                 }
                 part.keys.push(k);
@@ -418,6 +443,20 @@ impl Model {
             }
         }
         self.parts.insert(key, part);
+        consistent
+    }
+
+    /// Whether `e` is an allowed source of a VIP port that stays restricted (its `restricted_*`
+    /// element is still wanted).
+    fn stays_restricted(&self, e: &nft::Element) -> bool {
+        let restricted = match e.0 {
+            "allowed_v4" => "restricted_v4",
+            "allowed_v6" => "restricted_v6",
+            _ => return false,
+        };
+        // `VIP . proto . port . prefix`: the restricted element is the part before the prefix.
+        e.1.rsplit_once(" . ")
+            .is_some_and(|(key, _)| self.elements.contains_key(&(restricted, key.to_owned())))
     }
 
     /// The settings each touched target is now probed with; `None` for one no longer used.
@@ -482,20 +521,27 @@ impl Model {
             }
         }
         let mut add_elements = Vec::new();
+        // Allowed sources of a VIP port that stays restricted: replaced in the same transaction
+        // as the additions, deletions first (a new range may overlap an old one).
+        let mut replaced = Vec::new();
         let mut del_elements = Vec::new();
         if let (true, Some(have)) = (self.manages.rules, &observed.rules) {
             for e in &touched.elements {
                 let present = have.sets.get(e.0).is_some_and(|s| s.contains(&e.1));
                 match (self.elements.contains_key(e), present) {
                     (true, false) => add_elements.push(e.clone()),
+                    (false, true) if self.stays_restricted(e) => replaced.push(e.clone()),
                     (false, true) => del_elements.push(e.clone()),
                     _ => {}
                 }
             }
         }
         let mut ops = Vec::new();
-        if !add_elements.is_empty() {
-            ops.push(Op::AddElements(add_elements));
+        if !add_elements.is_empty() || !replaced.is_empty() {
+            ops.push(Op::PatchElements {
+                delete: replaced,
+                add: add_elements,
+            });
         }
         ops.extend(add_addr);
         for part in [add_svc, edit_svc, add_rs, edit_rs, del_rs, del_svc] {

@@ -309,8 +309,8 @@ impl<D: Dataplane> Reconciler<D> {
             && !dirty.all
             && dirty.nodes.is_empty()
             && dirty.services.len() <= INCREMENTAL_MAX;
-        if incremental {
-            return self.pass_incremental(memory, generation, &dirty.services).await;
+        if incremental && let Some(out) = self.pass_incremental(memory, generation, &dirty.services).await? {
+            return Ok(out);
         }
         let snap = self.store.dataplane_snapshot().await?;
         let observed = match (kind, memory.observed.take()) {
@@ -340,13 +340,14 @@ impl<D: Dataplane> Reconciler<D> {
         })
     }
 
-    /// Replaces the changed Services in the kept model and applies what they touched.
+    /// Replaces the changed Services in the kept model and applies what they touched; `None`
+    /// when the change needs a full build instead.
     async fn pass_incremental(
         &self,
         memory: &mut Memory,
         generation: u64,
         keys: &std::collections::BTreeSet<crate::ipam::ServiceKey>,
-    ) -> Result<Outcome, ReconcileError> {
+    ) -> Result<Option<Outcome>, ReconcileError> {
         let mut fresh: std::collections::BTreeMap<_, _> = self
             .store
             .snapshot_services(keys)
@@ -355,7 +356,7 @@ impl<D: Dataplane> Reconciler<D> {
             .map(|s| (crate::ipam::ServiceKey::new(&s.cluster, &s.namespace, &s.name), s))
             .collect();
         let (Some(model), Some(observed)) = (memory.model.as_mut(), memory.observed.take()) else {
-            unreachable!("checked by the caller");
+            return Ok(None);
         };
         let none = Drains::default();
         let no_checker = std::collections::HashMap::new();
@@ -365,8 +366,11 @@ impl<D: Dataplane> Reconciler<D> {
         };
         let input = self.health_input(view, &none);
         let mut touched = Touched::default();
-        for key in keys {
-            model.replace(key, fresh.remove(key), &input, &mut touched);
+        let services = keys.iter().map(|k| (k.clone(), fresh.remove(k))).collect();
+        if !model.replace_all(services, &input, &mut touched) {
+            // Two Services claim one virtual service: let a full build decide, as at start.
+            memory.observed = Some(observed);
+            return Ok(None);
         }
         if let (Some(h), Some(defaults)) = (&self.health, self.probe_defaults()) {
             h.checker.update_targets(model.probe_changes(&touched, defaults));
@@ -375,11 +379,11 @@ impl<D: Dataplane> Reconciler<D> {
         let owned = model.owned().clone();
         memory.generation = generation;
         memory.observed = self.apply(&ops, observed, false).await?;
-        Ok(Outcome {
+        Ok(Some(Outcome {
             ops,
             owned,
             touched: Some(touched),
-        })
+        }))
     }
 
     /// Applies `ops` to the kernel; returns the state after them: dumped again with fresh

@@ -1541,7 +1541,10 @@ fn model_equivalence(node_port: Option<u16>) {
         let key = crate::ipam::ServiceKey::new("prod", "default", &format!("svc-{i}"));
         let before = model.health_plan().drains.clone();
         let mut touched = Touched::default();
-        model.replace(&key, svc, &input, &mut touched);
+        assert!(
+            model.replace(&key, svc, &input, &mut touched),
+            "no two Services claim one key here"
+        );
 
         // A full build starts from the drains the previous pass left, as the runner's does.
         let whole = Model::build(
@@ -1645,7 +1648,7 @@ async fn a_change_to_some_services_touches_only_them_and_leaves_what_a_full_pass
         "only the changed Services' VIPs: {ops:?}"
     );
     assert!(
-        matches!(ops.first(), Some(Op::AddElements(_))),
+        matches!(ops.first(), Some(Op::PatchElements { .. })),
         "set elements first: {ops:?}"
     );
     assert!(
@@ -1762,4 +1765,143 @@ fn a_failing_node_check_drains_every_real_server_of_that_node_tcp_and_udp_alike(
     assert_eq!(weights_of(&open, dns), w(&[(11, 1), (12, 1), (13, 1)]));
     let (closed, _) = with_node_check(&[11, 12, 13], AllDown::FailClosed);
     assert_eq!(weights_of(&closed, dns), w(&[(11, 0), (12, 0), (13, 0)]));
+}
+
+fn shared_vip_service(name: &str, ports: &[(Protocol, u16, u16)], ranges: &[&str]) -> SnapshotService {
+    let mut s = spec(ports);
+    s.source_ranges = ranges.iter().map(|r| r.to_string()).collect();
+    SnapshotService {
+        cluster: "prod".into(),
+        namespace: "default".into(),
+        name: name.into(),
+        spec: Some(s),
+        addresses: vec![AssignedIp {
+            ip: ip("203.0.113.5"),
+            pool: "public".into(),
+        }],
+    }
+}
+
+fn no_health_input<'a>(targets: &'a HashMap<Target, TargetState>, drains: &'a Drains) -> HealthInput<'a> {
+    HealthInput {
+        now: at(0),
+        drain_timeout: DRAIN,
+        all_down: AllDown::FailOpen,
+        targets,
+        drains,
+        node_port: None,
+    }
+}
+
+#[test]
+fn a_source_range_replaced_by_an_overlapping_one_is_swapped_in_one_transaction() {
+    use super::model::{Model, Touched};
+    let manages = Manages {
+        addresses: true,
+        rules: true,
+        ..Manages::default()
+    };
+    let (targets, drains) = (HashMap::new(), Drains::default());
+    let input = no_health_input(&targets, &drains);
+    let mut snap = snapshot(spec(&[]), &[], three_nodes());
+    snap.services = vec![shared_vip_service(
+        "web",
+        &[(Protocol::Tcp, 80, 30080)],
+        &["10.0.0.0/16"],
+    )];
+    let mut model = Model::build(snap, manages, &input);
+    let empty = State {
+        addresses: Some(BTreeSet::new()),
+        rules: Some(Default::default()),
+        ..State::default()
+    };
+    let kernel = applied(&empty, &model.plan_full(&empty));
+    let key = crate::ipam::ServiceKey::new("prod", "default", "web");
+
+    // Widened: the old range goes in the same transaction as the new, before it.
+    let mut touched = Touched::default();
+    let widened = shared_vip_service("web", &[(Protocol::Tcp, 80, 30080)], &["10.0.0.0/8"]);
+    assert!(model.replace(&key, Some(widened), &input, &mut touched));
+    let ops = model.plan_touched(&kernel, &touched);
+    let allowed = |p: &str| ("allowed_v4", format!("203.0.113.5 . tcp . 80 . {p}"));
+    assert_eq!(
+        ops,
+        vec![Op::PatchElements {
+            delete: vec![allowed("10.0.0.0/16")],
+            add: vec![allowed("10.0.0.0/8")],
+        }]
+    );
+    assert!(
+        nft::render_patch("edgelb", &[allowed("10.0.0.0/8")], &[allowed("10.0.0.0/16")]).starts_with("delete element")
+    );
+    let kernel = applied(&kernel, &ops);
+
+    // Opened to everyone: the restriction and its allowed sources go last, together.
+    let mut touched = Touched::default();
+    let open = shared_vip_service("web", &[(Protocol::Tcp, 80, 30080)], &[]);
+    assert!(model.replace(&key, Some(open), &input, &mut touched));
+    let ops = model.plan_touched(&kernel, &touched);
+    assert!(
+        matches!(ops.as_slice(), [Op::DeleteElements(d)] if d.len() == 2),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn a_virtual_service_handed_from_one_service_to_another_in_one_change_is_kept() {
+    use super::model::{Model, Touched};
+    let manages = Manages {
+        addresses: true,
+        rules: true,
+        ..Manages::default()
+    };
+    let (targets, drains) = (HashMap::new(), Drains::default());
+    let input = no_health_input(&targets, &drains);
+    // `b-api` (sorted before `web`) and `web` share the VIP; web has port 80.
+    let web80 = shared_vip_service("web", &[(Protocol::Tcp, 80, 30080)], &[]);
+    let api = shared_vip_service("b-api", &[(Protocol::Tcp, 8080, 30081)], &[]);
+    let mut snap = snapshot(spec(&[]), &[], three_nodes());
+    snap.services = vec![api, web80];
+    let mut model = Model::build(snap.clone(), manages, &input);
+    let empty = State {
+        addresses: Some(BTreeSet::new()),
+        rules: Some(Default::default()),
+        ..State::default()
+    };
+    let kernel = applied(&empty, &model.plan_full(&empty));
+
+    // web moves to 81 and b-api takes 80, committed together.
+    let web81 = shared_vip_service("web", &[(Protocol::Tcp, 81, 30080)], &[]);
+    let api80 = shared_vip_service("b-api", &[(Protocol::Tcp, 80, 30081)], &[]);
+    let before = model.health_plan().drains.clone();
+    let mut touched = Touched::default();
+    let key = |n: &str| crate::ipam::ServiceKey::new("prod", "default", n);
+    assert!(model.replace_all(
+        vec![(key("b-api"), Some(api80.clone())), (key("web"), Some(web81.clone()))],
+        &input,
+        &mut touched
+    ));
+    snap.services = vec![api80.clone(), web81];
+    // As the runner's full build: from the drains the last pass left. Port 80's old real
+    // servers (web's NodePort) drain rather than vanish; b-api's are added beside them.
+    let whole = Model::build(
+        snap,
+        manages,
+        &HealthInput {
+            drains: &before,
+            ..input
+        },
+    );
+    assert_eq!(model.differences(&whole), Vec::<String>::new());
+    let kernel = applied(&kernel, &model.plan_touched(&kernel, &touched));
+    assert_eq!(whole.plan_full(&kernel), Vec::new());
+    assert!(
+        kernel.services.contains_key(&web()),
+        "port 80 is forwarded, now for b-api"
+    );
+
+    // A claim on a key another Service still holds cannot be decided one Service at a time.
+    let mut touched = Touched::default();
+    let also81 = shared_vip_service("b-api", &[(Protocol::Tcp, 81, 30081)], &[]);
+    assert!(!model.replace(&key("b-api"), Some(also81), &input, &mut touched));
 }

@@ -451,12 +451,20 @@ async fn a_batch_whose_transaction_fails_answers_every_put_with_the_error_and_ch
             ("prod", "b", service("b", &[80])),
             // Refused on its own merits: keeps its own error.
             ("nowhere", "c", service("c", &[80])),
+            // Refused only because `a`, earlier in the batch, took the address it asks for:
+            // that refusal is void when the batch fails.
+            ("prod", "d", {
+                let mut d = service("d", &[80]);
+                d.requested_ips = vec!["10.0.0.1".parse().expect("ip")];
+                d
+            }),
         ],
     )
     .await;
     let got: Vec<String> = answers.iter().map(outcome).collect();
     assert!(got[..3].iter().all(|o| o.starts_with("error:")), "{got:?}");
     assert_eq!(got[3], "404");
+    assert!(got[4].starts_with("error:") && got[4].contains("retry"), "{got:?}");
     // Nothing written, nothing in the journal, and the allocation state as before: the next
     // PUTs get the addresses the failed batch had picked.
     assert_eq!(count(&store, "SELECT COUNT(*) FROM audit").await, audit_before);

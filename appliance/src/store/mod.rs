@@ -367,6 +367,8 @@ impl Store {
         F: for<'w> FnOnce(&'w mut Writer, i64) -> futures::future::BoxFuture<'w, Result<T>>,
     {
         let mut w = self.inner.write.lock().await;
+        // A write that panicked earlier may have left its declaration behind.
+        w.touched = Touched::Unknown;
         let out = f(&mut w, now()).await;
         let touched = std::mem::take(&mut w.touched);
         // Still under the writer's lock: journal entries are in commit order.

@@ -367,6 +367,8 @@ type Answer = (oneshot::Sender<Result<Option<Service>>>, Result<Option<Service>>
 pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now: i64) -> Vec<Answer> {
     let mut answers = Vec::with_capacity(batch.len());
     let mut writes = Vec::new();
+    // Answers refused against the batch's own earlier PUTs: wrong if the batch does not commit.
+    let mut refused_after_writes = Vec::new();
     // The state of every address the batch touched, before the batch.
     let mut undo: HashMap<u128, Option<ipam::AddrInfo>> = HashMap::new();
     for put in batch {
@@ -383,6 +385,9 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
         let decision = match w.ipam.decide(&put.request(), now) {
             Ok(d) => d,
             Err(e) => {
+                if !writes.is_empty() {
+                    refused_after_writes.push(answers.len());
+                }
                 answers.push((put.answer, Err(e.into())));
                 continue;
             }
@@ -458,26 +463,36 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
                 }
             }
             tracing::warn!(error = %e, puts = writes.len(), "a batch of Service PUTs failed to commit");
-            // The first PUT gets the error itself, the others a copy (errors are not `Clone`).
-            let copies: Vec<StoreError> = (1..writes.len()).map(|_| copy_error(&e)).collect();
-            for (wr, e) in writes.into_iter().zip(std::iter::once(e).chain(copies)) {
-                answers.push((wr.put.answer, Err(e)));
+            // Which PUT caused it is unknown: none gets another's 4xx, every one (and every
+            // refusal judged against them) gets the same error, a server error to retry.
+            let failed = || {
+                StoreError::Io(format!(
+                    "the transaction that carried this PUT with others failed, nothing was written; \
+                     retry ({})",
+                    error_chain(&e)
+                ))
+            };
+            for i in refused_after_writes {
+                answers[i].1 = Err(failed());
+            }
+            for wr in writes {
+                answers.push((wr.put.answer, Err(failed())));
             }
         }
     }
     answers
 }
 
-/// The same error for another caller: client errors as they are, the rest (logged at the
-/// edge, shown as a 500) with its whole description.
-fn copy_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Invalid(v) => StoreError::Invalid(v.clone()),
-        StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::Unprocessable(m) => StoreError::Unprocessable(m.clone()),
-        other => StoreError::Io(format!("the transaction of this PUT and others failed: {other:?}")),
+/// An error with its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
     }
+    out
 }
 
 /// Writes the batch's PUTs in one `BEGIN IMMEDIATE` transaction and commits it, in batch
