@@ -56,7 +56,9 @@ pub enum ReconcileError {
 pub struct RunnerOptions {
     /// A full pass even when nothing changed, to repair drift.
     pub resync: Duration,
-    /// How long to wait after a change for more changes to coalesce.
+    /// How long to wait after a health change for more to coalesce (targets of a node that
+    /// died go down together). Store changes are applied at once: commits made during a pass
+    /// are gathered into the next one.
     pub debounce: Duration,
     /// First retry delay after a failed pass; doubles up to `resync`.
     pub retry: Duration,
