@@ -14,3 +14,15 @@ pub mod reconcile;
 pub mod server;
 pub mod store;
 pub mod tls;
+
+/// An error and its sources on one line (`a: b: c`), for logs and API messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

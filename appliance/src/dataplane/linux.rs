@@ -17,6 +17,7 @@ use super::nft::{NatMode, NftTable};
 use super::sysctl::{self, Sysctls};
 use super::{Counters, Dataplane, DataplaneError, Forward, Manages, Op, Protocol, RealServer, RsSpec, State};
 use super::{VirtualService, VsKey, VsSpec, announce};
+use crate::error_chain as chain;
 
 /// How many real-server dumps run at once during an observation.
 const DUMPS_IN_FLIGHT: usize = 16;
@@ -56,18 +57,6 @@ pub struct LinuxDataplane {
     addresses: Option<VipAddresses>,
     nft: Option<NftTable>,
     options: LinuxOptions,
-}
-
-/// The error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 impl LinuxDataplane {

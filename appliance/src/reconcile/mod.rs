@@ -15,9 +15,10 @@ pub mod runner;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::dataplane::{Op, State, nft};
+use crate::dataplane::{Op, State, VsKey, nft};
 use crate::ipam::{IpRange, to_u128};
 
 pub use desired::desired;
@@ -67,61 +68,99 @@ pub fn plan(desired: &Desired, observed: &State) -> Vec<Op> {
 
 /// [`plan`] from the desired state's parts.
 fn plan_state(want: &State, owned: &Ownership, ruleset: Option<&nft::Ruleset>, observed: &State) -> Vec<Op> {
-    let owns = |ip: IpAddr| owned.owns(ip);
-    let mut add_addr = Vec::new();
-    let mut add_svc = Vec::new();
-    let mut edit_svc = Vec::new();
-    let mut add_rs = Vec::new();
-    let mut edit_rs = Vec::new();
-    let mut del_rs = Vec::new();
-    let mut del_svc = Vec::new();
-    let mut del_addr = Vec::new();
-
-    for (k, vs) in &want.services {
-        match observed.services.get(k) {
-            None => add_svc.push(Op::AddService(*k, vs.spec.clone())),
-            Some(o) if o.spec != vs.spec => edit_svc.push(Op::EditService(*k, vs.spec.clone())),
-            Some(_) => {}
-        }
-    }
-    for ((k, a), rs) in &want.real_servers {
-        match observed.real_servers.get(&(*k, *a)) {
-            None => add_rs.push(Op::AddRealServer(*k, *a, rs.spec)),
-            Some(o) if o.spec != rs.spec => edit_rs.push(Op::EditRealServer(*k, *a, rs.spec)),
-            Some(_) => {}
-        }
-    }
-    for (k, a) in observed.real_servers.keys() {
-        if owns(k.vip) && !want.real_servers.contains_key(&(*k, *a)) {
-            del_rs.push(Op::DeleteRealServer(*k, *a));
-        }
-    }
-    for k in observed.services.keys() {
-        if owns(k.vip) && !want.services.contains_key(k) {
-            del_svc.push(Op::DeleteService(*k));
-        }
+    let mut plan = Plan::default();
+    let keys: BTreeSet<VsKey> = [want, observed]
+        .into_iter()
+        .flat_map(|s| s.services.keys().chain(s.real_servers.keys().map(|(k, _)| k)))
+        .copied()
+        .collect();
+    for k in keys {
+        plan.virtual_service(k, want, observed, owned);
     }
     if let (Some(want_addrs), Some(have_addrs)) = (&want.addresses, &observed.addresses) {
-        add_addr.extend(want_addrs.difference(have_addrs).map(|a| Op::AddAddress(*a)));
-        del_addr.extend(
-            have_addrs
-                .difference(want_addrs)
-                .filter(|a| owns(**a))
-                .map(|a| Op::DeleteAddress(*a)),
-        );
+        for vip in want_addrs.union(have_addrs) {
+            plan.address(*vip, want_addrs, have_addrs, owned);
+        }
+    }
+    let rules = match (ruleset, &observed.rules) {
+        (Some(ruleset), Some(have)) if nft::expected_state(ruleset) != *have => {
+            Some(Op::SetRules(Box::new(ruleset.clone())))
+        }
+        _ => None,
+    };
+    plan.into_ops(rules, None)
+}
+
+/// The operations of a plan by kind, gathered key by key; [`Plan::into_ops`] puts them in the
+/// safe order [`plan`] describes. Shared by the full plan and the plan of what one change
+/// touched ([`model::Model::plan_touched`]).
+#[derive(Debug, Default)]
+struct Plan {
+    add_addr: Vec<Op>,
+    add_svc: Vec<Op>,
+    edit_svc: Vec<Op>,
+    add_rs: Vec<Op>,
+    edit_rs: Vec<Op>,
+    del_rs: Vec<Op>,
+    del_svc: Vec<Op>,
+    del_addr: Vec<Op>,
+}
+
+impl Plan {
+    /// What one virtual service and its real servers need. Only owned ones are removed.
+    fn virtual_service(&mut self, k: VsKey, want: &State, observed: &State, owned: &Ownership) {
+        let owns = owned.owns(k.vip);
+        match (want.services.get(&k), observed.services.get(&k)) {
+            (Some(w), None) => self.add_svc.push(Op::AddService(k, w.spec.clone())),
+            (Some(w), Some(o)) if o.spec != w.spec => self.edit_svc.push(Op::EditService(k, w.spec.clone())),
+            (None, Some(_)) if owns => self.del_svc.push(Op::DeleteService(k)),
+            _ => {}
+        }
+        for (a, rs) in want.real_servers_of(k) {
+            match observed.real_servers.get(&(k, a)) {
+                None => self.add_rs.push(Op::AddRealServer(k, a, rs.spec)),
+                Some(o) if o.spec != rs.spec => self.edit_rs.push(Op::EditRealServer(k, a, rs.spec)),
+                Some(_) => {}
+            }
+        }
+        if owns {
+            for (a, _) in observed.real_servers_of(k) {
+                if !want.real_servers.contains_key(&(k, a)) {
+                    self.del_rs.push(Op::DeleteRealServer(k, a));
+                }
+            }
+        }
     }
 
-    let mut ops = Vec::new();
-    if let (Some(ruleset), Some(have)) = (ruleset, &observed.rules)
-        && nft::expected_state(ruleset) != *have
-    {
-        ops.push(Op::SetRules(Box::new(ruleset.clone())));
+    /// What one VIP address needs. Only owned ones are released.
+    fn address(&mut self, vip: IpAddr, want: &BTreeSet<IpAddr>, have: &BTreeSet<IpAddr>, owned: &Ownership) {
+        match (want.contains(&vip), have.contains(&vip)) {
+            (true, false) => self.add_addr.push(Op::AddAddress(vip)),
+            (false, true) if owned.owns(vip) => self.del_addr.push(Op::DeleteAddress(vip)),
+            _ => {}
+        }
     }
-    ops.extend(add_addr);
-    for part in [add_svc, edit_svc, add_rs, edit_rs, del_rs, del_svc, del_addr] {
-        ops.extend(part);
+
+    /// The operations in order: `first` (the nftables table or its new set elements), then
+    /// addresses claimed, services added and edited, real servers added, edited and removed,
+    /// services removed, `before_release` (set elements removed), addresses released.
+    fn into_ops(self, first: Option<Op>, before_release: Option<Op>) -> Vec<Op> {
+        let mut ops: Vec<Op> = first.into_iter().collect();
+        for part in [
+            self.add_addr,
+            self.add_svc,
+            self.edit_svc,
+            self.add_rs,
+            self.edit_rs,
+            self.del_rs,
+            self.del_svc,
+        ] {
+            ops.extend(part);
+        }
+        ops.extend(before_release);
+        ops.extend(self.del_addr);
+        ops
     }
-    ops
 }
 
 /// What `edgelb dataplane flush` removes: every owned virtual service (its real servers go with

@@ -16,7 +16,7 @@ use edgelb_api::{IpFamily, Node, SessionAffinity};
 use super::desired::{
     CLOSED, DEFAULT_AFFINITY_TIMEOUT, Drains, HealthInput, HealthPlan, RsKey, eligible, node_address, target_of, weigh,
 };
-use super::{Desired, Ownership, plan_state};
+use super::{Desired, Ownership, Plan, plan_state};
 use crate::dataplane::nft::{self, IpPrefix};
 use crate::dataplane::{Manages, Op, RealServer, RsSpec, State, VirtualService, VsKey, VsSpec};
 use crate::health::{Settings, Target};
@@ -479,45 +479,13 @@ impl Model {
     /// the same safe order as [`super::plan`]: set elements added first, then addresses,
     /// services, real servers; removals after, elements and addresses last.
     pub fn plan_touched(&self, observed: &State, touched: &Touched) -> Vec<Op> {
-        let owns = |ip: IpAddr| self.owned.owns(ip);
-        let want = &self.state;
-        let mut add_addr = Vec::new();
-        let mut add_svc = Vec::new();
-        let mut edit_svc = Vec::new();
-        let mut add_rs = Vec::new();
-        let mut edit_rs = Vec::new();
-        let mut del_rs = Vec::new();
-        let mut del_svc = Vec::new();
-        let mut del_addr = Vec::new();
+        let mut plan = Plan::default();
         for k in &touched.services {
-            match (want.services.get(k), observed.services.get(k)) {
-                (Some(w), None) => add_svc.push(Op::AddService(*k, w.spec.clone())),
-                (Some(w), Some(o)) if o.spec != w.spec => edit_svc.push(Op::EditService(*k, w.spec.clone())),
-                (None, Some(_)) if owns(k.vip) => del_svc.push(Op::DeleteService(*k)),
-                _ => {}
-            }
-            for (a, rs) in want.real_servers_of(*k) {
-                match observed.real_servers.get(&(*k, a)) {
-                    None => add_rs.push(Op::AddRealServer(*k, a, rs.spec)),
-                    Some(o) if o.spec != rs.spec => edit_rs.push(Op::EditRealServer(*k, a, rs.spec)),
-                    Some(_) => {}
-                }
-            }
-            if owns(k.vip) {
-                for (a, _) in observed.real_servers_of(*k) {
-                    if !want.real_servers.contains_key(&(*k, a)) {
-                        del_rs.push(Op::DeleteRealServer(*k, a));
-                    }
-                }
-            }
+            plan.virtual_service(*k, &self.state, observed, &self.owned);
         }
-        if let (Some(want_addrs), Some(have_addrs)) = (&want.addresses, &observed.addresses) {
+        if let (Some(want_addrs), Some(have_addrs)) = (&self.state.addresses, &observed.addresses) {
             for vip in &touched.vips {
-                match (want_addrs.contains(vip), have_addrs.contains(vip)) {
-                    (true, false) => add_addr.push(Op::AddAddress(*vip)),
-                    (false, true) if owns(*vip) => del_addr.push(Op::DeleteAddress(*vip)),
-                    _ => {}
-                }
+                plan.address(*vip, want_addrs, have_addrs, &self.owned);
             }
         }
         let mut add_elements = Vec::new();
@@ -536,21 +504,11 @@ impl Model {
                 }
             }
         }
-        let mut ops = Vec::new();
-        if !add_elements.is_empty() || !replaced.is_empty() {
-            ops.push(Op::PatchElements {
-                delete: replaced,
-                add: add_elements,
-            });
-        }
-        ops.extend(add_addr);
-        for part in [add_svc, edit_svc, add_rs, edit_rs, del_rs, del_svc] {
-            ops.extend(part);
-        }
-        if !del_elements.is_empty() {
-            ops.push(Op::DeleteElements(del_elements));
-        }
-        ops.extend(del_addr);
-        ops
+        let first = (!add_elements.is_empty() || !replaced.is_empty()).then_some(Op::PatchElements {
+            delete: replaced,
+            add: add_elements,
+        });
+        let before_release = (!del_elements.is_empty()).then_some(Op::DeleteElements(del_elements));
+        plan.into_ops(first, before_release)
     }
 }

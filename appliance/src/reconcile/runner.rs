@@ -37,6 +37,7 @@ use super::model::{Model, Touched};
 use super::{Ownership, desired};
 use crate::config::HealthConfig;
 use crate::dataplane::{Counters, Dataplane, DataplaneError, Op, State, VirtualService, VsKey};
+use crate::error_chain;
 use crate::health::{Checker, Health, Settings, Thresholds};
 use crate::store::{Store, StoreError};
 
@@ -580,17 +581,6 @@ pub fn add_health(vs: &mut [VirtualServiceStatus], hp: &HealthPlan, checker: &Ch
             });
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn counters(c: &Counters) -> TrafficCounters {

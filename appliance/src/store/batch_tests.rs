@@ -2,98 +2,26 @@
 //! decided in order, and a batch whose transaction fails.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
-use edgelb_api::{ClusterSpec, IpFamily, PoolSpec, Protocol, Service, ServicePort, ServiceSpec};
-use tempfile::TempDir;
+use edgelb_api::{PoolSpec, Service, ServiceSpec};
 
 use super::*;
 
-const ACTOR: &str = "test";
+// ---- fixtures (the store tests' own, and a few for batches) ----
 
-// ---- fixtures ----
+use super::tests::{ACTOR, audit_actions, ip, service, shown, with_pool_and_cluster};
 
-async fn with_pool_and_cluster(pool: PoolSpec, cluster: &str) -> (TempDir, Store) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path()).await.expect("open store");
-    store.create_pool(ACTOR, pool).await.expect("create pool");
-    let spec = ClusterSpec {
-        name: cluster.to_owned(),
-        description: String::new(),
-    };
-    store.create_cluster(ACTOR, spec).await.expect("create cluster");
-    (dir, store)
-}
-
-fn pool(hold_seconds: u64) -> PoolSpec {
-    PoolSpec {
-        name: "p".to_owned(),
-        ranges: vec!["10.0.0.0/24".to_owned()],
-        auto_assign: true,
-        avoid_buggy_ips: false,
-        priority: 0,
-        clusters: vec![],
-        namespaces: vec![],
-        scheduler: "wlc".to_owned(),
+/// The store tests' pool `p` (10.0.0.0/24) with this hold period.
+fn pool(hold_seconds: u64) -> [PoolSpec; 1] {
+    [PoolSpec {
         hold_seconds,
-        health: None,
-    }
+        ..super::tests::pool("p", &["10.0.0.0/24"])
+    }]
 }
 
-/// A Service spec with TCP ports, asking for one IPv4 address.
-fn service(uid: &str, ports: &[u16]) -> ServiceSpec {
-    ServiceSpec {
-        uid: uid.to_owned(),
-        ports: ports
-            .iter()
-            .zip(30_000u16..)
-            .map(|(port, node_port)| ServicePort {
-                name: None,
-                protocol: Protocol::Tcp,
-                port: *port,
-                node_port,
-            })
-            .collect(),
-        external_traffic_policy: Default::default(),
-        health_check_node_port: None,
-        session_affinity: Default::default(),
-        session_affinity_timeout_seconds: None,
-        source_ranges: vec![],
-        pool: None,
-        requested_ips: vec![],
-        ip_families: vec![IpFamily::Ipv4],
-        sharing_key: None,
-        scheduler: None,
-        local_nodes: None,
-        health: None,
-    }
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|_| panic!("'{s}' is not a test address"))
-}
-
-fn shown(ips: &[IpAddr]) -> Vec<String> {
-    ips.iter().map(ToString::to_string).collect()
-}
-
-/// Puts a Service and returns its addresses.
+/// Puts a Service into `prod/default` and returns its addresses.
 async fn put(store: &Store, name: &str, spec: ServiceSpec) -> Vec<String> {
-    let s = store
-        .put_service(ACTOR, "prod", "default", name, spec)
-        .await
-        .unwrap_or_else(|e| panic!("put {name}: {e}"));
-    shown(&s.ips)
-}
-
-/// Audit actions, oldest first.
-async fn audit_actions(store: &Store) -> Vec<String> {
-    let filter = AuditFilter {
-        limit: 1000,
-        ..AuditFilter::default()
-    };
-    let page = store.list_audit(&filter).await.expect("audit");
-    page.items.into_iter().rev().map(|e| e.action).collect()
+    super::tests::put(store, "prod", "default", name, spec).await
 }
 
 // ---- tests ----
@@ -116,7 +44,7 @@ async fn count(store: &Store, sql: &'static str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_puts_each_get_their_own_answer_and_all_acknowledged_survive() {
-    let (dir, store) = with_pool_and_cluster(pool(600), "prod").await;
+    let (dir, store) = with_pool_and_cluster(&pool(600), "prod").await;
     // Eight Services that exist already and are PUT again unchanged.
     let mut existing = Vec::new();
     for i in 0..8 {
@@ -304,7 +232,7 @@ async fn run_batch(store: &Store, puts: Vec<(&str, &str, ServiceSpec)>) -> Vec<R
 
 #[tokio::test]
 async fn a_batch_decides_each_put_against_the_ones_before_it() {
-    let (_dir, store) = with_pool_and_cluster(pool(0), "prod").await;
+    let (_dir, store) = with_pool_and_cluster(&pool(0), "prod").await;
     put(&store, "old", service("old", &[80])).await; // 10.0.0.0
     put(&store, "moving", service("moving", &[80])).await; // 10.0.0.1
     let shared = |uid: &str, port: u16| ServiceSpec {
@@ -428,7 +356,7 @@ async fn a_batch_decides_each_put_against_the_ones_before_it() {
 
 #[tokio::test]
 async fn a_batch_whose_transaction_fails_answers_every_put_with_the_error_and_changes_nothing() {
-    let (dir, store) = with_pool_and_cluster(pool(600), "prod").await;
+    let (dir, store) = with_pool_and_cluster(&pool(600), "prod").await;
     put(&store, "first", service("first", &[80])).await; // 10.0.0.0
     let audit_before = count(&store, "SELECT COUNT(*) FROM audit").await;
     let (generation, _) = store.changes_since(0);

@@ -469,7 +469,7 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
                 StoreError::Io(format!(
                     "the transaction that carried this PUT with others failed, nothing was written; \
                      retry ({})",
-                    error_chain(&e)
+                    crate::error_chain(&e)
                 ))
             };
             for i in refused_after_writes {
@@ -481,18 +481,6 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
         }
     }
     answers
-}
-
-/// An error with its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Writes the batch's PUTs in one `BEGIN IMMEDIATE` transaction and commits it, in batch

@@ -92,13 +92,7 @@ impl Store {
             .await?
         {
             let key: (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            let spec = match row.try_get::<Option<String>, _>(3)? {
-                Some(text) => Some(
-                    serde_json::from_str::<ServiceSpec>(&text)
-                        .map_err(|e| StoreError::Corrupt(format!("service spec: {e}")))?,
-                ),
-                None => None,
-            };
+            let spec = stored_spec(row.try_get(3)?)?;
             let addrs = addresses.remove(&key).unwrap_or_default();
             let (cluster, namespace, name) = key;
             services.push(SnapshotService {
@@ -147,13 +141,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else { continue };
-            let spec = match row.try_get::<Option<String>, _>(0)? {
-                Some(text) => Some(
-                    serde_json::from_str::<ServiceSpec>(&text)
-                        .map_err(|e| StoreError::Corrupt(format!("service spec: {e}")))?,
-                ),
-                None => None,
-            };
+            let spec = stored_spec(row.try_get(0)?)?;
             let mut addresses = Vec::new();
             for row in sqlx::query(
                 "SELECT sa.ip, a.pool FROM service_addresses sa JOIN addresses a USING (ip) \
@@ -181,4 +169,10 @@ impl Store {
         tx.commit().await?;
         Ok(out)
     }
+}
+
+/// A stored spec column: `NULL` while the Service is only reserved by a sync.
+fn stored_spec(text: Option<String>) -> Result<Option<ServiceSpec>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("service spec: {e}"))))
+        .transpose()
 }

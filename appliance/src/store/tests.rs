@@ -14,7 +14,7 @@ use tempfile::TempDir;
 
 use super::*;
 
-const ACTOR: &str = "test";
+pub(super) const ACTOR: &str = "test";
 
 // ---- fixtures ----
 
@@ -24,7 +24,7 @@ async fn open() -> (TempDir, Store) {
     (dir, store)
 }
 
-fn pool(name: &str, ranges: &[&str]) -> PoolSpec {
+pub(super) fn pool(name: &str, ranges: &[&str]) -> PoolSpec {
     PoolSpec {
         name: name.to_owned(),
         ranges: ranges.iter().map(|r| (*r).to_owned()).collect(),
@@ -40,7 +40,7 @@ fn pool(name: &str, ranges: &[&str]) -> PoolSpec {
 }
 
 /// A Service spec with TCP ports, asking for one IPv4 address.
-fn service(uid: &str, ports: &[u16]) -> ServiceSpec {
+pub(super) fn service(uid: &str, ports: &[u16]) -> ServiceSpec {
     ServiceSpec {
         uid: uid.to_owned(),
         ports: ports
@@ -68,7 +68,7 @@ fn service(uid: &str, ports: &[u16]) -> ServiceSpec {
     }
 }
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|_| panic!("'{s}' is not a test address"))
 }
 
@@ -76,11 +76,11 @@ fn num(ip: IpAddr) -> u128 {
     crate::ipam::to_u128(ip)
 }
 
-fn shown(ips: &[IpAddr]) -> Vec<String> {
+pub(super) fn shown(ips: &[IpAddr]) -> Vec<String> {
     ips.iter().map(ToString::to_string).collect()
 }
 
-async fn with_pool_and_cluster(pools: &[PoolSpec], cluster: &str) -> (TempDir, Store) {
+pub(super) async fn with_pool_and_cluster(pools: &[PoolSpec], cluster: &str) -> (TempDir, Store) {
     let (dir, store) = open().await;
     for p in pools {
         store
@@ -106,7 +106,7 @@ async fn add_cluster(store: &Store, name: &str) {
 }
 
 /// Puts a Service and returns its addresses.
-async fn put(store: &Store, cluster: &str, namespace: &str, name: &str, spec: ServiceSpec) -> Vec<String> {
+pub(super) async fn put(store: &Store, cluster: &str, namespace: &str, name: &str, spec: ServiceSpec) -> Vec<String> {
     let s = store
         .put_service(ACTOR, cluster, namespace, name, spec)
         .await
@@ -114,7 +114,7 @@ async fn put(store: &Store, cluster: &str, namespace: &str, name: &str, spec: Se
     shown(&s.ips)
 }
 
-async fn audit_actions(store: &Store) -> Vec<String> {
+pub(super) async fn audit_actions(store: &Store) -> Vec<String> {
     let page = store
         .list_audit(&AuditFilter {
             limit: 1000,
