@@ -108,7 +108,7 @@ fn restore_file(d: &Desired) -> String {
     for k in d.state.services.keys() {
         let _ = writeln!(out, "-A -t {}:{} -s wlc", k.vip, k.port);
     }
-    for ((k, a), rs) in &d.state.real_servers {
+    for ((k, a), rs) in d.state.real_servers.iter() {
         let _ = writeln!(out, "-a -t {}:{} -r {a} -m -w {}", k.vip, k.port, rs.spec.weight);
     }
     out

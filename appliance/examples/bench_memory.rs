@@ -44,7 +44,8 @@ fn spec(i: u32, scheduler: Option<&str>) -> ServiceSpec {
             name: None,
             protocol: Protocol::Tcp,
             port: 80,
-            node_port: 30_000 + (i % 2_700) as u16,
+            // One NodePort per Service, as in a cluster: 100,000 distinct probe targets at 10,000.
+            node_port: 20_000 + i as u16,
         }],
         external_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,

@@ -15,7 +15,9 @@ use super::addr::VipAddresses;
 use super::ipvs::{self, Destination, DestinationEntry, ForwardMethod, IpvsHandle, IpvsOp, ServiceEntry, ServiceKey};
 use super::nft::{NatMode, NftTable};
 use super::sysctl::{self, Sysctls};
-use super::{Counters, Dataplane, DataplaneError, Forward, Manages, Op, Protocol, RealServer, RsSpec, State};
+use super::{
+    Counters, Dataplane, DataplaneError, Forward, Manages, Op, Protocol, RealServer, RealServers, RsSpec, State,
+};
 use super::{VirtualService, VsKey, VsSpec, announce};
 use crate::error_chain as chain;
 
@@ -259,15 +261,10 @@ impl Dataplane for LinuxDataplane {
             .buffer_unordered(DUMPS_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
-        let mut real_servers = BTreeMap::new();
+        let mut real_servers = RealServers::default();
         for (k, dests) in dumps {
             match dests {
-                Ok(dests) => {
-                    for d in &dests {
-                        let (addr, rs) = observed_real_server(d);
-                        real_servers.insert((k, addr), rs);
-                    }
-                }
+                Ok(dests) => real_servers.set(k, dests.iter().map(observed_real_server).collect()),
                 // Deleted by someone between the two dumps: it is simply gone.
                 Err(ipvs::Error::ServiceNotFound { .. }) => {}
                 Err(e) => return Err(DataplaneError::Observe(format!("real servers of {k}: {}", chain(&e)))),

@@ -115,7 +115,7 @@ pub struct RealServer {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub services: BTreeMap<VsKey, VirtualService>,
-    pub real_servers: BTreeMap<(VsKey, SocketAddr), RealServer>,
+    pub real_servers: RealServers,
     /// VIP addresses claimed on the appliance's interface; `None` when this data plane does not
     /// manage addresses (then the plan leaves them alone).
     pub addresses: Option<BTreeSet<IpAddr>>,
@@ -135,15 +135,141 @@ pub struct Manages {
     pub nat: nft::NatMode,
 }
 
+/// The real servers of every virtual service: a map from (virtual service, address), kept as
+/// one address-sorted vector per virtual service. At 100,000 real servers that is about half
+/// the memory of one B-tree over both keys (whose nodes fill to about half when entries come
+/// in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RealServers {
+    by_service: BTreeMap<VsKey, Vec<(SocketAddr, RealServer)>>,
+    len: usize,
+}
+
+impl RealServers {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The real servers of one virtual service, in address order.
+    pub fn of(&self, key: VsKey) -> &[(SocketAddr, RealServer)] {
+        self.by_service.get(&key).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn find(&self, (k, a): &(VsKey, SocketAddr)) -> Option<(&Vec<(SocketAddr, RealServer)>, usize)> {
+        let v = self.by_service.get(k)?;
+        v.binary_search_by(|(x, _)| x.cmp(a)).ok().map(|i| (v, i))
+    }
+
+    pub fn get(&self, key: &(VsKey, SocketAddr)) -> Option<&RealServer> {
+        self.find(key).map(|(v, i)| &v[i].1)
+    }
+
+    pub fn contains_key(&self, key: &(VsKey, SocketAddr)) -> bool {
+        self.find(key).is_some()
+    }
+
+    pub fn get_mut(&mut self, (k, a): &(VsKey, SocketAddr)) -> Option<&mut RealServer> {
+        let v = self.by_service.get_mut(k)?;
+        let i = v.binary_search_by(|(x, _)| x.cmp(a)).ok()?;
+        Some(&mut v[i].1)
+    }
+
+    /// Adds or replaces one; returns the one replaced.
+    pub fn insert(&mut self, (k, a): (VsKey, SocketAddr), rs: RealServer) -> Option<RealServer> {
+        let v = self.by_service.entry(k).or_default();
+        match v.binary_search_by(|(x, _)| x.cmp(&a)) {
+            Ok(i) => Some(std::mem::replace(&mut v[i].1, rs)),
+            Err(i) => {
+                v.insert(i, (a, rs));
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, (k, a): &(VsKey, SocketAddr)) -> Option<RealServer> {
+        let v = self.by_service.get_mut(k)?;
+        let i = v.binary_search_by(|(x, _)| x.cmp(a)).ok()?;
+        let (_, rs) = v.remove(i);
+        if v.is_empty() {
+            self.by_service.remove(k);
+        }
+        self.len -= 1;
+        Some(rs)
+    }
+
+    /// Replaces every real server of one virtual service (any order; of one address given twice
+    /// the first is kept; none removes them).
+    pub fn set(&mut self, k: VsKey, mut servers: Vec<(SocketAddr, RealServer)>) {
+        servers.sort_by_key(|(a, _)| *a);
+        servers.dedup_by(|(a, _), (b, _)| a == b);
+        servers.shrink_to_fit();
+        self.len -= self.by_service.get(&k).map_or(0, Vec::len);
+        self.len += servers.len();
+        if servers.is_empty() {
+            self.by_service.remove(&k);
+        } else {
+            self.by_service.insert(k, servers);
+        }
+    }
+
+    /// Removes every real server of one virtual service.
+    pub fn remove_all(&mut self, k: VsKey) {
+        self.set(k, Vec::new());
+    }
+
+    pub fn clear(&mut self) {
+        self.by_service.clear();
+        self.len = 0;
+    }
+
+    /// The virtual services that have real servers, in order.
+    pub fn services(&self) -> impl Iterator<Item = VsKey> + '_ {
+        self.by_service.keys().copied()
+    }
+
+    /// Every (virtual service, address), in order.
+    pub fn keys(&self) -> impl Iterator<Item = (VsKey, SocketAddr)> + '_ {
+        self.iter().map(|(key, _)| key)
+    }
+
+    /// Every real server with its key, in order.
+    pub fn iter(&self) -> impl Iterator<Item = ((VsKey, SocketAddr), &RealServer)> + '_ {
+        self.by_service
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |(a, rs)| ((*k, *a), rs)))
+    }
+
+    /// Every real server, mutable, with its key.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = ((VsKey, SocketAddr), &mut RealServer)> + '_ {
+        self.by_service
+            .iter_mut()
+            .flat_map(|(k, v)| v.iter_mut().map(move |(a, rs)| ((*k, *a), rs)))
+    }
+}
+
+impl FromIterator<((VsKey, SocketAddr), RealServer)> for RealServers {
+    fn from_iter<I: IntoIterator<Item = ((VsKey, SocketAddr), RealServer)>>(iter: I) -> RealServers {
+        let mut grouped: BTreeMap<VsKey, Vec<(SocketAddr, RealServer)>> = BTreeMap::new();
+        for ((k, a), rs) in iter {
+            grouped.entry(k).or_default().push((a, rs));
+        }
+        let mut out = RealServers::default();
+        for (k, v) in grouped {
+            out.set(k, v);
+        }
+        out
+    }
+}
+
 impl State {
     /// The real servers of one virtual service, in address order.
     pub fn real_servers_of(&self, key: VsKey) -> impl Iterator<Item = (SocketAddr, &RealServer)> {
-        // The smallest socket address: IPv4 sorts before IPv6, and 0.0.0.0:0 first of all.
-        let start = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
-        self.real_servers
-            .range((key, start)..)
-            .take_while(move |((k, _), _)| *k == key)
-            .map(|((_, a), rs)| (*a, rs))
+        self.real_servers.of(key).iter().map(|(a, rs)| (*a, rs))
     }
 
     /// Applies one operation with the kernel's rules: adding what exists, or changing what does
@@ -226,10 +352,7 @@ impl State {
                     return Err(format!("service {k} not found"));
                 }
                 // As in IPVS: the service's real servers go with it.
-                let gone: Vec<SocketAddr> = state.real_servers_of(*k).map(|(a, _)| a).collect();
-                for a in gone {
-                    state.real_servers.remove(&(*k, a));
-                }
+                state.real_servers.remove_all(*k);
                 Ok(())
             }
             Op::AddRealServer(k, a, spec) => {
@@ -359,4 +482,64 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Applies the operations in the order given. Every operation is attempted; failures are
     /// reported together.
     fn apply(&self, ops: &[Op]) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+}
+
+#[cfg(test)]
+mod real_servers_tests {
+    use super::*;
+
+    /// Random inserts, replacements, removals and whole-service sets give the same content, in
+    /// the same order, as a B-tree over (virtual service, address).
+    #[test]
+    fn real_servers_behave_as_a_map_over_both_keys() {
+        let mut seed: u64 = 0x5eed;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let key = |i: u64| VsKey::new(IpAddr::from([203, 0, 113, i as u8]), 80, Protocol::Tcp);
+        let addr = |i: u64| SocketAddr::new(IpAddr::from([10, 1, 0, i as u8]), 30_000);
+        let rs = |w: u64| RealServer {
+            spec: RsSpec::masquerade(w as u32),
+            counters: Counters::default(),
+        };
+        let mut ours = RealServers::default();
+        let mut model: BTreeMap<(VsKey, SocketAddr), RealServer> = BTreeMap::new();
+        for step in 0..5_000 {
+            let (k, a, w) = (key(next(8)), addr(next(12)), next(3));
+            match next(5) {
+                0 | 1 => assert_eq!(ours.insert((k, a), rs(w)), model.insert((k, a), rs(w)), "step {step}"),
+                2 => assert_eq!(ours.remove(&(k, a)), model.remove(&(k, a)), "step {step}"),
+                3 => {
+                    let servers: Vec<(SocketAddr, RealServer)> =
+                        (0..next(4)).map(|_| (addr(next(12)), rs(next(3)))).collect();
+                    model.retain(|(key, _), _| *key != k);
+                    // The first of duplicate addresses is kept, as `set` keeps it.
+                    for (a, r) in &servers {
+                        model.entry((k, *a)).or_insert_with(|| r.clone());
+                    }
+                    let mut sorted = servers;
+                    sorted.sort_by_key(|(a, _)| *a);
+                    ours.set(k, sorted);
+                }
+                _ => {
+                    if let Some(r) = ours.get_mut(&(k, a)) {
+                        r.spec.weight = 9;
+                    }
+                    if let Some(r) = model.get_mut(&(k, a)) {
+                        r.spec.weight = 9;
+                    }
+                }
+            }
+            assert_eq!(ours.len(), model.len(), "step {step}");
+            assert_eq!(ours.get(&(k, a)), model.get(&(k, a)), "step {step}");
+        }
+        let got: Vec<_> = ours.iter().map(|(key, r)| (key, r.clone())).collect();
+        let want: Vec<_> = model.into_iter().collect();
+        assert_eq!(got, want);
+        let rebuilt: RealServers = got.into_iter().collect();
+        assert_eq!(rebuilt, ours, "collecting gives the same structure");
+    }
 }

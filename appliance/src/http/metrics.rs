@@ -17,7 +17,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use edgelb_api::DataplaneStatus;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -25,6 +24,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
 
 use super::AppState;
+use crate::reconcile::Published;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -59,7 +59,7 @@ pub struct Metrics {
     pool_allocated: Family<PoolLabels, FloatGauge>,
     pool_held: Family<PoolLabels, FloatGauge>,
     services: Gauge,
-    dataplane: Arc<RwLock<watch::Receiver<Arc<DataplaneStatus>>>>,
+    dataplane: Arc<RwLock<watch::Receiver<Arc<Published>>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,7 +105,7 @@ impl Metrics {
             pool_held.clone(),
         );
         registry.register("services", "Services known to the appliance", services.clone());
-        let (_, rx) = watch::channel(Arc::new(DataplaneStatus::default()));
+        let (_, rx) = watch::channel(Arc::new(Published::default()));
         let dataplane = Arc::new(RwLock::new(rx));
         registry.register_collector(Box::new(DataplaneCollector(dataplane.clone())));
         Metrics {
@@ -121,7 +121,7 @@ impl Metrics {
     }
 
     /// Reads IPVS counters from the data plane's published status from now on.
-    pub fn set_dataplane(&self, status: watch::Receiver<Arc<DataplaneStatus>>) {
+    pub fn set_dataplane(&self, status: watch::Receiver<Arc<Published>>) {
         *self.dataplane.write().unwrap_or_else(|e| e.into_inner()) = status;
     }
 }
@@ -152,7 +152,7 @@ struct BackendLabels {
 /// IPVS counters, encoded at scrape time from the last published status (the kernel's own
 /// counters: absolute values, so constant metrics rather than ones this process increments).
 #[derive(Debug)]
-struct DataplaneCollector(Arc<RwLock<watch::Receiver<Arc<DataplaneStatus>>>>);
+struct DataplaneCollector(Arc<RwLock<watch::Receiver<Arc<Published>>>>);
 
 type CounterOf = fn(&edgelb_api::TrafficCounters) -> u64;
 
@@ -166,10 +166,12 @@ const COUNTERS: [(&str, &str, CounterOf); 5] = [
 
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let status = self.0.read().unwrap_or_else(|e| e.into_inner()).borrow().clone();
-        if status.mode.is_empty() {
+        let published = self.0.read().unwrap_or_else(|e| e.into_inner()).borrow().clone();
+        if published.summary.mode.is_empty() {
             return Ok(());
         }
+        // Built for this scrape only, then dropped.
+        let status = published.status();
         let up = ConstGauge::new(i64::from(status.last_error.is_none() && status.last_sync.is_some()));
         up.encode(encoder.encode_descriptor(
             "dataplane_up",

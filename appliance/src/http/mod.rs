@@ -26,6 +26,7 @@ pub use auth::Caller;
 pub use error::ApiError;
 pub use metrics::Metrics;
 
+use crate::reconcile::Published;
 use crate::store::Store;
 
 /// Request bodies larger than this are refused with 413.
@@ -46,15 +47,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub info: Arc<ServerInfo>,
     /// What the data plane last published (read-only: handlers never drive it).
-    pub dataplane: tokio::sync::watch::Receiver<Arc<edgelb_api::DataplaneStatus>>,
+    pub dataplane: tokio::sync::watch::Receiver<Arc<Published>>,
 }
 
 impl AppState {
     pub fn new(store: Store, info: ServerInfo) -> AppState {
-        let (_, dataplane) = tokio::sync::watch::channel(Arc::new(edgelb_api::DataplaneStatus {
-            mode: info.dataplane.clone(),
-            ..Default::default()
-        }));
+        let (_, dataplane) = tokio::sync::watch::channel(Arc::new(Published::new(&info.dataplane)));
         AppState {
             store,
             metrics: Arc::new(Metrics::new()),
@@ -64,10 +62,7 @@ impl AppState {
     }
 
     /// Reads the data plane's status from the reconciler's publication.
-    pub fn with_dataplane(
-        mut self,
-        status: tokio::sync::watch::Receiver<Arc<edgelb_api::DataplaneStatus>>,
-    ) -> AppState {
+    pub fn with_dataplane(mut self, status: tokio::sync::watch::Receiver<Arc<Published>>) -> AppState {
         self.metrics.set_dataplane(status.clone());
         self.dataplane = status;
         self
@@ -118,7 +113,7 @@ async fn healthz() -> &'static str {
 /// which data plane runs, so a control-plane-only appliance is never mistaken for one that
 /// forwards.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let dp = state.dataplane.borrow().clone();
+    let dp = state.dataplane.borrow().summary.clone();
     match state.store.ping().await {
         Ok(()) if state.info.dataplane == "none" => (
             StatusCode::OK,

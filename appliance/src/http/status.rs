@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::api::ApiPath;
 use super::{ApiError, AppState, Caller};
+use crate::dataplane::VsKey;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route(
@@ -38,17 +39,15 @@ pub async fn service_status(
     caller.can_cluster(&p.cluster, false, "read services")?;
     let svc = s.store.get_service(&p.cluster, &p.namespace, &p.name).await?;
     let dp = s.dataplane.borrow().clone();
+    let summary = &dp.summary;
     let forwarding = s.info.dataplane != "none";
     let mut virtual_services = Vec::new();
     if forwarding && let Some(spec) = &svc.spec {
         for ip in &svc.ips {
             for port in &spec.ports {
-                let found = dp
-                    .virtual_services
-                    .iter()
-                    .find(|v| v.ip == *ip && v.port == port.port && v.protocol == port.protocol);
+                let found = dp.virtual_service(VsKey::new(*ip, port.port, port.protocol));
                 virtual_services.push(match found {
-                    Some(v) => v.clone(),
+                    Some(v) => v,
                     None => VirtualServiceStatus {
                         ip: *ip,
                         port: port.port,
@@ -68,8 +67,8 @@ pub async fn service_status(
         namespace: svc.namespace,
         name: svc.name,
         dataplane: s.info.dataplane.clone(),
-        last_sync: dp.last_sync,
-        last_error: dp.last_error.clone(),
+        last_sync: summary.last_sync,
+        last_error: summary.last_error.clone(),
         virtual_services,
     }))
 }

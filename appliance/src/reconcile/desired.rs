@@ -82,7 +82,7 @@ impl Drains {
     pub fn seed(observed: &State) -> Drains {
         let mut present: BTreeMap<VsKey, BTreeSet<SocketAddr>> = BTreeMap::new();
         for (k, a) in observed.real_servers.keys() {
-            present.entry(*k).or_default().insert(*a);
+            present.entry(k).or_default().insert(a);
         }
         Drains {
             present,
@@ -91,12 +91,43 @@ impl Drains {
     }
 }
 
+/// How the real servers of one virtual service are probed: the same kind of probe on the same
+/// port of each eligible node (kube-proxy's `/healthz` on the health-check port, or the
+/// NodePort). Kept once per virtual service, not once per real server: at 10,000 Services on 10
+/// nodes that is 10,000 entries, not 100,000.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probed {
+    /// The target of the first node (only its kind and port matter).
+    pub probe: Target,
+    /// The eligible nodes' addresses, sorted: each one's target is probed.
+    pub nodes: Vec<IpAddr>,
+}
+
+impl Probed {
+    /// The target probed for a real server on `node`, if that node is probed.
+    pub fn target(&self, node: IpAddr) -> Option<Target> {
+        self.nodes.binary_search(&node).is_ok().then(|| self.on(node))
+    }
+
+    /// Every target, in node order.
+    pub fn targets(&self) -> impl Iterator<Item = Target> + '_ {
+        self.nodes.iter().map(|n| self.on(*n))
+    }
+
+    fn on(&self, node: IpAddr) -> Target {
+        Target {
+            addr: node,
+            ..self.probe.clone()
+        }
+    }
+}
+
 /// The health side of a desired state: what to probe for each real server, the memory for the
 /// next pass, and when a drain ends (a pass is due then, to remove what has drained).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthPlan {
-    /// The target probed for each real server of an eligible node.
-    pub targets: BTreeMap<RsKey, Target>,
+    /// What is probed for the real servers of each virtual service's eligible nodes.
+    pub targets: BTreeMap<VsKey, Probed>,
     /// Virtual services whose Service or pool has its own settings. A target used by several
     /// gets the settings of the first (in key order) that has any.
     pub overrides: BTreeMap<VsKey, HealthOverrides>,
@@ -115,17 +146,19 @@ impl HealthPlan {
     pub fn probes(&self, defaults: Settings) -> HashMap<Target, Settings> {
         // (settings, whether they came from an override)
         let mut out: HashMap<Target, (Settings, bool)> = HashMap::new();
-        for ((key, _), t) in &self.targets {
+        for (key, probed) in &self.targets {
             let own = self.overrides.get(key).map(|o| defaults.with(o));
-            match out.get_mut(t) {
-                Some(e) if !e.1 => {
-                    if let Some(own) = own {
-                        *e = (own, true);
+            for t in probed.targets() {
+                match out.get_mut(&t) {
+                    Some(e) if !e.1 => {
+                        if let Some(own) = own {
+                            *e = (own, true);
+                        }
                     }
-                }
-                Some(_) => {}
-                None => {
-                    out.insert(t.clone(), own.map_or((defaults, false), |o| (o, true)));
+                    Some(_) => {}
+                    None => {
+                        out.insert(t, own.map_or((defaults, false), |o| (o, true)));
+                    }
                 }
             }
         }
@@ -135,6 +168,11 @@ impl HealthPlan {
         out.into_iter().map(|(t, (s, _))| (t, s)).collect()
     }
 
+    /// The target probed for a real server itself (not its node's), if any.
+    pub fn target_of(&self, key: VsKey, rs: SocketAddr) -> Option<Target> {
+        self.targets.get(&key)?.target(rs.ip())
+    }
+
     /// The node-level target of a real server's node, when the node check is on and the node
     /// serves some real server.
     pub fn node_target_of(&self, addr: IpAddr) -> Option<Target> {
@@ -142,11 +180,11 @@ impl HealthPlan {
         self.nodes.contains_key(&t).then_some(t)
     }
 
-    /// The settings of one target, the same as [`probes`](Self::probes) gives it, from the real
-    /// servers that use it (in key order); `None` when none does.
-    pub fn settings_of<'a>(&self, users: impl IntoIterator<Item = &'a RsKey>, defaults: Settings) -> Option<Settings> {
+    /// The settings of one target, the same as [`probes`](Self::probes) gives it, from the
+    /// virtual services whose real servers use it (in key order); `None` when none does.
+    pub fn settings_of<'a>(&self, users: impl IntoIterator<Item = &'a VsKey>, defaults: Settings) -> Option<Settings> {
         let mut any = false;
-        for (key, _) in users {
+        for key in users {
             any = true;
             if let Some(o) = self.overrides.get(key) {
                 return Some(defaults.with(o));
@@ -204,9 +242,18 @@ pub(super) fn weigh(
     {
         out.overrides.insert(key, o);
     }
+    let mut probed: Option<Probed> = None;
     for (a, t) in eligible {
         if let Some(t) = t {
-            out.targets.insert((key, *a), t.clone());
+            match &mut probed {
+                Some(p) => p.nodes.push(a.ip()),
+                None => {
+                    probed = Some(Probed {
+                        probe: t.clone(),
+                        nodes: vec![a.ip()],
+                    })
+                }
+            }
         }
         let weight = match down_since(a, t) {
             Some(_) if fail_open => Some(WEIGHT),
@@ -234,6 +281,11 @@ pub(super) fn weigh(
             leaving.insert(a, since);
             weights.push((a, 0));
         }
+    }
+    if let Some(mut p) = probed {
+        p.nodes.sort_unstable();
+        p.nodes.dedup();
+        out.targets.insert(key, p);
     }
     if !present.is_empty() {
         out.drains.present.insert(key, present);

@@ -11,6 +11,7 @@
 pub mod desired;
 pub mod model;
 pub mod overrides;
+pub mod published;
 pub mod runner;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use crate::dataplane::{Op, State, VsKey, nft};
 use crate::ipam::{IpRange, to_u128};
 
 pub use desired::desired;
+pub use published::Published;
 pub use runner::{ReconcileError, Reconciler, RunnerOptions, flush};
 
 /// The addresses edgelb owns: its pools' ranges.
@@ -71,8 +73,7 @@ fn plan_state(want: &State, owned: &Ownership, ruleset: Option<&nft::Ruleset>, o
     let mut plan = Plan::default();
     let keys: BTreeSet<VsKey> = [want, observed]
         .into_iter()
-        .flat_map(|s| s.services.keys().chain(s.real_servers.keys().map(|(k, _)| k)))
-        .copied()
+        .flat_map(|s| s.services.keys().copied().chain(s.real_servers.services()))
         .collect();
     for k in keys {
         plan.virtual_service(k, want, observed, owned);

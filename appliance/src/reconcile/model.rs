@@ -14,12 +14,12 @@ use std::net::{IpAddr, SocketAddr};
 use edgelb_api::{IpFamily, Node, SessionAffinity};
 
 use super::desired::{
-    CLOSED, DEFAULT_AFFINITY_TIMEOUT, Drains, HealthInput, HealthPlan, RsKey, eligible, node_address, target_of, weigh,
+    CLOSED, DEFAULT_AFFINITY_TIMEOUT, Drains, HealthInput, HealthPlan, eligible, node_address, target_of, weigh,
 };
 use super::{Desired, Ownership, Plan, plan_state};
 use crate::dataplane::nft::{self, IpPrefix};
 use crate::dataplane::{Manages, Op, RealServer, RsSpec, State, VirtualService, VsKey, VsSpec};
-use crate::health::{Settings, Target};
+use crate::health::{ProbeKind, Settings, Target};
 use crate::ipam::ServiceKey;
 use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService};
 
@@ -40,16 +40,12 @@ pub struct Model {
     vips: BTreeMap<IpAddr, u32>,
     parts: HashMap<ServiceKey, Part>,
     hp: HealthPlan,
-    /// How many real servers are probed through each target.
-    users: HashMap<Target, u32>,
-    /// The real servers with their own settings (a Service's or pool's) probed through each
-    /// target, in key order: the first decides the target's settings. Only those, to keep the
-    /// memory of 100,000 targets with default settings small.
-    tuned: HashMap<Target, Vec<RsKey>>,
+    /// The virtual services probed with each kind of probe on each port, in key order: a
+    /// target's users are those of its kind and port that probe its node, and the first of
+    /// them with its own settings decides the target's. Per virtual service, not per target,
+    /// to keep the memory of 100,000 targets small.
+    by_probe: HashMap<(ProbeKind, u16), Vec<VsKey>>,
 }
-
-/// The smallest socket address: IPv4 sorts before IPv6, and 0.0.0.0:0 first of all.
-const LOWEST: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// What one Service contributed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,7 +138,21 @@ impl Model {
         }
         cmp_map!(state.services);
         cmp!(state.addresses);
-        cmp_map!(state.real_servers);
+        if self.state.real_servers != other.state.real_servers {
+            let a: Vec<_> = self
+                .state
+                .real_servers
+                .iter()
+                .filter(|(k, v)| other.state.real_servers.get(k) != Some(*v))
+                .collect();
+            let b: Vec<_> = other
+                .state
+                .real_servers
+                .iter()
+                .filter(|(k, v)| self.state.real_servers.get(k) != Some(*v))
+                .collect();
+            out.push(format!("state.real_servers: {a:?}\n  vs {b:?}"));
+        }
         cmp_map!(forwards);
         cmp_map!(elements);
         cmp_map!(vips);
@@ -152,8 +162,7 @@ impl Model {
         cmp_map!(hp.nodes);
         cmp!(hp.node_port);
         cmp!(hp.drains);
-        cmp_map!(users);
-        cmp_map!(tuned);
+        cmp_map!(by_probe);
         out
     }
 
@@ -224,35 +233,17 @@ impl Model {
         for k in part.keys {
             touched.services.insert(k);
             self.state.services.remove(&k);
-            let addrs: Vec<SocketAddr> = self.state.real_servers_of(k).map(|(a, _)| a).collect();
-            for a in addrs {
-                self.state.real_servers.remove(&(k, a));
-            }
+            self.state.real_servers.remove_all(k);
             // Every eligible node's target, also of a real server already drained away.
-            let probed: Vec<SocketAddr> = self
-                .hp
-                .targets
-                .range((k, LOWEST)..)
-                .take_while(|((key, _), _)| *key == k)
-                .map(|((_, a), _)| *a)
-                .collect();
-            for a in probed {
-                let Some(t) = self.hp.targets.remove(&(k, a)) else {
-                    continue;
-                };
-                if let Some(tuned) = self.tuned.get_mut(&t) {
-                    tuned.retain(|u| *u != (k, a));
-                    if tuned.is_empty() {
-                        self.tuned.remove(&t);
+            if let Some(p) = self.hp.targets.remove(&k) {
+                let probe = (p.probe.kind.clone(), p.probe.port);
+                if let Some(users) = self.by_probe.get_mut(&probe) {
+                    users.retain(|u| *u != k);
+                    if users.is_empty() {
+                        self.by_probe.remove(&probe);
                     }
                 }
-                if let Some(n) = self.users.get_mut(&t) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.users.remove(&t);
-                    }
-                }
-                touched.targets.insert(t);
+                touched.targets.extend(p.targets());
             }
             self.hp.overrides.remove(&k);
             if let Some(p) = self.hp.drains.present.remove(&k) {
@@ -387,20 +378,13 @@ impl Model {
                 }
                 // In address order, whatever the order nodes became eligible or left in.
                 weights.sort_unstable();
-                for (a, target) in &eligible {
-                    let Some(target) = target else { continue };
-                    if !self.hp.targets.contains_key(&(k, *a)) {
-                        continue;
-                    }
-                    *self.users.entry(target.clone()).or_default() += 1;
-                    if overrides.is_some() {
-                        let tuned = self.tuned.entry(target.clone()).or_default();
-                        if let Err(at) = tuned.binary_search(&(k, *a)) {
-                            tuned.insert(at, (k, *a));
-                        }
+                if let Some(p) = self.hp.targets.get(&k) {
+                    let users = self.by_probe.entry((p.probe.kind.clone(), p.probe.port)).or_default();
+                    if let Err(at) = users.binary_search(&k) {
+                        users.insert(at, k);
                     }
                     if let Some(t) = touched.as_deref_mut() {
-                        t.targets.insert(target.clone());
+                        t.targets.extend(p.targets());
                     }
                 }
                 if self.manages.rules {
@@ -421,15 +405,17 @@ impl Model {
                     }
                     self.forwards.insert(k, f);
                 }
-                for (addr, weight) in weights {
-                    self.state.real_servers.insert(
-                        (k, addr),
-                        RealServer {
+                let servers = weights
+                    .into_iter()
+                    .map(|(addr, weight)| {
+                        let rs = RealServer {
                             spec: RsSpec::masquerade(weight),
                             counters: Default::default(),
-                        },
-                    );
-                }
+                        };
+                        (addr, rs)
+                    })
+                    .collect();
+                self.state.real_servers.set(k, servers);
             }
             if !spec.ports.is_empty() {
                 part.vips.push(vip);
@@ -465,11 +451,12 @@ impl Model {
             .targets
             .iter()
             .map(|t| {
-                let settings = match (self.tuned.get(t).and_then(|u| u.first()), self.users.contains_key(t)) {
-                    (Some(first), _) => self.hp.settings_of([first], defaults),
-                    (None, true) => Some(defaults),
-                    (None, false) => self.hp.nodes.contains_key(t).then_some(defaults),
-                };
+                let users = self.by_probe.get(&(t.kind.clone(), t.port)).into_iter().flatten();
+                let probing = users.filter(|k| self.hp.targets.get(k).is_some_and(|p| p.target(t.addr).is_some()));
+                let settings = self
+                    .hp
+                    .settings_of(probing, defaults)
+                    .or_else(|| self.hp.nodes.contains_key(t).then_some(defaults));
                 (t.clone(), settings)
             })
             .collect()

@@ -1,7 +1,8 @@
 //! The reconcile loop: a pass (snapshot the store, observe the kernel, plan, apply) at start, on
 //! every store change (woken through the store's watch, changes arriving close together
 //! coalesced into one pass) and on a periodic resync that repairs drift. After each pass it
-//! publishes a [`DataplaneStatus`] that `/readyz`, `/metrics` and the status endpoint read.
+//! publishes a [`Published`] view that `/readyz`, `/metrics`, the status endpoint and the
+//! console read; the kernel's state it keeps between passes lives there, shared, not copied.
 //!
 //! A pass woken by a store change plans against the state the previous pass left (kept in
 //! memory, with its applied operations folded in) instead of dumping the kernel again: a dump of
@@ -25,20 +26,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use edgelb_api::{
-    BackendHealth, DataplaneStatus, HealthState, RealServerStatus, TrafficCounters, VirtualServiceStatus,
-};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::desired::{Drains, HealthInput, HealthPlan, HealthView};
+use super::desired::{Drains, HealthInput, HealthView};
 use super::model::{Model, Touched};
+use super::published::Published;
 use super::{Ownership, desired};
 use crate::config::HealthConfig;
-use crate::dataplane::{Counters, Dataplane, DataplaneError, Op, State, VirtualService, VsKey};
+use crate::dataplane::{Dataplane, DataplaneError, Op, State};
 use crate::error_chain;
-use crate::health::{Checker, Health, Settings, Thresholds};
+use crate::health::{Checker, Settings, Thresholds};
 use crate::store::{Store, StoreError};
 
 /// How many operations of a pass are logged one by one; beyond that only a summary.
@@ -88,7 +87,8 @@ pub struct Reconciler<D> {
     store: Store,
     dataplane: D,
     options: RunnerOptions,
-    status: watch::Sender<Arc<DataplaneStatus>>,
+    /// The published view, which also holds the kept kernel state.
+    status: watch::Sender<Arc<Published>>,
     memory: Mutex<Memory>,
     health: Option<HealthRuntime>,
 }
@@ -96,8 +96,9 @@ pub struct Reconciler<D> {
 /// What a pass leaves for the next.
 #[derive(Debug, Default)]
 struct Memory {
-    /// The kernel's state as the last successful pass left it; `None` forces a dump.
-    observed: Option<State>,
+    /// Whether the published kernel state is what the kernel holds (the last pass succeeded);
+    /// false forces a dump.
+    kept: bool,
     /// The desired state; `None` forces a full build.
     model: Option<Model>,
     /// The store's journal generation the model reflects.
@@ -121,8 +122,8 @@ enum Pass {
 /// A change naming more Services than this rebuilds the model from one snapshot instead.
 const INCREMENTAL_MAX: usize = 256;
 
-/// The result of a pass's work: the operations applied (the state after them is the kept
-/// observation, `None` if unknown), and what the status must be updated for.
+/// The result of a pass's work: the operations applied, and what the status must be updated
+/// for.
 struct Outcome {
     ops: Vec<Op>,
     owned: Ownership,
@@ -143,10 +144,7 @@ struct HealthRuntime {
 
 impl<D: Dataplane> Reconciler<D> {
     pub fn new(store: Store, dataplane: D, options: RunnerOptions) -> Reconciler<D> {
-        let (status, _) = watch::channel(Arc::new(DataplaneStatus {
-            mode: dataplane.name().to_owned(),
-            ..DataplaneStatus::default()
-        }));
+        let (status, _) = watch::channel(Arc::new(Published::new(dataplane.name())));
         Reconciler {
             store,
             dataplane,
@@ -160,10 +158,10 @@ impl<D: Dataplane> Reconciler<D> {
     /// Turns on health checking and draining with these settings: [`run`](Self::run) then
     /// also runs the checker.
     pub fn with_health(mut self, config: HealthConfig) -> Reconciler<D> {
-        self.health = Some(HealthRuntime {
-            checker: Checker::new(PROBE_CONCURRENCY, PROBE_JITTER),
-            config,
-        });
+        let checker = Checker::new(PROBE_CONCURRENCY, PROBE_JITTER);
+        self.status
+            .send_modify(|p| Arc::make_mut(p).checker = Some(checker.clone()));
+        self.health = Some(HealthRuntime { checker, config });
         self
     }
 
@@ -172,8 +170,8 @@ impl<D: Dataplane> Reconciler<D> {
         self.health.as_ref().map(|h| &h.checker)
     }
 
-    /// The published status, updated after every pass.
-    pub fn status(&self) -> watch::Receiver<Arc<DataplaneStatus>> {
+    /// The published view, updated after every pass.
+    pub fn status(&self) -> watch::Receiver<Arc<Published>> {
         self.status.subscribe()
     }
 
@@ -197,7 +195,7 @@ impl<D: Dataplane> Reconciler<D> {
         let mut memory = std::mem::take(&mut *self.memory.lock().unwrap_or_else(|e| e.into_inner()));
         let outcome = self.pass_inner(kind, &mut memory).await;
         if outcome.is_err() {
-            memory.observed = None;
+            memory.kept = false;
         }
         let elapsed = start.elapsed();
         let report = match outcome {
@@ -214,7 +212,11 @@ impl<D: Dataplane> Reconciler<D> {
             }
             Err(e) => {
                 warn!(error = %error_chain(&e), elapsed_ms = elapsed.as_millis() as u64, "dataplane pass failed");
-                self.publish(0, None, Some(error_chain(&e)));
+                self.status.send_modify(|p| {
+                    let s = &mut Arc::make_mut(p).summary;
+                    s.passes += 1;
+                    s.last_error = Some(error_chain(&e));
+                });
                 Err(e)
             }
         };
@@ -225,50 +227,42 @@ impl<D: Dataplane> Reconciler<D> {
         report
     }
 
-    /// Publishes a successful pass: the status of what it touched, or of everything.
+    /// Publishes a successful pass (its kernel state is in place already): what the status is
+    /// built from, for what it touched or for everything.
     fn publish_outcome(&self, out: &Outcome, memory: &Memory) {
-        let Some(after) = &memory.observed else {
-            self.publish(out.ops.len(), None, None);
-            return;
-        };
         let hp = memory.model.as_ref().map(Model::health_plan);
-        let checker = self.health.as_ref().map(|h| &h.checker);
-        match &out.touched {
-            None => {
-                let mut vs = virtual_services(after, &out.owned);
-                if let (Some(hp), Some(checker)) = (hp, checker) {
-                    add_health(&mut vs, hp, checker);
+        self.status.send_modify(|p| {
+            let p = Arc::make_mut(p);
+            p.summary.passes += 1;
+            p.summary.operations += out.ops.len() as u64;
+            p.summary.last_sync = Some(OffsetDateTime::now_utc());
+            p.summary.last_error = None;
+            p.owned = out.owned.clone();
+            let Some(hp) = hp else { return };
+            p.node_port = hp.node_port;
+            match &out.touched {
+                None => p.probed = hp.targets.clone(),
+                Some(touched) => {
+                    for k in &touched.services {
+                        match hp.targets.get(k) {
+                            Some(probed) => p.probed.insert(*k, probed.clone()),
+                            None => p.probed.remove(k),
+                        };
+                    }
                 }
-                self.publish(out.ops.len(), Some(vs), None);
             }
-            Some(touched) => self.status.send_modify(|s| {
-                let s = Arc::make_mut(s);
-                s.passes += 1;
-                s.operations += out.ops.len() as u64;
-                s.last_sync = Some(OffsetDateTime::now_utc());
-                s.last_error = None;
-                for k in &touched.services {
-                    let pos = s
-                        .virtual_services
-                        .binary_search_by(|v| VsKey::new(v.ip, v.port, v.protocol).cmp(k));
-                    let mut now = match after.services.get(k) {
-                        Some(vs) if out.owned.owns(k.vip) => vec![virtual_service(after, *k, vs)],
-                        _ => Vec::new(),
-                    };
-                    if let (Some(hp), Some(checker)) = (hp, checker) {
-                        add_health(&mut now, hp, checker);
-                    }
-                    match (pos, now.pop()) {
-                        (Ok(i), Some(v)) => s.virtual_services[i] = v,
-                        (Ok(i), None) => {
-                            s.virtual_services.remove(i);
-                        }
-                        (Err(i), Some(v)) => s.virtual_services.insert(i, v),
-                        (Err(_), None) => {}
-                    }
-                }
-            }),
-        }
+        });
+    }
+
+    /// Replaces the published kernel state (without waking readers: the pass's publication
+    /// does), dropping the old one outside the channel's lock.
+    fn set_observed(&self, state: State) {
+        let mut old = None;
+        self.status.send_if_modified(|p| {
+            old = Some(std::mem::replace(&mut Arc::make_mut(p).observed, state));
+            false
+        });
+        drop(old);
     }
 
     /// The health input of a pass, reading targets' health from `targets`.
@@ -308,7 +302,7 @@ impl<D: Dataplane> Reconciler<D> {
         let (generation, dirty) = self.store.changes_since(memory.generation);
         let incremental = kind == Pass::Change
             && memory.model.is_some()
-            && memory.observed.is_some()
+            && memory.kept
             && !dirty.all
             && dirty.nodes.is_empty()
             && dirty.services.len() <= INCREMENTAL_MAX;
@@ -316,26 +310,39 @@ impl<D: Dataplane> Reconciler<D> {
             return Ok(out);
         }
         let snap = self.store.dataplane_snapshot().await?;
-        let observed = match (kind, memory.observed.take()) {
-            (Pass::Dump, _) | (_, None) => self.dataplane.observe().await?,
-            (_, Some(state)) => state,
+        // Planned against a fresh dump, or against the kept state.
+        let dumped = if kind == Pass::Dump || !memory.kept {
+            Some(self.dataplane.observe().await?)
+        } else {
+            None
         };
+        memory.kept = false;
         let drains = match (memory.model.take(), memory.drains.take()) {
             (Some(m), _) => m.into_drains(),
             (None, Some(d)) => d,
-            (None, None) => Drains::seed(&observed),
+            (None, None) => match &dumped {
+                Some(state) => Drains::seed(state),
+                None => Drains::seed(&self.status.borrow().observed),
+            },
         };
-        let targets = self.health.as_ref().map(|h| h.checker.snapshot()).unwrap_or_default();
-        let model = Model::build(snap, self.dataplane.manages(), &self.health_input(&targets, &drains));
+        let no_checker = std::collections::HashMap::new();
+        let view: &dyn HealthView = match &self.health {
+            Some(h) => &h.checker,
+            None => &no_checker,
+        };
+        let model = Model::build(snap, self.dataplane.manages(), &self.health_input(view, &drains));
         drop(drains);
         if let (Some(h), Some(defaults)) = (&self.health, self.probe_defaults()) {
             h.checker.set_targets(model.health_plan().probes(defaults));
         }
-        let ops = model.plan_full(&observed);
+        let ops = match &dumped {
+            Some(state) => model.plan_full(state),
+            None => model.plan_full(&self.status.borrow().observed),
+        };
         let owned = model.owned().clone();
         memory.model = Some(model);
         memory.generation = generation;
-        memory.observed = self.apply(&ops, observed, kind == Pass::Dump).await?;
+        memory.kept = self.apply(&ops, dumped, kind == Pass::Dump).await?;
         Ok(Outcome {
             ops,
             owned,
@@ -358,7 +365,7 @@ impl<D: Dataplane> Reconciler<D> {
             .into_iter()
             .map(|s| (crate::ipam::ServiceKey::new(&s.cluster, &s.namespace, &s.name), s))
             .collect();
-        let (Some(model), Some(observed)) = (memory.model.as_mut(), memory.observed.take()) else {
+        let Some(model) = memory.model.as_mut() else {
             return Ok(None);
         };
         let none = Drains::default();
@@ -372,16 +379,16 @@ impl<D: Dataplane> Reconciler<D> {
         let services = keys.iter().map(|k| (k.clone(), fresh.remove(k))).collect();
         if !model.replace_all(services, &input, &mut touched) {
             // Two Services claim one virtual service: let a full build decide, as at start.
-            memory.observed = Some(observed);
             return Ok(None);
         }
         if let (Some(h), Some(defaults)) = (&self.health, self.probe_defaults()) {
             h.checker.update_targets(model.probe_changes(&touched, defaults));
         }
-        let ops = model.plan_touched(&observed, &touched);
+        let ops = model.plan_touched(&self.status.borrow().observed, &touched);
         let owned = model.owned().clone();
         memory.generation = generation;
-        memory.observed = self.apply(&ops, observed, false).await?;
+        memory.kept = false;
+        memory.kept = self.apply(&ops, None, false).await?;
         Ok(Some(Outcome {
             ops,
             owned,
@@ -389,11 +396,16 @@ impl<D: Dataplane> Reconciler<D> {
         }))
     }
 
-    /// Applies `ops` to the kernel; returns the state after them: dumped again with fresh
-    /// counters (`dump`), or `observed` with the operations folded in; `None` if unknown.
-    async fn apply(&self, ops: &[Op], observed: State, dump: bool) -> Result<Option<State>, ReconcileError> {
+    /// Applies `ops` to the kernel and publishes the state after them: dumped again with fresh
+    /// counters (`dump`), or `base` (the state they were planned against; `None`: the published
+    /// one) with the operations folded in. Returns whether that state is known to be the
+    /// kernel's.
+    async fn apply(&self, ops: &[Op], base: Option<State>, dump: bool) -> Result<bool, ReconcileError> {
         if ops.is_empty() {
-            return Ok(Some(observed));
+            if let Some(state) = base {
+                self.set_observed(state);
+            }
+            return Ok(true);
         }
         for op in ops.iter().take(LOG_OPS) {
             info!(op = %op, "dataplane change");
@@ -403,33 +415,42 @@ impl<D: Dataplane> Reconciler<D> {
         }
         self.dataplane.apply(ops).await?;
         if dump {
-            // Fresh counters for the status; a failed dump only costs that.
-            return Ok(self.dataplane.observe().await.ok());
-        }
-        let mut next = observed;
-        for op in ops {
-            if let Err(e) = next.apply(op) {
-                // The kernel accepted what the model refuses: trust neither, dump next time.
-                warn!(op = %op, error = %e, "applied state diverges from the plan");
-                return Ok(None);
+            // Fresh counters for the status; a failed dump only costs that (and a dump next
+            // time).
+            match self.dataplane.observe().await {
+                Ok(state) => {
+                    self.set_observed(state);
+                    return Ok(true);
+                }
+                Err(e) => warn!(error = %error_chain(&e), "dumping the kernel after applying failed"),
             }
         }
-        Ok(Some(next))
-    }
-
-    fn publish(&self, ops: usize, vs: Option<Vec<VirtualServiceStatus>>, error: Option<String>) {
-        self.status.send_modify(|s| {
-            let s = Arc::make_mut(s);
-            s.passes += 1;
-            s.operations += ops as u64;
-            if error.is_none() {
-                s.last_sync = Some(OffsetDateTime::now_utc());
+        let fold = |state: &mut State| {
+            for op in ops {
+                if let Err(e) = state.apply(op) {
+                    // The kernel accepted what the model refuses: trust neither, dump next time.
+                    warn!(op = %op, error = %e, "applied state diverges from the plan");
+                    return false;
+                }
             }
-            s.last_error = error;
-            if let Some(vs) = vs {
-                s.virtual_services = vs;
+            true
+        };
+        let folded = match base {
+            Some(mut state) => {
+                let ok = fold(&mut state);
+                self.set_observed(state);
+                ok
             }
-        });
+            None => {
+                let mut ok = false;
+                self.status.send_if_modified(|p| {
+                    ok = fold(&mut Arc::make_mut(p).observed);
+                    false
+                });
+                ok
+            }
+        };
+        Ok(folded && !dump)
     }
 
     /// Runs forever: a pass now, then on every store change and every resync period. A failed
@@ -539,93 +560,6 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Adds each real server's health (what is probed, its damped state, the last probe) to the
-/// status, from the last pass's targets and the checker's current view. With the node-level
-/// check on, a node that fails it shows as the reason its real servers are down.
-pub fn add_health(vs: &mut [VirtualServiceStatus], hp: &HealthPlan, checker: &Checker) {
-    for v in vs {
-        let key = VsKey::new(v.ip, v.port, v.protocol);
-        for rs in &mut v.real_servers {
-            let addr = std::net::SocketAddr::new(rs.ip, rs.port);
-            let own = hp
-                .targets
-                .get(&(key, addr))
-                .and_then(|t| checker.state(t).map(|s| (t.clone(), s)));
-            let node = hp.node_target_of(rs.ip).and_then(|t| checker.state(&t).map(|s| (t, s)));
-            // The node's check when it takes the real server out, else the real server's own.
-            let shown = match (own, node) {
-                (_, Some(n)) if n.1.health == Health::Down => Some(n),
-                (Some(o), _) => Some(o),
-                (None, n) => n,
-            };
-            let Some((target, st)) = shown else {
-                continue;
-            };
-            let target = &target;
-            rs.health = Some(BackendHealth {
-                target: target.to_string(),
-                state: match st.health {
-                    Health::Unknown => HealthState::Unknown,
-                    Health::Up => HealthState::Up,
-                    Health::Down => HealthState::Down,
-                },
-                since: OffsetDateTime::from(st.since),
-                last_result: st.last.as_ref().map(|o| o.describe()),
-                last_probe: st.last_probe.map(OffsetDateTime::from),
-                last_latency_micros: st
-                    .last_latency
-                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            });
-        }
-    }
-}
-
-fn counters(c: &Counters) -> TrafficCounters {
-    TrafficCounters {
-        connections: c.connections,
-        packets_in: c.packets_in,
-        packets_out: c.packets_out,
-        bytes_in: c.bytes_in,
-        bytes_out: c.bytes_out,
-    }
-}
-
-/// The owned virtual services of an observation, as the API shows them.
-pub fn virtual_services(observed: &State, owned: &Ownership) -> Vec<VirtualServiceStatus> {
-    observed
-        .services
-        .iter()
-        .filter(|(k, _)| owned.owns(k.vip))
-        .map(|(k, vs)| virtual_service(observed, *k, vs))
-        .collect()
-}
-
-/// One virtual service of an observation, as the API shows it.
-fn virtual_service(observed: &State, k: VsKey, vs: &VirtualService) -> VirtualServiceStatus {
-    let k = &k;
-    VirtualServiceStatus {
-        ip: k.vip,
-        port: k.port,
-        protocol: k.protocol,
-        programmed: true,
-        scheduler: Some(vs.spec.scheduler.clone()),
-        persistence_timeout_seconds: vs.spec.persistence,
-        counters: counters(&vs.counters),
-        real_servers: observed
-            .real_servers_of(*k)
-            .map(|(a, rs)| RealServerStatus {
-                ip: a.ip(),
-                port: a.port(),
-                weight: rs.spec.weight,
-                active_connections: rs.counters.active_connections,
-                inactive_connections: rs.counters.inactive_connections,
-                counters: counters(&rs.counters),
-                health: None,
-            })
-            .collect(),
     }
 }
 

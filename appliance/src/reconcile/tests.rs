@@ -529,14 +529,14 @@ async fn a_pass_programs_the_store_and_a_second_pass_changes_nothing() {
     );
     assert!(r.pass().await.expect("pass").ops.is_empty());
 
-    let status = r.status().borrow().clone();
+    let status = r.status().borrow().status();
     assert_eq!(status.mode, "fake");
     assert_eq!(status.virtual_services.len(), 2, "only owned services are reported");
     assert!(status.last_error.is_none() && status.last_sync.is_some());
 
     // Drift: someone deletes a real server by hand; the next pass puts it back.
     fake.tamper(|s| {
-        let first = s.real_servers.keys().next().copied();
+        let first = s.real_servers.keys().next();
         if let Some(k) = first {
             s.real_servers.remove(&k);
         }
@@ -554,7 +554,7 @@ async fn a_failed_observation_is_reported_and_retried() {
     fake.fail_observe(Some("netlink went away"));
     let r = Reconciler::new(store, fake.clone(), fast());
     assert!(r.pass().await.is_err());
-    let status = r.status().borrow().clone();
+    let status = r.status().borrow().status();
     assert!(
         status
             .last_error
@@ -563,7 +563,7 @@ async fn a_failed_observation_is_reported_and_retried() {
     );
     fake.fail_observe(None);
     assert_eq!(r.pass().await.expect("pass").ops.len(), 8);
-    assert!(r.status().borrow().last_error.is_none());
+    assert!(r.status().borrow().summary.last_error.is_none());
 }
 
 #[tokio::test]
@@ -585,7 +585,7 @@ async fn the_loop_follows_store_changes_without_waiting_for_the_resync() {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            panic!("real servers never became {n}: {:?}", fake.state().real_servers.keys());
+            panic!("real servers never became {n}: {:?}", fake.state().real_servers);
         }
     };
     wait_for(6).await;
@@ -672,7 +672,8 @@ async fn a_change_is_planned_against_the_kept_state_and_the_resync_dumps_again()
 
 // ---- health and draining -------------------------------------------------------------------
 
-use super::desired::{Drains, HealthInput, HealthPlan, desired_with, target_of};
+use super::desired::{Drains, HealthInput, HealthPlan, Probed, desired_with, target_of};
+use super::published::Published;
 use crate::config::AllDown;
 use crate::health::{Health, Settings, Target, TargetState};
 use std::collections::HashMap;
@@ -1177,9 +1178,9 @@ async fn a_health_change_reaches_the_data_plane_without_waiting_for_the_resync()
     let rs_status = || {
         status
             .borrow()
-            .virtual_services
-            .iter()
-            .flat_map(|v| v.real_servers.clone())
+            .virtual_services()
+            .into_iter()
+            .flat_map(|v| v.real_servers)
             .find(|r| r.ip == n2.ip())
     };
     eventually(5, "the status shows n2 down", || {
@@ -1205,13 +1206,16 @@ async fn a_health_change_reaches_the_data_plane_without_waiting_for_the_resync()
 #[test]
 fn a_services_own_settings_override_the_defaults_for_its_targets() {
     let own = Target::tcp(ip("10.1.0.11"), 30080);
-    let other = Target::tcp(ip("10.1.0.12"), 30081);
+    let other = Target::tcp(ip("10.1.0.12"), 30080);
     let api = VsKey::new(ip("203.0.113.6"), 80, Protocol::Tcp);
+    let probed = |nodes: &[&str]| Probed {
+        probe: own.clone(),
+        nodes: nodes.iter().map(|n| ip(n)).collect(),
+    };
     let hp = HealthPlan {
         targets: BTreeMap::from([
-            ((web(), sa("10.1.0.11:30080")), own.clone()),
-            ((api, sa("10.1.0.11:30080")), own.clone()),
-            ((api, sa("10.1.0.12:30081")), other.clone()),
+            (web(), probed(&["10.1.0.11"])),
+            (api, probed(&["10.1.0.11", "10.1.0.12"])),
         ]),
         // `web` has its own settings, `api` has none: the target both use takes web's.
         overrides: BTreeMap::from([(
@@ -1239,7 +1243,7 @@ fn a_services_own_settings_override_the_defaults_for_its_targets() {
     let users = |t: &Target| {
         hp.targets
             .iter()
-            .filter(|(_, u)| *u == t)
+            .filter(|(_, p)| p.target(t.addr).as_ref() == Some(t))
             .map(|(k, _)| *k)
             .collect::<Vec<_>>()
     };
@@ -1312,11 +1316,8 @@ async fn a_drained_real_server_is_removed_when_the_drain_ends_without_waiting_fo
     let mut saw_drained = false;
     eventually(5, "n2 is removed after its drain", || {
         let s = fake.state();
-        saw_drained |= s
-            .real_servers
-            .iter()
-            .any(|((_, a), rs)| *a == n2 && rs.spec.weight == 0);
-        saw_drained && !s.real_servers.keys().any(|(_, a)| *a == n2)
+        saw_drained |= s.real_servers.iter().any(|((_, a), rs)| a == n2 && rs.spec.weight == 0);
+        saw_drained && !s.real_servers.keys().any(|(_, a)| a == n2)
     })
     .await;
     assert_eq!(fake.state().real_servers.len(), 1, "n1 stays");
@@ -1671,22 +1672,21 @@ async fn a_change_to_some_services_touches_only_them_and_leaves_what_a_full_pass
 
     // The kernel now holds exactly what a full pass wants, and the status shows it.
     assert_eq!(r.pass().await.expect("full pass").ops, Vec::new());
-    let shown = status.borrow().virtual_services.clone();
+    let shown = status.borrow().virtual_services();
     r.pass_for_change().await.expect("nothing to do");
-    assert_eq!(
-        shown,
-        runner::virtual_services(
-            &fake.state(),
-            &desired(&store.dataplane_snapshot().await.expect("snap"), Manages::default()).owned
-        )
-    );
+    let kernel = Published {
+        observed: fake.state(),
+        owned: desired(&store.dataplane_snapshot().await.expect("snap"), Manages::default()).owned,
+        ..Published::default()
+    };
+    assert_eq!(shown, kernel.virtual_services());
 
     // The status after a change pass is the one a full pass publishes.
     store.delete_service("test", "prod", "default", "s9").await.expect("s9");
     r.pass_for_change().await.expect("change pass");
-    let incremental = status.borrow().virtual_services.clone();
+    let incremental = status.borrow().virtual_services();
     r.pass().await.expect("full pass");
-    assert_eq!(incremental, status.borrow().virtual_services);
+    assert_eq!(incremental, status.borrow().virtual_services());
     assert_eq!(incremental.len(), 2 + 40 - 2 + 2);
 }
 

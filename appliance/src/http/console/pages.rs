@@ -16,6 +16,7 @@ use super::view::{
     bytes, query, sock, time,
 };
 use super::{Console, ConsoleUser, PageResult};
+use crate::dataplane::VsKey;
 use crate::http::AppState;
 use crate::store::{AllocationFilter, AuditFilter};
 
@@ -50,7 +51,7 @@ pub async fn dashboard(
         pools: pools.iter().map(PoolRow::of).collect(),
         clusters: clusters.len(),
         services,
-        dataplane: DataplaneView::of(&s.dataplane.borrow().clone(), &s.info.dataplane),
+        dataplane: dataplane_view(&s.dataplane.borrow().clone(), &s.info.dataplane),
         audit: audit.items.iter().map(AuditRow::of).collect(),
     }
     .into_response())
@@ -234,12 +235,6 @@ pub async fn services(
         }
     }
     let status = s.dataplane.borrow().clone();
-    // The kernel's virtual services by (VIP, port, protocol).
-    let kernel: BTreeMap<(IpAddr, u16, edgelb_api::Protocol), &edgelb_api::VirtualServiceStatus> = status
-        .virtual_services
-        .iter()
-        .map(|vs| ((vs.ip, vs.port, vs.protocol), vs))
-        .collect();
     let rows = shown
         .iter()
         .map(|svc| {
@@ -264,11 +259,11 @@ pub async fn services(
                 .iter()
                 .flat_map(|n| n.addresses.iter().map(move |a| (*a, n.name.as_str())))
                 .collect();
-            let programmed: Vec<&edgelb_api::VirtualServiceStatus> = svc
+            let programmed: Vec<edgelb_api::VirtualServiceStatus> = svc
                 .ips
                 .iter()
                 .flat_map(|ip| spec.ports.iter().map(move |p| (*ip, p.port, p.protocol)))
-                .filter_map(|k| kernel.get(&k).copied())
+                .filter_map(|(ip, port, protocol)| status.virtual_service(VsKey::new(ip, port, protocol)))
                 .collect();
             let (real_servers, connections, bytes_total) = if programmed.is_empty() {
                 let chosen = eligible(cluster_nodes, spec.external_traffic_policy, spec.local_nodes.as_deref());
@@ -367,7 +362,7 @@ pub async fn services(
         pages,
         prev: (page > 1).then(|| link(page - 1)),
         next: (page < pages).then(|| link(page + 1)),
-        dataplane: DataplaneView::of(&status, &s.info.dataplane),
+        dataplane: dataplane_view(&status, &s.info.dataplane),
     }
     .into_response())
 }
@@ -468,6 +463,12 @@ pub async fn audit(
         rows,
     }
     .into_response())
+}
+
+/// The data plane's banner, from what the reconciler published.
+fn dataplane_view(published: &crate::reconcile::Published, mode: &str) -> DataplaneView {
+    let (real_servers, drained) = published.real_servers();
+    DataplaneView::of(&published.summary, real_servers, &drained, mode)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::{ConsoleUser, Flash};
+use crate::dataplane::VsKey;
 
 /// What every signed-in page shows around its content.
 #[derive(Debug, Clone)]
@@ -486,7 +487,13 @@ pub struct DataplaneView {
 }
 
 impl DataplaneView {
-    pub fn of(st: &edgelb_api::DataplaneStatus, mode: &str) -> DataplaneView {
+    /// From the data plane's summary, its count of real servers and the drained ones.
+    pub fn of(
+        st: &edgelb_api::DataplaneStatus,
+        real_servers: usize,
+        drained: &[(VsKey, std::net::SocketAddr)],
+        mode: &str,
+    ) -> DataplaneView {
         let mode = if st.mode.is_empty() {
             mode.to_owned()
         } else {
@@ -505,22 +512,10 @@ impl DataplaneView {
                 None => "not synced yet".to_owned(),
             }
         };
-        let mut unhealthy = Vec::new();
-        let mut real_servers = 0;
-        for vs in &st.virtual_services {
-            for rs in &vs.real_servers {
-                real_servers += 1;
-                if rs.weight == 0 {
-                    unhealthy.push(format!(
-                        "{} {}/{} → {}",
-                        vs.ip,
-                        vs.port,
-                        vs.protocol,
-                        sock(rs.ip, rs.port)
-                    ));
-                }
-            }
-        }
+        let unhealthy = drained
+            .iter()
+            .map(|(k, a)| format!("{} {}/{} → {a}", k.vip, k.port, k.protocol))
+            .collect();
         DataplaneView {
             mode,
             state,
@@ -765,34 +760,17 @@ mod tests {
 
     #[test]
     fn drained_real_servers_are_the_unhealthy_ones() {
-        let rs = |ip: &str, weight| edgelb_api::RealServerStatus {
-            ip: ip.parse().expect("ip"),
-            port: 30080,
-            weight,
-            active_connections: 0,
-            inactive_connections: 0,
-            counters: Default::default(),
-            health: None,
-        };
         let st = edgelb_api::DataplaneStatus {
             mode: "ipvs".into(),
-            virtual_services: vec![edgelb_api::VirtualServiceStatus {
-                ip: "203.0.113.5".parse().expect("ip"),
-                port: 80,
-                protocol: edgelb_api::Protocol::Tcp,
-                programmed: true,
-                scheduler: Some("wlc".into()),
-                persistence_timeout_seconds: None,
-                counters: Default::default(),
-                real_servers: vec![rs("10.0.0.1", 1), rs("10.0.0.2", 0)],
-            }],
             ..Default::default()
         };
-        let v = DataplaneView::of(&st, "ipvs");
+        let key = VsKey::new("203.0.113.5".parse().expect("ip"), 80, edgelb_api::Protocol::Tcp);
+        let drained = [(key, "10.0.0.2:30080".parse().expect("addr"))];
+        let v = DataplaneView::of(&st, 2, &drained, "ipvs");
         assert_eq!(v.real_servers, 2);
         assert_eq!(v.unhealthy, ["203.0.113.5 80/TCP → 10.0.0.2:30080"]);
         assert_eq!(v.state, "not synced yet");
-        assert_eq!(DataplaneView::of(&Default::default(), "none").mode, "none");
+        assert_eq!(DataplaneView::of(&Default::default(), 0, &[], "none").mode, "none");
     }
 
     #[test]
