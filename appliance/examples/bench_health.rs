@@ -1,8 +1,13 @@
 //! Health-check benchmark: 10,000 targets probed every 2 s against local listeners.
 //!
-//! Run: `cargo run --release -p edgelb --example bench_health` (prints a Markdown report).
-//! The listeners run in a child process (this program re-run with `--listeners`), so the CPU
-//! measured (user + system time of this process, from /proc) is the checker's alone.
+//! Run: `cargo run --release -p edgelb --example bench_health` (prints a Markdown report and
+//! a `BENCH name=checker-memory` line). The listeners run in a child process (this program re-run
+//! with `--listeners`), so the CPU measured (user + system time of this process, from /proc) is
+//! the checker's alone.
+//!
+//! `-- --memory` measures only the checker's memory per target, in a fresh process: 100,000
+//! targets (10 addresses x 10,000 ports, default settings, nothing listening, so each has one
+//! failed probe and its reason recorded) with the schedule running.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -53,6 +58,10 @@ fn main() {
         listeners();
         return;
     }
+    if std::env::args().any(|a| a == "--memory") {
+        memory();
+        return;
+    }
     let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
         .arg("--listeners")
         .stdout(std::process::Stdio::piped())
@@ -72,6 +81,75 @@ fn main() {
     rt.block_on(run());
     let _ = child.kill();
     let _ = child.wait();
+    // In a process of its own, so the throughput run's allocations do not blur it.
+    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .arg("--memory")
+        .output()
+        .expect("memory run");
+    print!("\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Bytes in use on the heap (every arena, mmapped chunks included) and the resident set, after
+/// giving free pages back to the kernel.
+#[allow(unsafe_code)] // malloc_trim and mallinfo2 have no safe wrapper.
+fn heap_and_rss() -> (usize, usize) {
+    // SAFETY: plain glibc calls without pointers; they only inspect and trim the allocator.
+    let heap = unsafe {
+        libc::malloc_trim(0);
+        let m = libc::mallinfo2();
+        m.uordblks + m.hblkhd
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (heap, rss_kb * 1024)
+}
+
+const MEMORY_ADDRESSES: u8 = 10;
+const MEMORY_PORTS: u16 = 10_000;
+const MEMORY_BASE_PORT: u16 = 20_000;
+
+fn memory() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let checker = Checker::new(256, 0.1);
+        let task = tokio::spawn(checker.clone().run());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (heap0, rss0) = heap_and_rss();
+        let mut targets = HashMap::new();
+        for a in 1..=MEMORY_ADDRESSES {
+            for p in 0..MEMORY_PORTS {
+                // 127.0.2.0/24 is on loopback and nothing listens there: each probe is refused.
+                let addr = IpAddr::V4(Ipv4Addr::new(127, 0, 2, a));
+                targets.insert(Target::tcp(addr, MEMORY_BASE_PORT + p), Settings::default());
+            }
+        }
+        let n = targets.len();
+        checker.set_targets(targets);
+        let started = Instant::now();
+        let probed = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let probed = checker.snapshot().values().filter(|s| s.last.is_some()).count();
+            if probed == n || started.elapsed() > Duration::from_secs(60) {
+                break probed;
+            }
+        };
+        let (heap1, rss1) = heap_and_rss();
+        task.abort();
+        let per = |a: usize, b: usize| b.saturating_sub(a) as f64 / n as f64;
+        println!(
+            "BENCH name=checker-memory targets={n} probed={probed} bytes_per_target={:.0} rss_bytes_per_target={:.0}",
+            per(heap0, heap1),
+            per(rss0, rss1)
+        );
+    });
 }
 
 async fn run() {

@@ -6,9 +6,13 @@
 //! Each target is probed once per interval however many Services use it, probes run with
 //! bounded concurrency, first probes are spread over the interval and every next one is
 //! jittered, so 10,000 targets do not fire in one burst.
+//!
+//! Up to 100,000 targets are kept in about 90 bytes each, schedule included (`table`): the
+//! [`TargetState`] handed out is built on demand, not stored.
 
 pub mod probe;
 pub mod state;
+mod table;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -20,6 +24,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 pub use probe::ProbeKind;
 pub use state::{Health, Outcome, TargetState, Thresholds};
+use table::Table;
 
 /// What is probed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,7 +48,7 @@ impl Target {
         Target {
             addr,
             port,
-            kind: ProbeKind::Http { path: "/healthz" },
+            kind: ProbeKind::Healthz,
         }
     }
 }
@@ -82,15 +87,15 @@ pub fn down_since<'a>(
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sa = SocketAddr::new(self.addr, self.port);
-        match &self.kind {
-            ProbeKind::Tcp => write!(f, "tcp://{sa}"),
-            ProbeKind::Http { path } => write!(f, "http://{sa}{path}"),
+        match self.kind.path() {
+            None => write!(f, "tcp://{sa}"),
+            Some(path) => write!(f, "http://{sa}{path}"),
         }
     }
 }
 
 /// How a target is probed; defaults come from the configuration, pools and Services override.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Settings {
     pub interval: Duration,
     pub timeout: Duration,
@@ -125,19 +130,11 @@ impl Settings {
     }
 }
 
-struct Entry {
-    settings: Settings,
-    state: TargetState,
-    /// Bumped when the target is (re)added, so stale schedule entries are recognised.
-    generation: u64,
-}
-
 #[derive(Default)]
 struct Shared {
-    targets: HashMap<Target, Entry>,
-    next_generation: u64,
-    /// Newly added targets to put on the schedule.
-    added: Vec<(Target, u64, Duration)>,
+    targets: Table,
+    /// Targets (re)scheduled since the schedule last looked, as (slot, generation).
+    added: Vec<(u32, u32)>,
     /// How late probes started (for metrics), a bounded reservoir of recent values.
     lateness: Vec<Duration>,
     probes: u64,
@@ -185,7 +182,18 @@ impl Checker {
     pub fn set_targets(&self, wanted: HashMap<Target, Settings>) {
         let now = SystemTime::now();
         let mut sh = self.lock();
-        sh.targets.retain(|t, _| wanted.contains_key(t));
+        let table = &sh.targets;
+        let gone: Vec<Target> = table
+            .live()
+            .filter_map(|i| table.slot(i))
+            .filter(|s| !wanted.contains_key(&s.target))
+            .map(|s| s.target.clone())
+            .collect();
+        for t in &gone {
+            sh.targets.remove(t);
+        }
+        let new = wanted.keys().filter(|t| sh.targets.find(t).is_none()).count();
+        sh.targets.reserve(new);
         let mut added = false;
         for (t, settings) in wanted {
             added |= upsert(&mut sh, t, settings, now);
@@ -220,20 +228,23 @@ impl Checker {
 
     /// The state of a target, if it is probed.
     pub fn state(&self, target: &Target) -> Option<TargetState> {
-        self.lock().targets.get(target).map(|e| e.state.clone())
+        let sh = self.lock();
+        sh.targets.get(target).map(|s| s.view(&sh.targets.reasons))
     }
 
     /// Whether new connections may go to the target (unknown targets may).
     pub fn serves(&self, target: &Target) -> bool {
-        self.lock().targets.get(target).is_none_or(|e| e.state.serves())
+        self.lock().targets.get(target).is_none_or(|s| s.serves())
     }
 
     pub fn snapshot(&self) -> HashMap<Target, TargetState> {
-        self.lock()
-            .targets
-            .iter()
-            .map(|(t, e)| (t.clone(), e.state.clone()))
-            .collect()
+        let sh = self.lock();
+        let table = &sh.targets;
+        let mut all = HashMap::with_capacity(table.len());
+        for s in table.live().filter_map(|i| table.slot(i)) {
+            all.insert(s.target.clone(), s.view(&table.reasons));
+        }
+        all
     }
 
     /// Bumped on every health change.
@@ -251,13 +262,29 @@ impl Checker {
 
     /// Runs the schedule until the task is dropped or aborted.
     pub async fn run(self) {
-        let mut schedule: BinaryHeap<Reverse<(Instant, u64, Target)>> = BinaryHeap::new();
+        // Due times as nanoseconds since `base`, targets as (slot, generation): 16 bytes an
+        // entry instead of an `Instant` and a copy of the target.
+        let base = Instant::now();
+        let since_base = |t: Instant| u64::try_from(t.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX);
+        let mut schedule: BinaryHeap<Reverse<(u64, u32, u32)>> = BinaryHeap::new();
         loop {
             let start = Instant::now();
-            for (t, generation, offset) in std::mem::take(&mut self.lock().added) {
-                schedule.push(Reverse((start + offset, generation, t)));
+            {
+                let mut sh = self.lock();
+                let added = std::mem::take(&mut sh.added);
+                fit(&mut schedule, added.len());
+                for (i, generation) in added {
+                    let Some(s) = sh.targets.slot(i).filter(|s| s.generation == generation) else {
+                        continue; // removed or rescheduled since
+                    };
+                    // Spread first probes over the interval.
+                    let offset = sh.targets.settings.get(s.settings).interval.mul_f64(spread(&s.target));
+                    schedule.push(Reverse((since_base(start + offset), i, generation)));
+                }
             }
-            let next = schedule.peek().map(|Reverse((due, _, _))| *due);
+            let next = schedule
+                .peek()
+                .map(|Reverse((due, _, _))| base + Duration::from_nanos(*due));
             match next {
                 None => self.wake.notified().await,
                 Some(due) if due > Instant::now() => {
@@ -267,13 +294,16 @@ impl Checker {
                     }
                 }
                 Some(_) => {
-                    let Some(Reverse((due, generation, target))) = schedule.pop() else {
+                    let Some(Reverse((due, i, generation))) = schedule.pop() else {
                         continue;
                     };
-                    let settings = {
+                    let due = base + Duration::from_nanos(due);
+                    let (target, settings) = {
                         let sh = self.lock();
-                        match sh.targets.get(&target) {
-                            Some(e) if e.generation == generation => e.settings,
+                        match sh.targets.slot(i) {
+                            Some(s) if s.generation == generation => {
+                                (s.target.clone(), *sh.targets.settings.get(s.settings))
+                            }
                             _ => continue, // removed or rescheduled
                         }
                     };
@@ -281,7 +311,7 @@ impl Checker {
                         + settings
                             .interval
                             .mul_f64(1.0 + self.jitter * (2.0 * unit_random() - 1.0));
-                    schedule.push(Reverse((next_due.max(Instant::now()), generation, target.clone())));
+                    schedule.push(Reverse((since_base(next_due.max(Instant::now())), i, generation)));
                     let Ok(permit) = self.concurrency.clone().acquire_owned().await else {
                         return;
                     };
@@ -291,14 +321,14 @@ impl Checker {
                         let sa = SocketAddr::new(target.addr, target.port);
                         let (outcome, latency) = probe::probe(sa, &target.kind, settings.timeout).await;
                         drop(permit);
-                        this.record(&target, generation, outcome, latency, late);
+                        this.record(&target, (i, generation), outcome, latency, late);
                     });
                 }
             }
         }
     }
 
-    fn record(&self, target: &Target, generation: u64, outcome: Outcome, latency: Duration, late: Duration) {
+    fn record(&self, target: &Target, slot: (u32, u32), outcome: Outcome, latency: Duration, late: Duration) {
         let mut sh = self.lock();
         sh.probes += 1;
         if sh.lateness.len() < LATENESS_SAMPLES {
@@ -307,18 +337,28 @@ impl Checker {
             let i = (sh.probes as usize) % LATENESS_SAMPLES;
             sh.lateness[i] = late;
         }
-        let Some(e) = sh.targets.get_mut(target).filter(|e| e.generation == generation) else {
+        let Some(h) = sh.targets.observe(slot, outcome, latency, SystemTime::now()) else {
             return;
         };
-        let thresholds = e.settings.thresholds;
-        if let Some(h) = state::observe(&mut e.state, outcome.clone(), latency, thresholds, SystemTime::now()) {
-            drop(sh);
-            match h {
-                Health::Down => tracing::warn!(target = %target, reason = %outcome.describe(), "backend unhealthy"),
-                _ => tracing::info!(target = %target, "backend healthy"),
-            }
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        let reason = (h == Health::Down).then(|| sh.targets.reason(slot.0).to_owned());
+        drop(sh);
+        match reason {
+            Some(reason) => tracing::warn!(target = %target, reason = %reason, "backend unhealthy"),
+            None => tracing::info!(target = %target, "backend healthy"),
         }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Makes room in the schedule for `more` entries, growing by an eighth rather than doubling
+/// (100,000 targets would leave up to 100,000 empty entries), and gives memory back when most
+/// targets went away.
+fn fit<T: Ord>(schedule: &mut BinaryHeap<T>, more: usize) {
+    let need = schedule.len() + more;
+    if need > schedule.capacity() {
+        schedule.reserve_exact(more.max(schedule.len() / 8));
+    } else if schedule.capacity() > 2 * need + 1024 {
+        schedule.shrink_to(need + need / 8);
     }
 }
 
@@ -339,34 +379,9 @@ mod tests;
 
 /// Adds a target or updates its settings, keeping its state; true when it needs (re)scheduling.
 fn upsert(sh: &mut Shared, t: Target, settings: Settings, now: SystemTime) -> bool {
-    let changed_interval = match sh.targets.get_mut(&t) {
-        Some(e) => {
-            let c = e.settings.interval != settings.interval;
-            e.settings = settings;
-            c
-        }
-        None => true,
-    };
-    if !changed_interval {
+    let Some(scheduled) = sh.targets.upsert(t, settings, now) else {
         return false;
-    }
-    sh.next_generation += 1;
-    let generation = sh.next_generation;
-    let state = sh
-        .targets
-        .remove(&t)
-        .map(|e| e.state)
-        .unwrap_or_else(|| TargetState::new(now));
-    // Spread first probes over the interval.
-    let offset = settings.interval.mul_f64(spread(&t));
-    sh.added.push((t.clone(), generation, offset));
-    sh.targets.insert(
-        t,
-        Entry {
-            settings,
-            state,
-            generation,
-        },
-    );
+    };
+    sh.added.push(scheduled);
     true
 }

@@ -39,7 +39,7 @@ pub enum Health {
 }
 
 /// Thresholds of the damping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Thresholds {
     pub rise: u32,
     pub fall: u32,

@@ -54,14 +54,14 @@ async fn probes_tell_up_refused_slow_and_unhealthy_apart() {
     let (http_503, _) = http_server(Arc::new(AtomicUsize::new(503)), Duration::ZERO).await;
     let (http_slow, _) = http_server(ok.clone(), Duration::from_millis(600)).await;
     let refused = closed_port().await;
-    let healthz = ProbeKind::Http { path: "/healthz" };
+    let healthz = ProbeKind::Healthz;
     let t = Duration::from_millis(300);
 
     type Check = fn(&Outcome) -> bool;
     let cases: Vec<(&str, u16, ProbeKind, Check)> = vec![
         ("tcp up", http_ok, ProbeKind::Tcp, |o| *o == Outcome::Up),
-        ("http 200", http_ok, healthz.clone(), |o| *o == Outcome::Up),
-        ("http 503 (no local endpoints)", http_503, healthz.clone(), |o| {
+        ("http 200", http_ok, healthz, |o| *o == Outcome::Up),
+        ("http 503 (no local endpoints)", http_503, healthz, |o| {
             *o == Outcome::Unhealthy("HTTP 503".into())
         }),
         (
@@ -70,13 +70,11 @@ async fn probes_tell_up_refused_slow_and_unhealthy_apart() {
             ProbeKind::Tcp,
             |o| matches!(o, Outcome::Failed(m) if m.contains("refused")),
         ),
-        ("http refused", refused, healthz.clone(), |o| {
-            matches!(o, Outcome::Failed(_))
-        }),
+        ("http refused", refused, healthz, |o| matches!(o, Outcome::Failed(_))),
         (
             "slow answer past the timeout",
             http_slow,
-            healthz.clone(),
+            healthz,
             |o| matches!(o, Outcome::Failed(m) if m.contains("no answer within 300 ms")),
         ),
         // A TCP probe only needs the handshake, which the slow server completes at once.
@@ -102,7 +100,7 @@ async fn a_non_http_answer_is_a_failure() {
     });
     let (o, _) = probe::probe(
         SocketAddr::new(LOCAL, port),
-        &ProbeKind::Http { path: "/healthz" },
+        &ProbeKind::Healthz,
         Duration::from_secs(1),
     )
     .await;
@@ -338,4 +336,305 @@ fn a_real_server_is_down_since_the_first_of_its_targets_that_is_down() {
         );
     }
     assert_eq!(down_since(std::iter::empty(), |_| None), None, "no targets: never down");
+}
+
+// The compact per-target store (table.rs).
+
+use std::time::SystemTime;
+
+use table::{Interner, Slot, Table};
+
+fn at(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
+}
+
+fn outcome(c: char) -> Outcome {
+    match c {
+        '+' => Outcome::Up,
+        '5' => Outcome::Unhealthy("HTTP 503".into()),
+        't' => Outcome::Failed("no answer within 1000 ms".into()),
+        _ => Outcome::Failed("connect: Connection refused (os error 111)".into()),
+    }
+}
+
+#[test]
+fn a_target_and_its_slot_stay_small() {
+    assert_eq!(std::mem::size_of::<Target>(), 20);
+    assert!(std::mem::size_of::<Slot>() <= 60, "{}", std::mem::size_of::<Slot>());
+}
+
+#[test]
+fn the_compact_state_decides_as_observe_does() {
+    let probes = [
+        "++",
+        "---",
+        "++-+",
+        "++--+",
+        "++---",
+        "++555",
+        "++---+-",
+        "++---++",
+        "++-+-+-+-+",
+        "---+-+-+",
+        "5t-5t-+5+",
+        "+-+--++---+++----",
+        "",
+    ];
+    for rise in 0..4 {
+        for fall in 0..4 {
+            let t = Thresholds { rise, fall };
+            for p in probes {
+                let mut want = TargetState::new(at(0));
+                let mut reasons = Interner::default();
+                let mut slot = Slot::new(Target::tcp(LOCAL, 1), 0, at(0));
+                assert_eq!(slot.view(&reasons), want);
+                for (n, c) in p.chars().enumerate() {
+                    let now = at(n as u64 * 1500 + 7);
+                    // Whole microseconds: the slot keeps latency to the microsecond.
+                    let latency = Duration::from_micros(n as u64 * 250 + 3);
+                    let w = state::observe(&mut want, outcome(c), latency, t, now);
+                    let g = slot.observe(outcome(c), latency, t, now, &mut reasons);
+                    assert_eq!(g, w, "{t:?} '{p}' probe {n}");
+                    assert_eq!(slot.view(&reasons), want, "{t:?} '{p}' probe {n}");
+                    assert_eq!(slot.serves(), want.serves());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn times_and_latencies_survive_the_compact_form() {
+    let mut reasons = Interner::default();
+    let born = SystemTime::UNIX_EPOCH + Duration::new(1_750_000_000, 123_456_789);
+    let mut slot = Slot::new(Target::tcp(LOCAL, 1), 0, born);
+    assert_eq!(slot.view(&reasons).since, born, "nanoseconds kept");
+    let now = born + Duration::new(5, 1);
+    let t = Thresholds { rise: 1, fall: 1 };
+    slot.observe(Outcome::Up, Duration::from_nanos(1_234_567), t, now, &mut reasons);
+    let v = slot.view(&reasons);
+    assert_eq!((v.since, v.last_probe), (now, Some(now)));
+    assert_eq!(v.last_latency, Some(Duration::from_micros(1234)), "to the microsecond");
+    slot.observe(Outcome::Up, Duration::from_secs(10_000), t, now, &mut reasons);
+    assert_eq!(
+        slot.view(&reasons).last_latency,
+        Some(Duration::from_micros(u64::from(u32::MAX))),
+        "saturates past 71 minutes"
+    );
+}
+
+#[test]
+fn reasons_are_stored_once_and_forgotten_with_their_last_user() {
+    let mut table = Table::default();
+    let t = Thresholds { rise: 1, fall: 1 };
+    let settings = Settings {
+        thresholds: t,
+        ..fast()
+    };
+    let id = table.settings.acquire(settings);
+    let (a, ga) = table.insert(Slot::new(Target::tcp(LOCAL, 1), id, at(0)));
+    let id = table.settings.acquire(settings);
+    let (b, gb) = table.insert(Slot::new(Target::tcp(LOCAL, 2), id, at(0)));
+    let refused = || Outcome::Failed("refused".into());
+    table.observe((a, ga), refused(), Duration::ZERO, at(1));
+    table.observe((b, gb), refused(), Duration::ZERO, at(1));
+    table.observe((a, ga), refused(), Duration::ZERO, at(2));
+    assert_eq!(table.reasons.len(), 1);
+    assert_eq!(table.reason(a), "refused");
+    table.observe((a, ga), Outcome::Unhealthy("HTTP 503".into()), Duration::ZERO, at(3));
+    assert_eq!(table.reasons.len(), 2);
+    table.observe((a, ga), Outcome::Up, Duration::ZERO, at(4));
+    assert_eq!(table.reason(a), "ok");
+    assert_eq!(table.reasons.len(), 1, "only b's reason is left");
+    assert!(table.remove(&Target::tcp(LOCAL, 2)));
+    assert_eq!(table.reasons.len(), 0, "a removed target releases its reason");
+    assert_eq!(table.settings.len(), 1, "and its settings");
+}
+
+#[test]
+fn settings_are_stored_once_per_distinct_value() {
+    let checker = Checker::new(1, 0.0);
+    let slow = Settings {
+        interval: Duration::from_secs(10),
+        ..Settings::default()
+    };
+    let strict = Settings {
+        thresholds: Thresholds { rise: 5, fall: 1 },
+        ..Settings::default()
+    };
+    let mut wanted = HashMap::new();
+    for p in 0..3000u16 {
+        let s = [Settings::default(), slow, strict][usize::from(p % 3)];
+        wanted.insert(Target::tcp(LOCAL, 20_000 + p), s);
+    }
+    checker.set_targets(wanted.clone());
+    assert_eq!(checker.lock().targets.settings.len(), 3);
+    assert_eq!(checker.lock().targets.len(), 3000);
+    // Each target reads back its own settings.
+    for (t, s) in &wanted {
+        let sh = checker.lock();
+        let slot = sh.targets.get(t).expect("kept");
+        assert_eq!(sh.targets.settings.get(slot.settings), s);
+    }
+    // Every `slow` target moves to the defaults: the value goes with its last user.
+    checker.update_targets(
+        wanted
+            .iter()
+            .filter(|(_, s)| **s == slow)
+            .map(|(t, _)| (t.clone(), Some(Settings::default()))),
+    );
+    assert_eq!(checker.lock().targets.settings.len(), 2);
+    checker.set_targets(HashMap::new());
+    assert_eq!(checker.lock().targets.settings.len(), 0);
+    assert_eq!(checker.lock().targets.len(), 0);
+}
+
+#[test]
+fn only_a_new_interval_reschedules_a_kept_target() {
+    let checker = Checker::new(1, 0.0);
+    let target = Target::tcp(LOCAL, 1);
+    checker.update_targets([(target.clone(), Some(fast()))]);
+    let first = std::mem::take(&mut checker.lock().added);
+    assert_eq!(first.len(), 1);
+    let stricter = Settings {
+        thresholds: Thresholds { rise: 9, fall: 9 },
+        ..fast()
+    };
+    checker.update_targets([(target.clone(), Some(stricter))]);
+    assert!(checker.lock().added.is_empty(), "same interval, same schedule entry");
+    let slower = Settings {
+        interval: Duration::from_secs(1),
+        ..fast()
+    };
+    checker.update_targets([(target.clone(), Some(slower))]);
+    let again = std::mem::take(&mut checker.lock().added);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, first[0].0, "same slot");
+    assert_ne!(
+        again[0].1, first[0].1,
+        "a new generation retires the old schedule entry"
+    );
+}
+
+#[test]
+fn a_removed_then_re_added_target_starts_afresh_and_old_probes_are_ignored() {
+    let checker = Checker::new(1, 0.0);
+    let t = Thresholds { rise: 1, fall: 1 };
+    let settings = Settings {
+        thresholds: t,
+        ..fast()
+    };
+    let target = Target::tcp(LOCAL, 30_080);
+    checker.update_targets([(target.clone(), Some(settings))]);
+    let old = checker.lock().added[0];
+    checker.record(
+        &target,
+        old,
+        Outcome::Failed("refused".into()),
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    assert_eq!(checker.state(&target).map(|s| s.health), Some(Health::Down));
+
+    checker.update_targets([(target.clone(), None)]);
+    assert_eq!(checker.state(&target), None);
+    assert!(checker.serves(&target), "a target not probed serves");
+    // Another target takes the freed slot; a probe of the removed one still in flight lands.
+    let other = Target::healthz(LOCAL, 30_081);
+    checker.update_targets([(other.clone(), Some(settings))]);
+    checker.record(
+        &target,
+        old,
+        Outcome::Failed("late".into()),
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    let s = checker.state(&other).expect("tracked");
+    assert_eq!(
+        (s.health, s.last),
+        (Health::Unknown, None),
+        "not the removed target's probe"
+    );
+
+    checker.update_targets([(target.clone(), Some(settings))]);
+    let s = checker.state(&target).expect("tracked again");
+    assert_eq!(
+        (s.health, s.failures, s.last),
+        (Health::Unknown, 0, None),
+        "starts afresh"
+    );
+    checker.record(&target, old, Outcome::Up, Duration::ZERO, Duration::ZERO);
+    assert_eq!(checker.state(&target).map(|s| s.health), Some(Health::Unknown), "stale");
+    let added = checker.lock().added.clone();
+    let new = *added.last().expect("scheduled");
+    checker.record(&target, new, Outcome::Up, Duration::ZERO, Duration::ZERO);
+    assert_eq!(checker.state(&target).map(|s| s.health), Some(Health::Up));
+    assert_eq!(checker.snapshot().len(), 2);
+    assert_eq!(
+        checker.lock().targets.reasons.len(),
+        0,
+        "the removed target's reason went with it"
+    );
+}
+
+#[test]
+fn the_index_finds_what_a_hashmap_finds() {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut table = Table::default();
+    let mut want: HashMap<Target, u32> = HashMap::new();
+    let target = |n: u32| {
+        let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n / 7));
+        if n.is_multiple_of(2) {
+            Target::tcp(addr, (n % 7) as u16)
+        } else {
+            Target::healthz(addr, (n % 7) as u16)
+        }
+    };
+    for round in 0..20_000 {
+        // Grows for a while, then mostly shrinks, so the index resizes both ways.
+        let n = rng.random_range(0..3000);
+        let t = target(n);
+        let add = if round < 12_000 {
+            rng.random_bool(0.7)
+        } else {
+            rng.random_bool(0.2)
+        };
+        if add {
+            want.entry(t.clone())
+                .or_insert_with(|| table.insert(Slot::new(t, 0, at(0))).0);
+        } else {
+            assert_eq!(table.remove(&t), want.remove(&t).is_some(), "{t}");
+        }
+        let probe = target(rng.random_range(0..3000));
+        assert_eq!(table.find(&probe), want.get(&probe).copied(), "{probe}");
+        assert_eq!(table.len(), want.len());
+    }
+    let mut live: Vec<u32> = table.live().collect();
+    live.sort_unstable();
+    let mut slots: Vec<u32> = want.values().copied().collect();
+    slots.sort_unstable();
+    assert_eq!(live, slots);
+    for (t, i) in &want {
+        assert_eq!(table.get(t).map(|s| &s.target), Some(t));
+        assert_eq!(table.find(t), Some(*i));
+    }
+}
+
+#[test]
+fn the_schedule_grows_by_an_eighth_and_shrinks_when_emptied() {
+    let mut heap: std::collections::BinaryHeap<u64> = std::collections::BinaryHeap::new();
+    fit(&mut heap, 100_000);
+    assert_eq!(heap.capacity(), 100_000, "a full set at once is allocated exactly");
+    heap.extend(0..100_000);
+    fit(&mut heap, 10);
+    assert!(
+        heap.capacity() >= 100_010 && heap.capacity() <= 112_500,
+        "{}",
+        heap.capacity()
+    );
+    heap.clear();
+    heap.extend(0..100);
+    fit(&mut heap, 0);
+    assert!(heap.capacity() < 1024, "{}", heap.capacity());
 }

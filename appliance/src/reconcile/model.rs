@@ -88,8 +88,9 @@ impl Model {
     }
 
     /// The desired state and its health side, as [`super::desired_with`] returns them.
-    pub fn into_parts(self) -> (Desired, HealthPlan) {
+    pub fn into_parts(mut self) -> (Desired, HealthPlan) {
         let ruleset = self.ruleset();
+        self.hp.drains = self.drains();
         (
             Desired {
                 state: self.state,
@@ -168,7 +169,33 @@ impl Model {
 
     /// Takes the drains out, for the next full build.
     pub fn into_drains(self) -> Drains {
-        self.hp.drains
+        self.drains()
+    }
+
+    /// The drain memory for the next pass: the real servers kept (desired and not leaving) and
+    /// those leaving.
+    pub fn drains(&self) -> Drains {
+        let present = self
+            .state
+            .real_servers
+            .services()
+            .map(|k| (k, self.present(k)))
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        Drains {
+            present,
+            leaving: self.hp.drains.leaving.clone(),
+        }
+    }
+
+    /// The real servers of one virtual service that are kept, not leaving.
+    fn present(&self, k: VsKey) -> BTreeSet<SocketAddr> {
+        let leaving = self.hp.drains.leaving.get(&k);
+        self.state
+            .real_servers_of(k)
+            .map(|(a, _)| a)
+            .filter(|a| !leaving.is_some_and(|l| l.contains_key(a)))
+            .collect()
     }
 
     /// The nftables table's content, when the data plane manages it.
@@ -233,10 +260,14 @@ impl Model {
         for k in part.keys {
             touched.services.insert(k);
             self.state.services.remove(&k);
+            let present = self.present(k);
+            if !present.is_empty() {
+                drains.present.insert(k, present);
+            }
             self.state.real_servers.remove_all(k);
             // Every eligible node's target, also of a real server already drained away.
             if let Some(p) = self.hp.targets.remove(&k) {
-                let probe = (p.probe.kind.clone(), p.probe.port);
+                let probe = (p.probe.kind, p.probe.port);
                 if let Some(users) = self.by_probe.get_mut(&probe) {
                     users.retain(|u| *u != k);
                     if users.is_empty() {
@@ -246,9 +277,6 @@ impl Model {
                 touched.targets.extend(p.targets());
             }
             self.hp.overrides.remove(&k);
-            if let Some(p) = self.hp.drains.present.remove(&k) {
-                drains.present.insert(k, p);
-            }
             if let Some(l) = self.hp.drains.leaving.remove(&k) {
                 drains.leaving.insert(k, l);
             }
@@ -379,7 +407,7 @@ impl Model {
                 // In address order, whatever the order nodes became eligible or left in.
                 weights.sort_unstable();
                 if let Some(p) = self.hp.targets.get(&k) {
-                    let users = self.by_probe.entry((p.probe.kind.clone(), p.probe.port)).or_default();
+                    let users = self.by_probe.entry((p.probe.kind, p.probe.port)).or_default();
                     if let Err(at) = users.binary_search(&k) {
                         users.insert(at, k);
                     }
@@ -451,7 +479,7 @@ impl Model {
             .targets
             .iter()
             .map(|t| {
-                let users = self.by_probe.get(&(t.kind.clone(), t.port)).into_iter().flatten();
+                let users = self.by_probe.get(&(t.kind, t.port)).into_iter().flatten();
                 let probing = users.filter(|k| self.hp.targets.get(k).is_some_and(|p| p.target(t.addr).is_some()));
                 let settings = self
                     .hp
