@@ -69,7 +69,9 @@ impl HealthView for crate::health::Checker {
 }
 
 /// The reconciler's memory between passes, per virtual service: the real servers of eligible
-/// nodes it kept, and those of nodes no longer eligible with when they stopped being so.
+/// nodes it kept, and those of nodes no longer eligible with when they stopped being so. The
+/// [`Model`] keeps only `leaving` (its `present` is empty): the kept ones are its desired real
+/// servers that are not leaving, which [`Model::drains`] derives when a pass needs them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drains {
     pub present: BTreeMap<VsKey, BTreeSet<SocketAddr>>,
@@ -131,6 +133,8 @@ pub struct HealthPlan {
     /// Virtual services whose Service or pool has its own settings. A target used by several
     /// gets the settings of the first (in key order) that has any.
     pub overrides: BTreeMap<VsKey, HealthOverrides>,
+    /// The drain memory; `present` is filled only when taken out of the model
+    /// ([`Model::into_parts`]).
     pub drains: Drains,
     pub next_deadline: Option<SystemTime>,
     /// The node-level check's port, when it is on.
@@ -236,7 +240,6 @@ pub(super) fn weigh(
         && !eligible.is_empty()
         && eligible.iter().all(|(a, t)| down_since(a, t).is_some());
     let mut weights = Vec::new();
-    let mut present = BTreeSet::new();
     if let Some(o) = overrides
         && eligible.iter().any(|(_, t)| t.is_some())
     {
@@ -264,7 +267,6 @@ pub(super) fn weigh(
             None => Some(WEIGHT),
         };
         if let Some(w) = weight {
-            present.insert(*a);
             weights.push((*a, w));
         }
     }
@@ -286,9 +288,6 @@ pub(super) fn weigh(
         p.nodes.sort_unstable();
         p.nodes.dedup();
         out.targets.insert(key, p);
-    }
-    if !present.is_empty() {
-        out.drains.present.insert(key, present);
     }
     if !leaving.is_empty() {
         out.drains.leaving.insert(key, leaving);

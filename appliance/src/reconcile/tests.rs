@@ -1540,7 +1540,7 @@ fn model_equivalence(node_port: Option<u16>) {
             Some(s)
         };
         let key = crate::ipam::ServiceKey::new("prod", "default", &format!("svc-{i}"));
-        let before = model.health_plan().drains.clone();
+        let before = model.drains();
         let mut touched = Touched::default();
         assert!(
             model.replace(&key, svc, &input, &mut touched),
@@ -1873,7 +1873,7 @@ fn a_virtual_service_handed_from_one_service_to_another_in_one_change_is_kept() 
     // web moves to 81 and b-api takes 80, committed together.
     let web81 = shared_vip_service("web", &[(Protocol::Tcp, 81, 30080)], &[]);
     let api80 = shared_vip_service("b-api", &[(Protocol::Tcp, 80, 30081)], &[]);
-    let before = model.health_plan().drains.clone();
+    let before = model.drains();
     let mut touched = Touched::default();
     let key = |n: &str| crate::ipam::ServiceKey::new("prod", "default", n);
     assert!(model.replace_all(
