@@ -184,6 +184,9 @@ impl RealServers {
         match v.binary_search_by(|(x, _)| x.cmp(&a)) {
             Ok(i) => Some(std::mem::replace(&mut v[i].1, rs)),
             Err(i) => {
+                // One at a time (a change, or a fold of applied operations): grow by one, not
+                // double, so a virtual service's vector stays at its size.
+                v.reserve_exact(1);
                 v.insert(i, (a, rs));
                 self.len += 1;
                 None

@@ -360,13 +360,27 @@ pub type Element = (&'static str, String);
 /// The set elements one forwarded port needs.
 pub fn forward_elements(f: &Forward) -> Vec<Element> {
     let mut out = Vec::new();
-    let proto = proto_name(f.protocol);
     if f.mode == NatMode::FullNat {
-        for b in &f.backends {
-            let set = if b.is_ipv4() { "fullnat_v4" } else { "fullnat_v6" };
-            out.push((set, format!("{} . {proto} . {}", b.ip(), b.port())));
-        }
+        out.extend(f.backends.iter().map(|b| fullnat_element(*b, f.protocol)));
     }
+    out.extend(source_elements(f));
+    out
+}
+
+/// The full-NAT element of one real server: its traffic is translated to the appliance's
+/// address.
+pub fn fullnat_element(backend: SocketAddr, protocol: Protocol) -> Element {
+    let set = if backend.is_ipv4() { "fullnat_v4" } else { "fullnat_v6" };
+    (
+        set,
+        format!("{} . {} . {}", backend.ip(), proto_name(protocol), backend.port()),
+    )
+}
+
+/// The elements of one forwarded port's source ranges (none when everyone may connect).
+pub fn source_elements(f: &Forward) -> Vec<Element> {
+    let mut out = Vec::new();
+    let proto = proto_name(f.protocol);
     // No ranges means everyone may connect (Kubernetes' meaning of an empty list).
     if f.source_ranges.is_empty() {
         return out;

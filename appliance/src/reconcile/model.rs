@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use edgelb_api::{IpFamily, Node, SessionAffinity};
+use edgelb_api::{IpFamily, Node, Protocol, SessionAffinity};
 
 use super::desired::{
     CLOSED, DEFAULT_AFFINITY_TIMEOUT, Drains, HealthInput, HealthPlan, eligible, node_address, target_of, weigh,
@@ -33,9 +33,16 @@ pub struct Model {
     /// Desired virtual services, real servers and addresses.
     state: State,
     /// The nftables side of each virtual service (only when the table is managed).
+    /// Their `backends` stay empty here: they are the virtual service's real servers in
+    /// `state`, filled in when a ruleset is built.
     forwards: BTreeMap<VsKey, nft::Forward>,
-    /// How many forwards need each set element.
+    /// How many forwards need each source-range set element.
     elements: HashMap<nft::Element, u32>,
+    /// The virtual services with real servers at each (protocol, NodePort), in key order: a
+    /// full-NAT element (one per real server) is wanted while one of them has that real
+    /// server. An index per virtual service instead of a count per element keeps 100,000
+    /// elements out of memory.
+    by_port: HashMap<(Protocol, u16), Vec<VsKey>>,
     /// How many Services forward on each VIP.
     vips: BTreeMap<IpAddr, u32>,
     parts: HashMap<ServiceKey, Part>,
@@ -62,7 +69,10 @@ struct Part {
 pub struct Touched {
     pub services: BTreeSet<VsKey>,
     pub vips: BTreeSet<IpAddr>,
+    /// Source-range set elements.
     pub elements: BTreeSet<nft::Element>,
+    /// Real servers whose full-NAT element may have to change.
+    pub backends: BTreeSet<(Protocol, SocketAddr)>,
     pub targets: BTreeSet<Target>,
 }
 
@@ -156,6 +166,7 @@ impl Model {
         }
         cmp_map!(forwards);
         cmp_map!(elements);
+        cmp_map!(by_port);
         cmp_map!(vips);
         cmp_map!(parts);
         cmp_map!(hp.targets);
@@ -202,7 +213,14 @@ impl Model {
     fn ruleset(&self) -> Option<nft::Ruleset> {
         self.manages.rules.then(|| nft::Ruleset {
             snat: Default::default(),
-            forwards: self.forwards.values().cloned().collect(),
+            forwards: self
+                .forwards
+                .iter()
+                .map(|(k, f)| nft::Forward {
+                    backends: self.state.real_servers_of(*k).map(|(a, _)| a).collect(),
+                    ..f.clone()
+                })
+                .collect(),
         })
     }
 
@@ -264,6 +282,7 @@ impl Model {
             if !present.is_empty() {
                 drains.present.insert(k, present);
             }
+            let backends: Vec<SocketAddr> = self.state.real_servers_of(k).map(|(a, _)| a).collect();
             self.state.real_servers.remove_all(k);
             // Every eligible node's target, also of a real server already drained away.
             if let Some(p) = self.hp.targets.remove(&k) {
@@ -281,7 +300,7 @@ impl Model {
                 drains.leaving.insert(k, l);
             }
             if let Some(f) = self.forwards.remove(&k) {
-                for e in nft::forward_elements(&f) {
+                for e in nft::source_elements(&f) {
                     if let Some(n) = self.elements.get_mut(&e) {
                         *n -= 1;
                         if *n == 0 {
@@ -290,6 +309,15 @@ impl Model {
                     }
                     touched.elements.insert(e);
                 }
+                for port in ports_of(&backends) {
+                    if let Some(users) = self.by_port.get_mut(&(k.protocol, port)) {
+                        users.retain(|u| *u != k);
+                        if users.is_empty() {
+                            self.by_port.remove(&(k.protocol, port));
+                        }
+                    }
+                }
+                touched.backends.extend(backends.iter().map(|b| (k.protocol, *b)));
             }
         }
         if let Some(port) = self.hp.node_port {
@@ -421,15 +449,26 @@ impl Model {
                         port: port.port,
                         protocol: port.protocol,
                         mode: self.manages.nat,
-                        // Drained ones too: their open connections still need the source NAT.
-                        backends: weights.iter().map(|(a, _)| *a).collect(),
+                        // The real servers, drained ones too (their open connections still
+                        // need the source NAT): filled in from `state` when needed.
+                        backends: Vec::new(),
                         source_ranges: source_ranges.clone(),
                     };
-                    for e in nft::forward_elements(&f) {
+                    for e in nft::source_elements(&f) {
                         *self.elements.entry(e.clone()).or_default() += 1;
                         if let Some(t) = touched.as_deref_mut() {
                             t.elements.insert(e);
                         }
+                    }
+                    let backends: Vec<SocketAddr> = weights.iter().map(|(a, _)| *a).collect();
+                    for port in ports_of(&backends) {
+                        let users = self.by_port.entry((k.protocol, port)).or_default();
+                        if let Err(at) = users.binary_search(&k) {
+                            users.insert(at, k);
+                        }
+                    }
+                    if let Some(t) = touched.as_deref_mut() {
+                        t.backends.extend(backends.iter().map(|b| (k.protocol, *b)));
                     }
                     self.forwards.insert(k, f);
                 }
@@ -458,6 +497,17 @@ impl Model {
         }
         self.parts.insert(key, part);
         consistent
+    }
+
+    /// Whether a real server's full-NAT element is wanted: full NAT is on and some virtual
+    /// service of that protocol has that real server.
+    fn wants_fullnat(&self, protocol: Protocol, backend: SocketAddr) -> bool {
+        self.manages.nat == nft::NatMode::FullNat
+            && self.by_port.get(&(protocol, backend.port())).is_some_and(|users| {
+                users
+                    .iter()
+                    .any(|k| self.state.real_servers.contains_key(&(*k, backend)))
+            })
     }
 
     /// Whether `e` is an allowed source of a VIP port that stays restricted (its `restricted_*`
@@ -509,6 +559,15 @@ impl Model {
         let mut replaced = Vec::new();
         let mut del_elements = Vec::new();
         if let (true, Some(have)) = (self.manages.rules, &observed.rules) {
+            for (protocol, backend) in &touched.backends {
+                let e = nft::fullnat_element(*backend, *protocol);
+                let present = have.sets.get(e.0).is_some_and(|s| s.contains(&e.1));
+                match (self.wants_fullnat(*protocol, *backend), present) {
+                    (true, false) => add_elements.push(e),
+                    (false, true) => del_elements.push(e),
+                    _ => {}
+                }
+            }
             for e in &touched.elements {
                 let present = have.sets.get(e.0).is_some_and(|s| s.contains(&e.1));
                 match (self.elements.contains_key(e), present) {
@@ -526,4 +585,12 @@ impl Model {
         let before_release = (!del_elements.is_empty()).then_some(Op::DeleteElements(del_elements));
         plan.into_ops(first, before_release)
     }
+}
+
+/// The distinct ports of some real servers' addresses.
+fn ports_of(backends: &[SocketAddr]) -> Vec<u16> {
+    let mut ports: Vec<u16> = backends.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
