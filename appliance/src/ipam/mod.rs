@@ -5,17 +5,20 @@
 
 pub mod range;
 pub mod set;
+pub mod small;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use edgelb_api::{FieldError, IpFamily, PoolSpec, Protocol};
 
 pub use range::{IpRange, from_u128, is_buggy, to_u128};
 use set::IntervalSet;
+pub use small::{VecMap, VecSet};
 
 /// How a Service is named across the appliance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,15 +194,25 @@ pub struct Hold {
     pub until: i64,
 }
 
-/// Everything known about an address that is not free.
+/// Everything known about an address that is not free. There is one per allocated address, so
+/// it is kept small: pool and cluster names, and a Service's key, are shared between addresses
+/// (see [`Ipam::load_addr`]), the users are a sorted vector (one entry, nearly always) and a
+/// hold, rare, is boxed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddrInfo {
-    pub pool: String,
-    pub cluster: String,
+    pub pool: Arc<str>,
+    pub cluster: Arc<str>,
     pub sharing_key: Option<String>,
-    /// Services using it, with their ports; empty when held.
-    pub users: BTreeMap<ServiceKey, Vec<PortKey>>,
-    pub held: Option<Hold>,
+    /// Services using it, with their ports, in key order; empty when held.
+    pub users: VecMap<Arc<ServiceKey>, Vec<PortKey>>,
+    pub held: Option<Box<Hold>>,
+}
+
+impl AddrInfo {
+    /// The Services using it, in key order.
+    pub fn user_keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.users.keys().map(|k| &**k)
+    }
 }
 
 /// How an address comes to a Service.
@@ -292,10 +305,12 @@ pub struct Ipam {
     pools: BTreeMap<String, PoolDef>,
     used: IntervalSet,
     addrs: HashMap<u128, AddrInfo>,
-    by_key: HashMap<ServiceKey, BTreeSet<u128>>,
-    held_by_key: HashMap<ServiceKey, BTreeSet<u128>>,
+    by_key: HashMap<Arc<ServiceKey>, VecSet<u128>>,
+    held_by_key: HashMap<ServiceKey, VecSet<u128>>,
     holds_by_time: BTreeSet<(i64, u128)>,
-    shared: HashMap<(String, String), BTreeSet<u128>>,
+    shared: HashMap<(String, String), VecSet<u128>>,
+    /// Pool and cluster names, one copy each for all the addresses that name them.
+    names: HashSet<Arc<str>>,
 }
 
 impl Ipam {
@@ -337,9 +352,39 @@ impl Ipam {
         self.pools.insert(def.name.clone(), def);
     }
 
-    /// Adds an address row loaded from the store.
-    pub fn load_addr(&mut self, ip: u128, info: AddrInfo) {
+    /// Adds an address row loaded from the store (or put back as it was before a failed write).
+    pub fn load_addr(&mut self, ip: u128, mut info: AddrInfo) {
+        info.pool = self.intern(&info.pool);
+        info.cluster = self.intern(&info.cluster);
+        info.users = std::mem::take(&mut info.users)
+            .into_iter()
+            .map(|(k, ports)| (self.shared_key(&k), ports))
+            .collect();
         self.insert_addr(ip, info);
+    }
+
+    /// The copy of a Service's key that its addresses share; the store keys its own per-Service
+    /// records with it too, so that a Service's names are in memory once.
+    pub fn shared_key(&self, key: &ServiceKey) -> Arc<ServiceKey> {
+        match self.by_key.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::new(key.clone()),
+        }
+    }
+
+    /// The shared copy of a pool or cluster name.
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        // Names no address uses any more (deleted pools and clusters) go now and then; the
+        // set stays as small as the names in use.
+        if self.names.len() >= 64 {
+            self.names.retain(|n| Arc::strong_count(n) > 1);
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(n.clone());
+        n
     }
 
     fn insert_addr(&mut self, ip: u128, info: AddrInfo) {
@@ -353,7 +398,7 @@ impl Ipam {
         }
         if let Some(sk) = &info.sharing_key {
             self.shared
-                .entry((info.cluster.clone(), sk.clone()))
+                .entry((info.cluster.to_string(), sk.clone()))
                 .or_default()
                 .insert(ip);
         }
@@ -371,7 +416,7 @@ impl Ipam {
             self.holds_by_time.remove(&(h.until, ip));
         }
         if let Some(sk) = &info.sharing_key {
-            remove_from(&mut self.shared, &(info.cluster.clone(), sk.clone()), ip);
+            remove_from(&mut self.shared, &(info.cluster.to_string(), sk.clone()), ip);
         }
         Some(info)
     }
@@ -425,7 +470,7 @@ impl Ipam {
         let mut v: Vec<u128> = self
             .addrs
             .iter()
-            .filter(|(ip, a)| a.pool == pool && pick(**ip) && a.held.as_ref().is_none_or(|h| h.until > now))
+            .filter(|(ip, a)| *a.pool == *pool && pick(**ip) && a.held.as_ref().is_none_or(|h| h.until > now))
             .map(|(ip, _)| *ip)
             .collect();
         v.sort_unstable();
@@ -437,7 +482,7 @@ impl Ipam {
         self.holds_by_time
             .range(..(now.saturating_add(1), 0))
             .map(|(_, ip)| *ip)
-            .filter(|ip| self.addrs.get(ip).is_some_and(|a| a.pool == pool))
+            .filter(|ip| self.addrs.get(ip).is_some_and(|a| *a.pool == *pool))
             .collect()
     }
 
@@ -497,7 +542,7 @@ impl Ipam {
             if let Some(ip) = existing
                 && self.keeps(req, ip, want)?
             {
-                let pool = self.addrs[&ip].pool.clone();
+                let pool = self.addrs[&ip].pool.to_string();
                 decision.assign.push(Assign {
                     ip,
                     pool,
@@ -523,10 +568,10 @@ impl Ipam {
     /// the Services it shares the address with.
     fn keeps(&self, req: &Request<'_>, ip: u128, want: Option<IpAddr>) -> Result<bool, IpamError> {
         let info = &self.addrs[&ip];
-        if want.is_some_and(|w| to_u128(w) != ip) || req.pool.is_some_and(|p| p != info.pool) {
+        if want.is_some_and(|w| to_u128(w) != ip) || req.pool.is_some_and(|p| *p != *info.pool) {
             return Ok(false);
         }
-        let others: Vec<&ServiceKey> = info.users.keys().filter(|k| *k != req.key).collect();
+        let others: Vec<&ServiceKey> = info.user_keys().filter(|k| *k != req.key).collect();
         if others.is_empty() {
             return Ok(true);
         }
@@ -539,7 +584,7 @@ impl Ipam {
 
     fn check_ports(&self, req: &Request<'_>, ip: u128) -> Result<(), IpamError> {
         let info = &self.addrs[&ip];
-        for (other, ports) in info.users.iter().filter(|(k, _)| *k != req.key) {
+        for (other, ports) in info.users.iter().filter(|(k, _)| ***k != *req.key) {
             if let Some((proto, port)) = req.ports.iter().find(|p| ports.contains(p)) {
                 return Err(IpamError::Conflict(format!(
                     "port {port}/{proto} is already used on shared address {} by Service {other}",
@@ -575,13 +620,13 @@ impl Ipam {
                 fmt_unix(h.until)
             ))),
             Some(info) => {
-                let shareable = info.cluster == req.key.cluster
+                let shareable = *info.cluster == *req.key.cluster
                     && req.sharing_key.is_some()
                     && info.sharing_key.as_deref() == req.sharing_key;
                 if !shareable {
                     return Err(IpamError::Conflict(format!(
                         "{want} is already allocated to {}",
-                        holder_list(info.users.keys())
+                        holder_list(info.user_keys())
                     )));
                 }
                 self.check_ports(req, ip)?;
@@ -628,10 +673,10 @@ impl Ipam {
         if let Some(held) = self.held_by_key.get(req.key) {
             for ip in held {
                 let info = &self.addrs[ip];
-                if IpFamily::of(&from_u128(*ip)) == family && self.pools.get(&info.pool).is_some_and(fits) {
+                if IpFamily::of(&from_u128(*ip)) == family && self.pools.get(&*info.pool).is_some_and(fits) {
                     return Ok(Assign {
                         ip: *ip,
-                        pool: info.pool.clone(),
+                        pool: info.pool.to_string(),
                         how: How::Reclaim,
                     });
                 }
@@ -648,13 +693,13 @@ impl Ipam {
                     && IpFamily::of(&from_u128(*ip)) == family
                     && self
                         .pools
-                        .get(&info.pool)
+                        .get(&*info.pool)
                         .is_some_and(|p| fits(p) && p.allows(&req.key.cluster, &req.key.namespace))
                 {
                     self.check_ports(req, *ip)?;
                     return Ok(Assign {
                         ip: *ip,
-                        pool: info.pool.clone(),
+                        pool: info.pool.to_string(),
                         how: How::Share,
                     });
                 }
@@ -709,10 +754,10 @@ impl Ipam {
 
     fn release_outcome(&self, key: &ServiceKey, ip: u128, now: i64) -> Release {
         let info = &self.addrs[&ip];
-        let outcome = if info.users.keys().any(|k| k != key) {
+        let outcome = if info.user_keys().any(|k| k != key) {
             Outcome::StillShared
         } else {
-            match self.pools.get(&info.pool).map(|p| p.hold_seconds).unwrap_or(0) {
+            match self.pools.get(&*info.pool).map(|p| p.hold_seconds).unwrap_or(0) {
                 0 => Outcome::Freed,
                 s => Outcome::Held(now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX))),
             }
@@ -774,12 +819,13 @@ impl Ipam {
         for a in &decision.assign {
             match a.how {
                 How::Keep | How::Share => {
+                    let key = self.shared_key(req.key);
                     let Some(info) = self.addrs.get_mut(&a.ip) else {
                         continue;
                     };
-                    let sole_user = info.users.keys().all(|k| k == req.key);
-                    info.users.insert(req.key.clone(), req.ports.to_vec());
-                    self.by_key.entry(req.key.clone()).or_default().insert(a.ip);
+                    let sole_user = info.user_keys().all(|k| k == req.key);
+                    info.users.insert(key.clone(), req.ports.to_vec());
+                    self.by_key.entry(key).or_default().insert(a.ip);
                     if sole_user && info.sharing_key.as_deref() != req.sharing_key {
                         // The only user changed its sharing key: the address follows it.
                         let mut info = self.remove_addr(a.ip).unwrap_or_else(|| unreachable_info(a));
@@ -789,13 +835,14 @@ impl Ipam {
                 }
                 How::New | How::Reclaim | How::Recycle => {
                     self.remove_addr(a.ip);
-                    let mut users = BTreeMap::new();
-                    users.insert(req.key.clone(), req.ports.to_vec());
+                    let mut users = VecMap::new();
+                    users.insert(self.shared_key(req.key), req.ports.to_vec());
+                    let (pool, cluster) = (self.intern(&a.pool), self.intern(&req.key.cluster));
                     self.insert_addr(
                         a.ip,
                         AddrInfo {
-                            pool: a.pool.clone(),
-                            cluster: req.key.cluster.clone(),
+                            pool,
+                            cluster,
                             sharing_key: req.sharing_key.map(str::to_owned),
                             users,
                             held: None,
@@ -824,11 +871,11 @@ impl Ipam {
                         continue;
                     };
                     info.users.clear();
-                    info.held = Some(Hold {
+                    info.held = Some(Box::new(Hold {
                         key: key.clone(),
                         uid: uid.to_owned(),
                         until,
-                    });
+                    }));
                     self.insert_addr(r.ip, info);
                 }
             }
@@ -840,15 +887,19 @@ fn unreachable_info(a: &Assign) -> AddrInfo {
     // `apply` only runs after `decide`, which found the address; keep going with an empty record
     // rather than panic if that invariant were ever broken.
     AddrInfo {
-        pool: a.pool.clone(),
-        cluster: String::new(),
+        pool: Arc::from(a.pool.as_str()),
+        cluster: Arc::from(""),
         sharing_key: None,
-        users: BTreeMap::new(),
+        users: VecMap::new(),
         held: None,
     }
 }
 
-fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<u128>>, key: &K, ip: u128) {
+fn remove_from<K, Q>(map: &mut HashMap<K, VecSet<u128>>, key: &Q, ip: u128)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
     if let Some(set) = map.get_mut(key) {
         set.remove(&ip);
         if set.is_empty() {
@@ -907,7 +958,7 @@ fn describe_addrs(ipam: &Ipam, ips: &[u128]) -> String {
             let info = &ipam.addrs[ip];
             match &info.held {
                 Some(h) => format!("{} (held for Service {})", from_u128(*ip), h.key),
-                None => format!("{} ({})", from_u128(*ip), holder_list(info.users.keys())),
+                None => format!("{} ({})", from_u128(*ip), holder_list(info.user_keys())),
             }
         })
         .collect();

@@ -1171,7 +1171,7 @@ fn services_with_one_sharing_key_and_other_ports_share_one_address() {
     let tls = svc("prod", "shop", "tls").share("front", &[443]);
     assert_eq!(alloc_one(&mut ipam, &web, NOW), ("10.0.0.0".into(), How::New));
     assert_eq!(alloc_one(&mut ipam, &tls, NOW), ("10.0.0.0".into(), How::Share));
-    let users: Vec<&ServiceKey> = ipam.addr(num("10.0.0.0")).expect("shared").users.keys().collect();
+    let users: Vec<&ServiceKey> = ipam.addr(num("10.0.0.0")).expect("shared").user_keys().collect();
     assert_eq!(users, [&tls.key, &web.key]);
     // Both ask again: nothing moves.
     assert_eq!(alloc_one(&mut ipam, &web, NOW).1, How::Keep);
@@ -1244,7 +1244,7 @@ fn releasing_one_sharer_leaves_the_address_allocated_to_the_other() {
     );
     assert!(ipam.addresses_of(&web.key).is_empty());
     let info = ipam.addr(num("10.0.0.0")).expect("still allocated");
-    assert_eq!(info.users.keys().collect::<Vec<_>>(), [&tls.key]);
+    assert_eq!(info.user_keys().collect::<Vec<_>>(), [&tls.key]);
     assert!(info.held.is_none());
     // A third sharer may now use port 80.
     let again = svc("prod", "shop", "web2").share("front", &[80]);
@@ -1294,8 +1294,7 @@ fn a_sharer_that_changes_its_sharing_key_moves_off_the_shared_address() {
     assert_eq!(
         ipam.addr(num("10.0.0.0"))
             .expect("web's")
-            .users
-            .keys()
+            .user_keys()
             .collect::<Vec<_>>(),
         [&web.key]
     );
@@ -1359,7 +1358,7 @@ fn released_ip_is_held_back_until_hold_period_ends() {
     assert_eq!(alloc_one(&mut ipam, &back, NOW + 20), ("10.0.0.0".into(), How::Reclaim));
     let info = ipam.addr(num("10.0.0.0")).expect("allocated again");
     assert!(info.held.is_none());
-    assert_eq!(info.users.keys().collect::<Vec<_>>(), [&web.key]);
+    assert_eq!(info.user_keys().collect::<Vec<_>>(), [&web.key]);
     assert!(ipam.expired_holds(i64::MAX).is_empty(), "no hold left behind");
 }
 
@@ -1392,7 +1391,7 @@ fn an_expired_hold_is_recycled_only_when_no_never_used_address_is_left() {
     );
     let info = ipam.addr(num("10.0.0.0")).expect("recycled");
     assert!(info.held.is_none());
-    assert_eq!(info.users.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["d"]);
+    assert_eq!(info.user_keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["d"]);
     // The former holder has lost its claim.
     assert!(conflict(alloc(&mut ipam, &web, NOW + 601)).contains("pool exhausted"));
 }
@@ -1411,7 +1410,7 @@ fn a_never_used_address_is_preferred_over_an_expired_hold() {
     let d = alloc(&mut ipam, &svc("dev", "default", "b").want(&["10.0.0.0"]), NOW + 10_000).expect("recycle");
     assert_eq!(d.assign[0].how, How::Recycle);
     assert_eq!(
-        ipam.addr(num("10.0.0.0")).map(|a| a.cluster.as_str()),
+        ipam.addr(num("10.0.0.0")).map(|a| &*a.cluster),
         Some("dev"),
         "now the new cluster's"
     );

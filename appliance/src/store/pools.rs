@@ -1,12 +1,13 @@
 //! Pools: create, edit, delete, list with usage; and loading the allocation state at start.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use edgelb_api::{FieldError, HealthOverrides, Pool, PoolPatch, PoolSpec, PoolUsage};
 use sqlx::{Connection, Row, SqliteConnection};
 
 use super::{Result, Store, StoreError, audit, blob_ip, ip_blob, json_vec, ts};
-use crate::ipam::{AddrInfo, Hold, Ipam, PoolDef, ServiceKey};
+use crate::ipam::{AddrInfo, Hold, Ipam, PoolDef, ServiceKey, VecMap};
 
 #[derive(sqlx::FromRow)]
 struct PoolRow {
@@ -88,7 +89,7 @@ pub(super) async fn load_ipam(conn: &mut SqliteConnection) -> Result<Ipam> {
     for row in rows {
         ipam.load_pool(def_of(&row.spec()?)?);
     }
-    let mut users: BTreeMap<u128, BTreeMap<ServiceKey, Vec<crate::ipam::PortKey>>> = BTreeMap::new();
+    let mut users: BTreeMap<u128, VecMap<Arc<ServiceKey>, Vec<crate::ipam::PortKey>>> = BTreeMap::new();
     let links = sqlx::query(
         "SELECT sa.ip, sa.cluster, sa.namespace, sa.name, s.spec FROM service_addresses sa \
          JOIN services s USING (cluster, namespace, name)",
@@ -103,7 +104,7 @@ pub(super) async fn load_ipam(conn: &mut SqliteConnection) -> Result<Ipam> {
             name: row.try_get(3)?,
         };
         let ports = super::services::ports_of(row.try_get::<Option<String>, _>(4)?.as_deref())?;
-        users.entry(ip).or_default().insert(key, ports);
+        users.entry(ip).or_default().insert(Arc::new(key), ports);
     }
     let addrs = sqlx::query(
         "SELECT ip, pool, cluster, sharing_key, state, held_namespace, held_name, held_uid, held_until FROM addresses",
@@ -114,7 +115,7 @@ pub(super) async fn load_ipam(conn: &mut SqliteConnection) -> Result<Ipam> {
         let ip = blob_ip(row.try_get::<&[u8], _>(0)?)?;
         let cluster: String = row.try_get(2)?;
         let held = match row.try_get::<Option<i64>, _>(8)? {
-            Some(until) => Some(Hold {
+            Some(until) => Some(Box::new(Hold {
                 key: ServiceKey {
                     cluster: cluster.clone(),
                     namespace: row.try_get::<Option<String>, _>(5)?.unwrap_or_default(),
@@ -122,12 +123,12 @@ pub(super) async fn load_ipam(conn: &mut SqliteConnection) -> Result<Ipam> {
                 },
                 uid: row.try_get::<Option<String>, _>(7)?.unwrap_or_default(),
                 until,
-            }),
+            })),
             None => None,
         };
         let info = AddrInfo {
-            pool: row.try_get(1)?,
-            cluster,
+            pool: Arc::from(row.try_get::<&str, _>(1)?),
+            cluster: Arc::from(cluster),
             sharing_key: row.try_get(3)?,
             users: users.remove(&ip).unwrap_or_default(),
             held,

@@ -428,8 +428,9 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
             w.touch_nothing();
             for wr in writes {
                 let Write { put, decision, .. } = wr;
-                w.specs.insert(put.key.clone(), put.digest);
-                w.touch(Change::Service(put.key.clone()));
+                let key = w.ipam.shared_key(&put.key);
+                w.specs.insert(key.clone(), put.digest);
+                w.touch(Change::Service(key));
                 // Answer from what was just committed: no second read on the hot path.
                 let addresses: Vec<AssignedIp> = decision
                     .assign
@@ -491,7 +492,11 @@ async fn write_puts(conn: &mut SqliteConnection, writes: &[Write], now: i64) -> 
     let mut rest = writes;
     while let Some(first) = rest.first() {
         if first.is_simple() {
-            let n = rest.iter().position(|w| !w.is_simple()).unwrap_or(rest.len());
+            let run = rest.iter().position(|w| !w.is_simple()).unwrap_or(rest.len());
+            // In runs of a power of two: each length is a statement the connection keeps
+            // prepared, and one per length up to MAX_BATCH took megabytes; seven lengths take
+            // a few hundred kilobytes for at most a few more round trips per batch.
+            let n = 1 << run.ilog2();
             write_simple(&mut tx, &rest[..n], now).await?;
             rest = &rest[n..];
         } else {
@@ -935,7 +940,7 @@ impl Store {
                 )
                 .await?;
                 tx.commit().await?;
-                w.touch(Change::Service(key.clone()));
+                w.touch(Change::Service(w.ipam.shared_key(&key)));
                 w.specs.remove(&key);
                 w.ipam.apply_release(&key, &uid, &releases);
                 Ok(())
@@ -1142,7 +1147,7 @@ impl Store {
                     w.ipam = ipam;
                     w.touch_nothing();
                     for key in touched {
-                        w.touch(Change::Service(key));
+                        w.touch(Change::Service(w.ipam.shared_key(&key)));
                     }
                     Ok((reserved, conflicts))
                 })
