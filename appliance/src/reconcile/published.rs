@@ -14,7 +14,6 @@ use edgelb_api::{
 use time::OffsetDateTime;
 
 use super::Ownership;
-use super::desired::Probed;
 use crate::dataplane::{Counters, State, VirtualService, VsKey};
 use crate::health::{Checker, Health, Target, TargetState};
 
@@ -28,8 +27,9 @@ pub struct Published {
     pub(super) observed: State,
     /// Which VIPs edgelb owns: only their virtual services are shown.
     pub(super) owned: Ownership,
-    /// What is probed for each virtual service's real servers.
-    pub(super) probed: BTreeMap<VsKey, Probed>,
+    /// What is probed for each virtual service's real servers (the target of one of them:
+    /// the others differ only in address).
+    pub(super) probed: BTreeMap<VsKey, Target>,
     /// kube-proxy's node-level health port, when that check is on.
     pub(super) node_port: Option<u16>,
     pub(super) checker: Option<Checker>,
@@ -117,7 +117,14 @@ impl Published {
     fn health(&self, k: VsKey, a: SocketAddr) -> Option<BackendHealth> {
         let checker = self.checker.as_ref()?;
         let known = |t: Target| checker.state(&t).map(|s| (t, s));
-        let own = self.probed.get(&k).and_then(|p| p.target(a.ip())).and_then(known);
+        let own = self
+            .probed
+            .get(&k)
+            .map(|t| Target {
+                addr: a.ip(),
+                ..t.clone()
+            })
+            .and_then(known);
         let node = self
             .node_port
             .map(|port| crate::health::node_target(a.ip(), port))

@@ -241,11 +241,11 @@ impl<D: Dataplane> Reconciler<D> {
             let Some(hp) = hp else { return };
             p.node_port = hp.node_port;
             match &out.touched {
-                None => p.probed = hp.targets.clone(),
+                None => p.probed = hp.targets.iter().map(|(k, t)| (*k, t.probe.clone())).collect(),
                 Some(touched) => {
                     for k in &touched.services {
                         match hp.targets.get(k) {
-                            Some(probed) => p.probed.insert(*k, probed.clone()),
+                            Some(probed) => p.probed.insert(*k, probed.probe.clone()),
                             None => p.probed.remove(k),
                         };
                     }
@@ -467,8 +467,12 @@ impl<D: Dataplane> Reconciler<D> {
             .map(AbortOnDrop);
         let mut retry = self.options.retry;
         let mut kind = Pass::Dump;
+        // Change passes do not hand freed memory back one by one (it would cost each a walk of
+        // the heap); once changes stop for a moment, one trim does it for all of them.
+        let mut untrimmed = false;
         loop {
             let outcome = self.pass_with(kind).await;
+            untrimmed |= kind == Pass::Change;
             kind = if outcome.is_err() { Pass::Dump } else { Pass::Rebuild };
             let delay = match outcome {
                 Ok(_) => {
@@ -486,33 +490,42 @@ impl<D: Dataplane> Reconciler<D> {
                 .next_deadline()
                 .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default() + DEADLINE_SLACK);
             let drain_ends_first = until_drain_ends.is_some_and(|d| d < delay);
-            let delay = until_drain_ends.map_or(delay, |d| d.min(delay));
-            tokio::select! {
-                Some(()) = health_changed(&mut health_changes) => {
-                    // A target changed health: rebuild against the kept state, at once (the
-                    // checker's rise/fall already damped it; the debounce gathers targets
-                    // that go down together, as when a node dies).
-                    tokio::time::sleep(self.options.debounce).await;
-                    if let Some(rx) = &mut health_changes {
-                        rx.borrow_and_update();
+            let wake_at = tokio::time::Instant::now() + until_drain_ends.map_or(delay, |d| d.min(delay));
+            loop {
+                tokio::select! {
+                    Some(()) = health_changed(&mut health_changes) => {
+                        // A target changed health: rebuild against the kept state, at once
+                        // (the checker's rise/fall already damped it; the debounce gathers
+                        // targets that go down together, as when a node dies).
+                        tokio::time::sleep(self.options.debounce).await;
+                        if let Some(rx) = &mut health_changes {
+                            rx.borrow_and_update();
+                        }
+                        break;
                     }
-                }
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        // The store is gone: nothing will change any more; keep resyncing.
-                        tokio::time::sleep(delay).await;
-                        continue;
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            // The store is gone: nothing will change any more; keep resyncing.
+                            tokio::time::sleep_until(wake_at).await;
+                            break;
+                        }
+                        // At once: commits made while this pass runs (an agent's start-up) are
+                        // gathered by the journal into the next one.
+                        changes.borrow_and_update();
+                        kind = Pass::Change;
+                        break;
                     }
-                    // At once: commits made while this pass runs (an agent's start-up) are
-                    // gathered by the journal into the next one.
-                    changes.borrow_and_update();
-                    kind = Pass::Change;
-                }
-                _ = tokio::time::sleep(delay) => {
-                    // The resync (or a retry): dump the kernel to see and repair drift. A pass
-                    // after a failure dumps anyway (the kept state is dropped then).
-                    if !drain_ends_first {
-                        kind = Pass::Dump;
+                    _ = tokio::time::sleep_until(wake_at) => {
+                        // The resync (or a retry): dump the kernel to see and repair drift. A
+                        // pass after a failure dumps anyway (the kept state is dropped then).
+                        if !drain_ends_first {
+                            kind = Pass::Dump;
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep(IDLE_TRIM), if untrimmed => {
+                        release_free_memory();
+                        untrimmed = false;
                     }
                 }
             }
@@ -537,6 +550,10 @@ fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// How long the loop waits, after change passes, for no further change before it hands the
+/// memory they freed back.
+const IDLE_TRIM: Duration = Duration::from_secs(1);
 
 /// Past a drain's end, so the pass then sees it ended.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
