@@ -296,6 +296,15 @@ async fn run(o: Options) -> Result<(), String> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    // The same, once the appliance has had a quiet moment (it hands freed memory back when
+    // changes pause): what `ps` shows between bursts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss, hwm) = rss_kib(o.pid)?;
+    println!(
+        "BENCH name=appliance-rss-settled services={n} vmrss_kib={rss} vmhwm_kib={hwm} vmrss_mb={:.1} vmhwm_mb={:.1}",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
 
     // One Service's change: its scheduler flips between rr and the pool's; timed from the PUT's
     // answer until the kernel reports the new one. A pause between changes so each is its own

@@ -11,6 +11,7 @@ struct Inner {
     state: State,
     log: Vec<Op>,
     fail_observe: Option<String>,
+    observe_delay: std::time::Duration,
 }
 
 /// A fake kernel; clones share one state.
@@ -60,6 +61,12 @@ impl FakeDataplane {
     pub fn fail_observe(&self, why: Option<&str>) {
         self.lock().fail_observe = why.map(str::to_owned);
     }
+
+    /// Makes each observation take this long, returning the state as it was when it began, as
+    /// a real dump of 100,000 entries can miss what changes while it runs.
+    pub fn slow_observe(&self, delay: std::time::Duration) {
+        self.lock().observe_delay = delay;
+    }
 }
 
 impl Dataplane for FakeDataplane {
@@ -77,11 +84,18 @@ impl Dataplane for FakeDataplane {
     }
 
     async fn observe(&self) -> Result<State, DataplaneError> {
-        let inner = self.lock();
-        match &inner.fail_observe {
-            Some(why) => Err(DataplaneError::Observe(why.clone())),
-            None => Ok(inner.state.clone()),
+        let (seen, delay) = {
+            let inner = self.lock();
+            let seen = match &inner.fail_observe {
+                Some(why) => Err(DataplaneError::Observe(why.clone())),
+                None => Ok(inner.state.clone()),
+            };
+            (seen, inner.observe_delay)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
+        seen
     }
 
     async fn apply(&self, ops: &[Op]) -> Result<(), DataplaneError> {

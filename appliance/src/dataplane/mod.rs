@@ -270,6 +270,61 @@ impl FromIterator<((VsKey, SocketAddr), RealServer)> for RealServers {
 }
 
 impl State {
+    /// Takes from `kept` what `ops` touched (their virtual services with their real servers,
+    /// their addresses, their set elements) and leaves the rest as it is. For a dump that ran
+    /// while those operations were applied: it may have seen each of them or not, and `kept`
+    /// is the state after them.
+    pub fn overlay(&mut self, kept: &State, ops: &[Op]) {
+        let take_element = |mine: &mut Option<nft::TableState>, (set, e): &nft::Element| {
+            let Some(mine) = mine else { return };
+            let wanted = kept
+                .rules
+                .as_ref()
+                .is_some_and(|r| r.sets.get(*set).is_some_and(|s| s.contains(e)));
+            if wanted {
+                mine.sets.entry((*set).to_owned()).or_default().insert(e.clone());
+            } else if let Some(s) = mine.sets.get_mut(*set) {
+                s.remove(e);
+            }
+        };
+        for op in ops {
+            match op {
+                Op::AddService(k, _)
+                | Op::EditService(k, _)
+                | Op::DeleteService(k)
+                | Op::AddRealServer(k, ..)
+                | Op::EditRealServer(k, ..)
+                | Op::DeleteRealServer(k, _) => {
+                    match kept.services.get(k) {
+                        Some(vs) => self.services.insert(*k, vs.clone()),
+                        None => self.services.remove(k),
+                    };
+                    self.real_servers.set(*k, kept.real_servers.of(*k).to_vec());
+                }
+                Op::AddAddress(a) | Op::DeleteAddress(a) => {
+                    if let (Some(mine), Some(theirs)) = (&mut self.addresses, &kept.addresses) {
+                        if theirs.contains(a) {
+                            mine.insert(*a);
+                        } else {
+                            mine.remove(a);
+                        }
+                    }
+                }
+                Op::SetRules(_) | Op::DeleteRules => self.rules = kept.rules.clone(),
+                Op::PatchElements { delete, add } => {
+                    for e in delete.iter().chain(add) {
+                        take_element(&mut self.rules, e);
+                    }
+                }
+                Op::DeleteElements(elements) => {
+                    for e in elements {
+                        take_element(&mut self.rules, e);
+                    }
+                }
+            }
+        }
+    }
+
     /// The real servers of one virtual service, in address order.
     pub fn real_servers_of(&self, key: VsKey) -> impl Iterator<Item = (SocketAddr, &RealServer)> {
         self.real_servers.of(key).iter().map(|(a, rs)| (*a, rs))

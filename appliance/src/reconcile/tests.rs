@@ -1905,3 +1905,82 @@ fn a_virtual_service_handed_from_one_service_to_another_in_one_change_is_kept() 
     let also81 = shared_vip_service("b-api", &[(Protocol::Tcp, 81, 30081)], &[]);
     assert!(!model.replace(&key("b-api"), Some(also81), &input, &mut touched));
 }
+
+// ---- a resync's dump does not hold changes back ----
+
+#[tokio::test]
+async fn a_change_during_a_slow_resync_reaches_the_kernel_before_the_dump_ends_and_is_not_redone() {
+    let (_dir, store) = store_with_service().await;
+    let fake = FakeDataplane::full();
+    let r = Reconciler::new(store.clone(), fake.clone(), fast());
+    r.pass().await.expect("first pass");
+    let mut changes = store.subscribe();
+    changes.borrow_and_update();
+    // Each dump takes 2 s and returns the kernel as it was when it began.
+    fake.slow_observe(Duration::from_secs(2));
+    let resync = r.pass_answering(&mut changes);
+    tokio::pin!(resync);
+    // While it dumps: `web` goes, `api` comes with a source range (an address, IPVS entries and
+    // set elements each way).
+    let change = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        store
+            .delete_service("test", "prod", "default", "web")
+            .await
+            .expect("delete web");
+        let mut api = spec(&[(Protocol::Tcp, 8080, 31_080)]);
+        api.source_ranges = vec!["192.0.2.0/24".into()];
+        store
+            .put_service("test", "prod", "default", "api", api)
+            .await
+            .expect("put api");
+        eventually(5, "only api is in the kernel", || {
+            let s = fake.state();
+            s.services.len() == 1 && s.services.keys().all(|k| k.port == 8080)
+        })
+        .await;
+    };
+    tokio::select! {
+        _ = &mut resync => panic!("the resync ended before the change reached the kernel"),
+        () = change => {}
+    }
+    // The dump missed both changes; what they applied was taken from the kept state, so the
+    // resync neither adds `api` again (the fake would refuse: it exists) nor restores `web`.
+    let report = resync.await.expect("the resync after the change");
+    assert_eq!(report.ops, Vec::new());
+    fake.slow_observe(Duration::ZERO);
+    assert_eq!(r.pass().await.expect("a full pass").ops, Vec::new());
+    let rules = fake.state().rules.expect("rules");
+    assert!(
+        rules.sets["allowed_v4"].iter().any(|e| e.ends_with("192.0.2.0/24")),
+        "{rules:?}"
+    );
+    assert!(
+        !rules.sets["fullnat_v4"].iter().any(|e| e.ends_with(". 30080")),
+        "{rules:?}"
+    );
+}
+
+#[test]
+fn an_overlay_takes_what_the_operations_touched_from_the_kept_state() {
+    let web = web();
+    let api = key("203.0.113.6", 80);
+    let mut kept = state(&[(api, "wlc")], &[(api, "10.1.0.11:30081", 1)]);
+    kept.addresses = Some(BTreeSet::from([ip("203.0.113.6")]));
+    // A dump that saw `web` still there and `api` not yet.
+    let mut dumped = state(&[(web, "wlc")], &[(web, "10.1.0.11:30080", 1)]);
+    dumped.addresses = Some(BTreeSet::from([ip("203.0.113.5")]));
+    let untouched = key("203.0.113.7", 80);
+    dumped.services.insert(untouched, vs("rr", None));
+    let ops = [
+        Op::AddAddress(ip("203.0.113.6")),
+        Op::AddService(api, vs("wlc", None).spec),
+        Op::AddRealServer(api, sa("10.1.0.11:30081"), RsSpec::masquerade(1)),
+        Op::DeleteService(web),
+        Op::DeleteAddress(ip("203.0.113.5")),
+    ];
+    dumped.overlay(&kept, &ops);
+    assert_eq!(dumped.services.keys().copied().collect::<Vec<_>>(), [api, untouched]);
+    assert_eq!(dumped.real_servers, kept.real_servers);
+    assert_eq!(dumped.addresses, kept.addresses);
+}
