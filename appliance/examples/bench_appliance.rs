@@ -196,15 +196,17 @@ async fn destinations(ipvs: &IpvsHandle, key: &ServiceKey) -> Result<usize, Stri
 
 /// `(VmRSS, VmHWM)` of a process, in KiB.
 fn rss_kib(pid: u32) -> Result<(u64, u64), String> {
+    Ok((status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?))
+}
+
+/// One `... kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, name: &str) -> Result<u64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}: {e}"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("/proc/{pid}/status has no {name}"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| format!("/proc/{pid}/status has no {name}"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -300,10 +302,14 @@ async fn run(o: Options) -> Result<(), String> {
     // changes pause): what `ps` shows between bursts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss, hwm) = rss_kib(o.pid)?;
+    // Heap and stacks, against the binary's and libraries' pages.
+    let (anon, file) = (status_kib(o.pid, "RssAnon:")?, status_kib(o.pid, "RssFile:")?);
     println!(
-        "BENCH name=appliance-rss-settled services={n} vmrss_kib={rss} vmhwm_kib={hwm} vmrss_mb={:.1} vmhwm_mb={:.1}",
+        "BENCH name=appliance-rss-settled services={n} vmrss_kib={rss} vmhwm_kib={hwm} vmrss_mb={:.1} vmhwm_mb={:.1} rssanon_mb={:.1} rssfile_mb={:.1}",
         rss as f64 / 1024.0,
-        hwm as f64 / 1024.0
+        hwm as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
     );
 
     // One Service's change: its scheduler flips between rr and the pool's; timed from the PUT's

@@ -32,10 +32,11 @@ async fn shutdown_signal() {
     }
 }
 
-/// At most two malloc arenas instead of one per thread and core: the reconciler's large,
-/// short-lived maps are built on whichever worker thread runs a pass, and each arena would keep
-/// its own high-water mark of them (docs/benchmarks.md: 347 MB against 264 MB with one arena at
-/// 10,000 Services). And a fixed mmap threshold: a full pass's large, short-lived buffers (the
+/// One malloc arena instead of one per thread and core: the reconciler's large, short-lived
+/// maps are built on whichever worker thread runs a pass, and each arena would keep its own
+/// high-water mark of them (docs/benchmarks.md: 347 MB against 264 MB with one arena at 10,000
+/// Services, before the state was made compact; 88 MB against about 100 MB with two arenas
+/// after). And a fixed mmap threshold: a full pass's large, short-lived buffers (the
 /// plan, kernel dumps, nft's listing) get their own mappings, returned whole when freed, instead
 /// of glibc raising the threshold after the first such free and carving them from the heap,
 /// where the long-lived state allocated around them keeps the pages resident. Must run before
@@ -45,7 +46,7 @@ fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt takes plain integers; called once, before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }

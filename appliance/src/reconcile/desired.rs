@@ -101,8 +101,9 @@ impl Drains {
 pub struct Probed {
     /// The target of the first node (only its kind and port matter).
     pub probe: Target,
-    /// The eligible nodes' addresses, sorted: each one's target is probed.
-    pub nodes: Vec<IpAddr>,
+    /// The eligible nodes' addresses, sorted: each one's target is probed. Usually the same
+    /// list for thousands of virtual services, so the model shares one copy.
+    pub nodes: std::sync::Arc<[IpAddr]>,
 }
 
 impl Probed {
@@ -245,17 +246,12 @@ pub(super) fn weigh(
     {
         out.overrides.insert(key, o);
     }
-    let mut probed: Option<Probed> = None;
+    let mut probed: Option<(Target, Vec<IpAddr>)> = None;
     for (a, t) in eligible {
         if let Some(t) = t {
             match &mut probed {
-                Some(p) => p.nodes.push(a.ip()),
-                None => {
-                    probed = Some(Probed {
-                        probe: t.clone(),
-                        nodes: vec![a.ip()],
-                    })
-                }
+                Some((_, nodes)) => nodes.push(a.ip()),
+                None => probed = Some((t.clone(), vec![a.ip()])),
             }
         }
         let weight = match down_since(a, t) {
@@ -284,10 +280,11 @@ pub(super) fn weigh(
             weights.push((a, 0));
         }
     }
-    if let Some(mut p) = probed {
-        p.nodes.sort_unstable();
-        p.nodes.dedup();
-        out.targets.insert(key, p);
+    if let Some((probe, mut nodes)) = probed {
+        nodes.sort_unstable();
+        nodes.dedup();
+        let nodes = nodes.into();
+        out.targets.insert(key, Probed { probe, nodes });
     }
     if !leaving.is_empty() {
         out.drains.leaving.insert(key, leaving);

@@ -52,6 +52,35 @@ pub struct Model {
     /// them with its own settings decides the target's. Per virtual service, not per target,
     /// to keep the memory of 100,000 targets small.
     by_probe: HashMap<(ProbeKind, u16), Vec<VsKey>>,
+    node_lists: NodeLists,
+}
+
+/// One shared copy of each list of probed nodes ([`super::desired::Probed::nodes`]). A cache:
+/// it holds nothing the model's meaning depends on, so any two compare equal.
+#[derive(Debug, Clone, Default)]
+struct NodeLists(std::collections::HashSet<std::sync::Arc<[IpAddr]>>);
+
+impl PartialEq for NodeLists {
+    fn eq(&self, _: &NodeLists) -> bool {
+        true
+    }
+}
+
+impl Eq for NodeLists {}
+
+impl NodeLists {
+    /// The shared copy of `nodes`.
+    fn share(&mut self, nodes: &std::sync::Arc<[IpAddr]>) -> std::sync::Arc<[IpAddr]> {
+        if let Some(shared) = self.0.get(nodes) {
+            return shared.clone();
+        }
+        if self.0.len() >= 64 {
+            // Forget the lists no virtual service uses any more.
+            self.0.retain(|l| std::sync::Arc::strong_count(l) > 1);
+        }
+        self.0.insert(nodes.clone());
+        nodes.clone()
+    }
 }
 
 /// What one Service contributed.
@@ -434,6 +463,9 @@ impl Model {
                 }
                 // In address order, whatever the order nodes became eligible or left in.
                 weights.sort_unstable();
+                if let Some(p) = self.hp.targets.get_mut(&k) {
+                    p.nodes = self.node_lists.share(&p.nodes);
+                }
                 if let Some(p) = self.hp.targets.get(&k) {
                     let users = self.by_probe.entry((p.probe.kind, p.probe.port)).or_default();
                     if let Err(at) = users.binary_search(&k) {
@@ -495,6 +527,9 @@ impl Model {
                 }
             }
         }
+        part.keys.shrink_to_fit();
+        part.vips.shrink_to_fit();
+        part.nodes.shrink_to_fit();
         self.parts.insert(key, part);
         consistent
     }
