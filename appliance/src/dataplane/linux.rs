@@ -56,6 +56,9 @@ impl Default for LinuxOptions {
 #[derive(Debug, Clone)]
 pub struct LinuxDataplane {
     ipvs: IpvsHandle,
+    /// A second netlink socket for dumps: a resync's dump of 100,000 real servers keeps many
+    /// requests queued on its socket, and a change applied meanwhile must not wait behind them.
+    dumps: IpvsHandle,
     addresses: Option<VipAddresses>,
     nft: Option<NftTable>,
     options: LinuxOptions,
@@ -90,6 +93,11 @@ impl LinuxDataplane {
             }
             Err(e) => return Err(DataplaneError::Unavailable(chain(&e))),
         }
+        let dumps = IpvsHandle::new().map_err(|e| DataplaneError::Unavailable(chain(&e)))?;
+        dumps
+            .resolve_family()
+            .await
+            .map_err(|e| DataplaneError::Unavailable(chain(&e)))?;
         let addresses = match &options.interface {
             Some(iface) => Some(
                 VipAddresses::new(iface)
@@ -106,6 +114,7 @@ impl LinuxDataplane {
         Sysctls::default().ensure(&sysctl::required(true, false));
         Ok(LinuxDataplane {
             ipvs,
+            dumps,
             addresses,
             nft,
             options,
@@ -239,7 +248,7 @@ impl Dataplane for LinuxDataplane {
 
     async fn observe(&self) -> Result<State, DataplaneError> {
         let entries: Vec<ServiceEntry> = self
-            .ipvs
+            .dumps
             .services()
             .dump()
             .execute()
@@ -247,7 +256,7 @@ impl Dataplane for LinuxDataplane {
             .await
             .map_err(|e| DataplaneError::Observe(chain(&e)))?;
         let services: BTreeMap<VsKey, VirtualService> = entries.iter().filter_map(observed_service).collect();
-        let handle = &self.ipvs;
+        let handle = &self.dumps;
         let dumps = futures::stream::iter(services.keys().copied())
             .map(|k| async move {
                 let dests: Result<Vec<DestinationEntry>, ipvs::Error> = handle
