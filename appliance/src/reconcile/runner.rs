@@ -30,10 +30,10 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::desired;
 use super::desired::{Drains, HealthInput, HealthView};
 use super::model::{Model, Touched};
 use super::published::Published;
-use super::{Ownership, desired};
 use crate::config::HealthConfig;
 use crate::dataplane::{Dataplane, DataplaneError, Op, State};
 use crate::error_chain;
@@ -126,9 +126,18 @@ const INCREMENTAL_MAX: usize = 256;
 /// for.
 struct Outcome {
     ops: Vec<Op>,
-    owned: Ownership,
     /// `None`: everything.
     touched: Option<Touched>,
+}
+
+/// Without health checking every target serves.
+#[derive(Debug)]
+struct NoHealthChecks;
+
+impl HealthView for NoHealthChecks {
+    fn health(&self, _: &crate::health::Target) -> Option<crate::health::TargetState> {
+        None
+    }
 }
 
 /// Probes in flight at most.
@@ -283,15 +292,17 @@ impl<D: Dataplane> Reconciler<D> {
     /// Publishes a successful pass (its kernel state is in place already): what the status is
     /// built from, for what it touched or for everything.
     fn publish_outcome(&self, out: &Outcome, memory: &Memory) {
-        let hp = memory.model.as_ref().map(Model::health_plan);
         self.status.send_modify(|p| {
             let p = Arc::make_mut(p);
             p.summary.passes += 1;
             p.summary.operations += out.ops.len() as u64;
             p.summary.last_sync = Some(OffsetDateTime::now_utc());
             p.summary.last_error = None;
-            p.owned = out.owned.clone();
-            let Some(hp) = hp else { return };
+            let Some(model) = &memory.model else { return };
+            if p.owned != *model.owned() {
+                p.owned = model.owned().clone();
+            }
+            let hp = model.health_plan();
             p.node_port = hp.node_port;
             match &out.touched {
                 None => p.probed = hp.targets.iter().map(|(k, t)| (*k, t.probe.clone())).collect(),
@@ -318,14 +329,14 @@ impl<D: Dataplane> Reconciler<D> {
         drop(old);
     }
 
-    /// The health input of a pass, reading targets' health from `targets`.
-    fn health_input<'a>(&self, targets: &'a dyn HealthView, drains: &'a Drains) -> HealthInput<'a> {
+    /// The health input of a pass: targets' health read from the checker itself.
+    fn health_input<'a>(&'a self, drains: &'a Drains) -> HealthInput<'a> {
         match &self.health {
             Some(h) => HealthInput {
                 now: SystemTime::now(),
                 drain_timeout: h.config.drain_timeout,
                 all_down: h.config.all_down,
-                targets,
+                targets: &h.checker,
                 drains,
                 node_port: h.config.node_port,
             },
@@ -333,7 +344,7 @@ impl<D: Dataplane> Reconciler<D> {
                 now: SystemTime::UNIX_EPOCH,
                 drain_timeout: std::time::Duration::ZERO,
                 all_down: crate::config::AllDown::FailOpen,
-                targets,
+                targets: &NoHealthChecks,
                 drains,
                 node_port: None,
             },
@@ -384,12 +395,7 @@ impl<D: Dataplane> Reconciler<D> {
                 None => Drains::seed(&self.status.borrow().observed),
             },
         };
-        let no_checker = std::collections::HashMap::new();
-        let view: &dyn HealthView = match &self.health {
-            Some(h) => &h.checker,
-            None => &no_checker,
-        };
-        let model = Model::build(snap, self.dataplane.manages(), &self.health_input(view, &drains));
+        let model = Model::build(snap, self.dataplane.manages(), &self.health_input(&drains));
         drop(drains);
         if let (Some(h), Some(defaults)) = (&self.health, self.probe_defaults()) {
             h.checker.set_targets(model.health_plan().probes(defaults));
@@ -398,15 +404,10 @@ impl<D: Dataplane> Reconciler<D> {
             Some(state) => model.plan_full(state),
             None => model.plan_full(&self.status.borrow().observed),
         };
-        let owned = model.owned().clone();
         memory.model = Some(model);
         memory.generation = generation;
         memory.kept = self.apply(&ops, dumped, kind == Pass::Dump).await?;
-        Ok(Outcome {
-            ops,
-            owned,
-            touched: None,
-        })
+        Ok(Outcome { ops, touched: None })
     }
 
     /// Replaces the changed Services in the kept model and applies what they touched; `None`
@@ -428,12 +429,7 @@ impl<D: Dataplane> Reconciler<D> {
             return Ok(None);
         };
         let none = Drains::default();
-        let no_checker = std::collections::HashMap::new();
-        let view: &dyn HealthView = match &self.health {
-            Some(h) => &h.checker,
-            None => &no_checker,
-        };
-        let input = self.health_input(view, &none);
+        let input = self.health_input(&none);
         let mut touched = Touched::default();
         let services = keys.iter().map(|k| (k.clone(), fresh.remove(k))).collect();
         if !model.replace_all(services, &input, &mut touched) {
@@ -444,13 +440,11 @@ impl<D: Dataplane> Reconciler<D> {
             h.checker.update_targets(model.probe_changes(&touched, defaults));
         }
         let ops = model.plan_touched(&self.status.borrow().observed, &touched);
-        let owned = model.owned().clone();
         memory.generation = generation;
         memory.kept = false;
         memory.kept = self.apply(&ops, None, false).await?;
         Ok(Some(Outcome {
             ops,
-            owned,
             touched: Some(touched),
         }))
     }
