@@ -24,8 +24,10 @@ vs_conns() { sleep 2.5; in_ns appliance ipvsadm -Ln --stats -t "$VIP:80" | awk '
 lab_topology
 lab_nodes_serve 30080
 lab_nodes_serve 30081
+# The reply waits for the datagram to be read: a child that answered and exited before socat
+# handed it the datagram made socat die of EPIPE without sending the answer (about 2 in 100).
 for n in $LAB_NODES; do
-    in_ns "$n" socat UDP-LISTEN:30053,fork,reuseaddr SYSTEM:"echo node=$n" &
+    in_ns "$n" socat UDP-LISTEN:30053,fork,reuseaddr SYSTEM:"read -r _; echo node=$n" &
 done
 # No VIP and no NAT from the lab: the appliance claims the VIP on `front` and owns the full NAT.
 
