@@ -41,7 +41,8 @@ lab_nodes_route_via_appliance
 lab_nodes_serve_peer 30080
 
 edgelb_start --dataplane ipvs --interface front --resync-seconds 2 --nat plain
-assert_ok "the appliance says it runs plain NAT" grep -q 'forwarding with IPVS.* nat="plain"' "$EDGELB_LOG"
+# The line is logged just after the "listening on" that edgelb_start waits for: wait for it too.
+wait_until 5 "the appliance says it runs plain NAT" grep -q 'forwarding with IPVS.* nat="plain"' "$EDGELB_LOG"
 must edgelb_api POST /api/v1/pools '{"name":"lab","ranges":["10.0.0.100/32"],"scheduler":"rr"}' >/dev/null
 must edgelb_api POST /api/v1/clusters '{"name":"lab"}' >/dev/null
 must edgelb_api PUT /api/v1/clusters/lab/nodes '{"nodes":[{"name":"n1","addresses":["10.1.0.11"]},
@@ -60,7 +61,7 @@ vs_conns() { sleep 2.5; in_ns appliance ipvsadm -Ln --stats -t "$VIP:80" | awk '
 conns_before=$(vs_conns)
 edgelb_stop
 edgelb_start --dataplane ipvs --interface front --resync-seconds 2
-assert_ok "the appliance says it runs full NAT by default" grep -q 'forwarding with IPVS.* nat="full"' "$EDGELB_LOG"
+wait_until 5 "the appliance says it runs full NAT by default" grep -q 'forwarding with IPVS.* nat="full"' "$EDGELB_LOG"
 wait_until 10 "full NAT: the full-NAT set holds the three nodes" fullnat_holds_the_nodes
 lab_bench full-programmed
 assert_eq "full NAT: every node sees the appliance's address" "peer=$LAB_BACK_ADDR" "$(peers "full NAT")"
