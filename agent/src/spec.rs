@@ -23,6 +23,9 @@ pub const ANNOTATION_HEALTH_TIMEOUT: &str = "edgelb.io/health-timeout";
 pub const ANNOTATION_HEALTH_RISE: &str = "edgelb.io/health-rise";
 /// Annotation with the failed probes in a row that drain a node (1 to 100).
 pub const ANNOTATION_HEALTH_FALL: &str = "edgelb.io/health-fall";
+/// Annotation with how much each probe interval is spread at random, in percent either way
+/// (0 to 50).
+pub const ANNOTATION_HEALTH_JITTER: &str = "edgelb.io/health-jitter-percent";
 /// Our finalizer: the Service is not deleted before the appliance released its addresses.
 pub const FINALIZER: &str = "edgelb.io/release";
 /// The `ipMode` written into the status: traffic arrives with the VIP as destination.
@@ -207,6 +210,7 @@ pub fn health_overrides(svc: &Service) -> Result<Option<HealthOverrides>, SpecEr
         timeout_ms: read(ANNOTATION_HEALTH_TIMEOUT, parse_duration_ms),
         rise: read(ANNOTATION_HEALTH_RISE, parse_count),
         fall: read(ANNOTATION_HEALTH_FALL, parse_count),
+        jitter_percent: read(ANNOTATION_HEALTH_JITTER, parse_count),
     };
     for (field, _) in o.problems() {
         let (key, message) = match field {
@@ -220,6 +224,10 @@ pub fn health_overrides(svc: &Service) -> Result<Option<HealthOverrides>, SpecEr
             ),
             "timeout_ms" => (ANNOTATION_HEALTH_TIMEOUT, "must be from 50ms to 1h".to_owned()),
             "rise" => (ANNOTATION_HEALTH_RISE, "must be from 1 to 100".to_owned()),
+            "jitter_percent" => (
+                ANNOTATION_HEALTH_JITTER,
+                format!("must be from 0 to {}", edgelb_api::MAX_JITTER_PERCENT),
+            ),
             _ => (ANNOTATION_HEALTH_FALL, "must be from 1 to 100".to_owned()),
         };
         let raw = annotation(svc, key).unwrap_or_default();
@@ -430,6 +438,7 @@ mod health_tests {
                 timeout_ms,
                 rise,
                 fall,
+                jitter_percent: None,
             })
         };
         let cases: Vec<(&str, Service, Option<HealthOverrides>)> = vec![
@@ -458,6 +467,23 @@ mod health_tests {
                 "timeout alone may exceed the default interval: the appliance caps it",
                 with(&[(ANNOTATION_HEALTH_TIMEOUT, "3s")]),
                 o(None, Some(3_000), None, None),
+            ),
+            (
+                "jitter, none at all",
+                with(&[(ANNOTATION_HEALTH_JITTER, "0")]),
+                Some(HealthOverrides {
+                    jitter_percent: Some(0),
+                    ..HealthOverrides::default()
+                }),
+            ),
+            (
+                "jitter beside an interval",
+                with(&[(ANNOTATION_HEALTH_INTERVAL, "1s"), (ANNOTATION_HEALTH_JITTER, "25")]),
+                Some(HealthOverrides {
+                    interval_ms: Some(1_000),
+                    jitter_percent: Some(25),
+                    ..HealthOverrides::default()
+                }),
             ),
         ];
         for (name, svc, want) in cases {
@@ -498,6 +524,16 @@ mod health_tests {
                     "annotation edgelb.io/health-fall: \"three\" is not a whole number",
                     "annotation edgelb.io/health-rise: \"0\" must be from 1 to 100",
                 ],
+            ),
+            (
+                "jitter past half the interval",
+                with(&[(ANNOTATION_HEALTH_JITTER, "60")]),
+                vec!["annotation edgelb.io/health-jitter-percent: \"60\" must be from 0 to 50"],
+            ),
+            (
+                "jitter with a percent sign",
+                with(&[(ANNOTATION_HEALTH_JITTER, "10%")]),
+                vec!["annotation edgelb.io/health-jitter-percent: \"10%\" is not a whole number"],
             ),
             (
                 "every problem at once",

@@ -452,7 +452,9 @@ async fn agent_relists_after_its_watch_is_cut_and_the_history_compacted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_annotations_reach_the_appliance_and_a_bad_one_is_reported_not_sent() {
-    use edgelb_agent::spec::{ANNOTATION_HEALTH_FALL, ANNOTATION_HEALTH_INTERVAL, ANNOTATION_HEALTH_TIMEOUT};
+    use edgelb_agent::spec::{
+        ANNOTATION_HEALTH_FALL, ANNOTATION_HEALTH_INTERVAL, ANNOTATION_HEALTH_JITTER, ANNOTATION_HEALTH_TIMEOUT,
+    };
     let (app, token) = Appliance::start(&["10.60.0.0/29"]).await;
     let fake = FakeApiServer::start().await;
     let client = fake.client("test").await;
@@ -469,7 +471,7 @@ async fn health_annotations_reach_the_appliance_and_a_bad_one_is_reported_not_se
     let sent = app.service("default", "web").await.expect("held");
     assert_eq!(
         health(&sent),
-        json!({"interval_ms": 500, "timeout_ms": null, "rise": null, "fall": 2})
+        json!({"interval_ms": 500, "timeout_ms": null, "rise": null, "fall": 2, "jitter_percent": null})
     );
 
     // A bad value: a Warning Event names the annotation and what to write, and the appliance
@@ -486,20 +488,22 @@ async fn health_annotations_reach_the_appliance_and_a_bad_one_is_reported_not_se
     assert_eq!(kept["ips"], sent["ips"], "the address stays");
 
     // Fixed, with a timeout too: the appliance gets it.
-    let good =
-        json!({"metadata": {"annotations": {ANNOTATION_HEALTH_INTERVAL: "1s", ANNOTATION_HEALTH_TIMEOUT: "300ms"}}});
+    let good = json!({"metadata": {"annotations": {ANNOTATION_HEALTH_INTERVAL: "1s",
+        ANNOTATION_HEALTH_TIMEOUT: "300ms", ANNOTATION_HEALTH_JITTER: "0"}}});
     api.patch("web", &PatchParams::default(), &Patch::Merge(&good))
         .await
         .expect("patch");
     eventually(30, "the fixed settings at the appliance", || async {
         let v = app.service("default", "web").await?;
-        (health(&v) == json!({"interval_ms": 1000, "timeout_ms": 300, "rise": null, "fall": 2})).then_some(())
+        (health(&v) == json!({"interval_ms": 1000, "timeout_ms": 300, "rise": null, "fall": 2, "jitter_percent": 0}))
+            .then_some(())
     })
     .await;
 
     // Annotations removed: the appliance's (and the pool's) settings again.
     let none = json!({"metadata": {"annotations": {
-        ANNOTATION_HEALTH_INTERVAL: null, ANNOTATION_HEALTH_TIMEOUT: null, ANNOTATION_HEALTH_FALL: null}}});
+        ANNOTATION_HEALTH_INTERVAL: null, ANNOTATION_HEALTH_TIMEOUT: null, ANNOTATION_HEALTH_FALL: null,
+        ANNOTATION_HEALTH_JITTER: null}}});
     api.patch("web", &PatchParams::default(), &Patch::Merge(&none))
         .await
         .expect("patch");

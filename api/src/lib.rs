@@ -323,6 +323,10 @@ pub struct ServiceSpec {
     pub health: Option<HealthOverrides>,
 }
 
+/// The most a probe interval may be spread either way, in percent: past half the interval two
+/// probes of one target could come almost together.
+pub const MAX_JITTER_PERCENT: u32 = 50;
+
 /// A Service's own health-check settings; each `null` takes the appliance's default
 /// (`--health-interval-seconds` and the others). Where two Services share a probe target, the
 /// first in (cluster, namespace, name) order sets it.
@@ -341,6 +345,10 @@ pub struct HealthOverrides {
     /// Failures in a row that make an up target down, 1 to 100.
     #[serde(default)]
     pub fall: Option<u32>,
+    /// Each interval is spread at random by up to this percentage either way, 0 to 50, so
+    /// targets probed at one interval do not fire together.
+    #[serde(default)]
+    pub jitter_percent: Option<u32>,
 }
 
 impl HealthOverrides {
@@ -366,6 +374,11 @@ impl HealthOverrides {
             {
                 out.push((field, format!("{v} must be from 1 to 100")));
             }
+        }
+        if let Some(v) = self.jitter_percent
+            && v > MAX_JITTER_PERCENT
+        {
+            out.push(("jitter_percent", format!("{v} must be from 0 to {MAX_JITTER_PERCENT}")));
         }
         out
     }
@@ -746,9 +759,14 @@ mod tests {
             timeout_ms: Some(100),
             rise: Some(0),
             fall: None,
+            jitter_percent: Some(51),
         };
         let fields: Vec<&str> = bad.problems().iter().map(|(f, _)| *f).collect();
-        assert_eq!(fields, ["interval_ms", "timeout_ms", "rise"]);
+        assert_eq!(fields, ["interval_ms", "timeout_ms", "rise", "jitter_percent"]);
+        let edge: HealthOverrides = serde_json::from_str(r#"{"jitter_percent": 0}"#).expect("parses");
+        assert!(edge.problems().is_empty(), "no jitter is allowed");
+        let edge: HealthOverrides = serde_json::from_str(r#"{"jitter_percent": 50}"#).expect("parses");
+        assert!(edge.problems().is_empty(), "half the interval is allowed");
     }
 
     #[test]

@@ -119,7 +119,7 @@ fn memory() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let checker = Checker::new(256, 0.1);
+        let checker = Checker::new(256);
         let task = tokio::spawn(checker.clone().run());
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (heap0, rss0) = heap_and_rss();
@@ -158,6 +158,7 @@ async fn run() {
         interval,
         timeout: Duration::from_secs(1),
         thresholds: Thresholds { rise: 2, fall: 3 },
+        jitter_percent: 10,
     };
     let mut targets = HashMap::new();
     for a in 1..=ADDRESSES {
@@ -169,7 +170,7 @@ async fn run() {
         }
     }
     let n = targets.len();
-    let checker = Checker::new(256, 0.1);
+    let checker = Checker::new(256);
     let task = tokio::spawn(checker.clone().run());
     checker.set_targets(targets);
 

@@ -203,6 +203,13 @@ pub struct HealthArgs {
     /// Consecutive failures that make a healthy target unhealthy (default 3).
     #[arg(long, env = "EDGELB_HEALTH_FALL")]
     pub health_fall: Option<u32>,
+    /// Spread each probe interval at random by up to this percentage either way, so targets
+    /// probed at one interval do not fire together (default 10; 0 to 50).
+    #[arg(long, env = "EDGELB_HEALTH_JITTER_PERCENT")]
+    pub health_jitter_percent: Option<u32>,
+    /// Probes in flight at most, across every target (default 256; 1 to 65536).
+    #[arg(long, env = "EDGELB_HEALTH_CONCURRENCY")]
+    pub health_concurrency: Option<u32>,
     /// Seconds a drained real server (weight 0: unhealthy, or its node NotReady, unschedulable
     /// or excluded) stays in IPVS so open connections finish, before it is removed (default 300).
     #[arg(long, env = "EDGELB_DRAIN_TIMEOUT_SECONDS")]
@@ -358,6 +365,8 @@ pub struct FileConfig {
     pub health_timeout_seconds: Option<f64>,
     pub health_rise: Option<u32>,
     pub health_fall: Option<u32>,
+    pub health_jitter_percent: Option<u32>,
+    pub health_concurrency: Option<u32>,
     pub drain_timeout_seconds: Option<u64>,
     pub health_all_down: Option<AllDown>,
     pub health_node_port: Option<u16>,
@@ -393,6 +402,10 @@ pub struct HealthConfig {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// Each probe interval is spread at random by up to this percentage either way.
+    pub jitter_percent: u8,
+    /// Probes in flight at most.
+    pub concurrency: usize,
     /// How long a drained real server stays (weight 0) before it is removed.
     pub drain_timeout: Duration,
     pub all_down: AllDown,
@@ -408,6 +421,8 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 3,
+            jitter_percent: crate::health::DEFAULT_JITTER_PERCENT,
+            concurrency: DEFAULT_PROBE_CONCURRENCY,
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECONDS),
             all_down: AllDown::FailOpen,
             node_port: None,
@@ -417,6 +432,10 @@ impl Default for HealthConfig {
 
 /// Seconds a drained real server stays before removal.
 pub const DEFAULT_DRAIN_TIMEOUT_SECONDS: u64 = 300;
+
+/// Probes in flight at most, by default: enough for 10,000 targets at a 2 s interval with
+/// probes that take up to 50 ms, without opening thousands of sockets at once.
+pub const DEFAULT_PROBE_CONCURRENCY: usize = 256;
 
 /// The data plane's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -628,6 +647,27 @@ fn build_health(args: &HealthArgs, file: &FileConfig, problems: &mut Vec<String>
     };
     let rise = count("health_rise", args.health_rise.or(file.health_rise), d.rise);
     let fall = count("health_fall", args.health_fall.or(file.health_fall), d.fall);
+    let jitter_percent = match args.health_jitter_percent.or(file.health_jitter_percent) {
+        None => d.jitter_percent,
+        Some(j) if j <= edgelb_api::MAX_JITTER_PERCENT => j as u8,
+        Some(j) => {
+            problems.push(format!(
+                "health_jitter_percent: {j} must be from 0 to {} (percent of the interval, either way)",
+                edgelb_api::MAX_JITTER_PERCENT
+            ));
+            d.jitter_percent
+        }
+    };
+    let concurrency = match args.health_concurrency.or(file.health_concurrency) {
+        None => d.concurrency,
+        Some(n) if (1..=65_536).contains(&n) => n as usize,
+        Some(n) => {
+            problems.push(format!(
+                "health_concurrency: {n} must be from 1 to 65536 probes in flight"
+            ));
+            d.concurrency
+        }
+    };
     let drain = args
         .drain_timeout_seconds
         .or(file.drain_timeout_seconds)
@@ -650,6 +690,8 @@ fn build_health(args: &HealthArgs, file: &FileConfig, problems: &mut Vec<String>
         timeout,
         rise,
         fall,
+        jitter_percent,
+        concurrency,
         drain_timeout: Duration::from_secs(drain),
         all_down: args.health_all_down.or(file.health_all_down).unwrap_or_default(),
         node_port: node_port.filter(|p| *p != 0),
@@ -742,6 +784,44 @@ mod tests {
         assert!(err.to_string().contains("longer than the interval"), "{err}");
         assert!(err.to_string().contains("health_rise"), "{err}");
         assert!(err.to_string().contains("drain_timeout_seconds"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_configuration_is_valid_and_says_what_it_means() {
+        let file: FileConfig =
+            toml::from_str(include_str!("../../deploy/appliance/edgelb.toml")).expect("the example parses");
+        let c = build(&args(), &file).expect("the example is valid");
+        assert_eq!(c.dataplane.mode, DataplaneMode::Ipvs, "production forwards or fails");
+        assert_eq!(c.health.jitter_percent, 10);
+        assert_eq!(c.health.concurrency, 256);
+        assert_eq!(c.health.fall, 3);
+    }
+
+    #[test]
+    fn probe_jitter_and_concurrency_come_from_flags_over_the_file_and_are_validated() {
+        let c = build(&args(), &FileConfig::default()).expect("defaults are valid");
+        assert_eq!((c.health.jitter_percent, c.health.concurrency), (10, 256));
+        let file: FileConfig = toml::from_str("health_jitter_percent = 0\nhealth_concurrency = 32").expect("toml");
+        let c = build(&args(), &file).expect("valid");
+        assert_eq!((c.health.jitter_percent, c.health.concurrency), (0, 32));
+        let mut a = args();
+        a.health.health_jitter_percent = Some(50);
+        let c = build(&a, &file).expect("valid");
+        assert_eq!(c.health.jitter_percent, 50, "the flag wins over the file");
+        a.health.health_jitter_percent = Some(51);
+        a.health.health_concurrency = Some(0);
+        let err = build(&a, &file).expect_err("invalid");
+        assert_eq!(err.0.len(), 2, "every problem at once: {err}");
+        assert!(
+            err.to_string()
+                .contains("health_jitter_percent: 51 must be from 0 to 50"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("health_concurrency: 0 must be from 1 to 65536"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -174,6 +174,8 @@ impl Server {
                     defaulted = dp.defaulted,
                     nat = dp.nat.as_str(),
                     health_interval_ms = self.config.health.interval.as_millis() as u64,
+                    health_jitter_percent = self.config.health.jitter_percent,
+                    health_concurrency = self.config.health.concurrency,
                     drain_timeout_seconds = self.config.health.drain_timeout.as_secs(),
                     "forwarding with IPVS"
                 );

@@ -2246,7 +2246,7 @@ async fn pool_health_overrides_are_created_patched_cleared_and_validated_over_ht
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let want = json!({"interval_ms": 500, "timeout_ms": null, "rise": null, "fall": 2});
+    let want = json!({"interval_ms": 500, "timeout_ms": null, "rise": null, "fall": 2, "jitter_percent": null});
     assert_eq!(r.json["health"], want);
     assert_eq!(get(&app, "/api/v1/pools/edge", &app.admin).await.json["health"], want);
     let plain = app.pool("plain", &["198.51.100.16/28"]).await;
@@ -2261,11 +2261,11 @@ async fn pool_health_overrides_are_created_patched_cleared_and_validated_over_ht
         &app,
         "/api/v1/pools/edge",
         &app.admin,
-        json!({"health": {"timeout_ms": 300, "rise": 4}}),
+        json!({"health": {"timeout_ms": 300, "rise": 4, "jitter_percent": 25}}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let replaced = json!({"interval_ms": null, "timeout_ms": 300, "rise": 4, "fall": null});
+    let replaced = json!({"interval_ms": null, "timeout_ms": 300, "rise": 4, "fall": null, "jitter_percent": 25});
     assert_eq!(r.json["health"], replaced);
 
     // Invalid: 400 naming every field under `health`, and nothing changes.
@@ -2273,13 +2273,22 @@ async fn pool_health_overrides_are_created_patched_cleared_and_validated_over_ht
         &app,
         "/api/v1/pools/edge",
         &app.admin,
-        json!({"health": {"interval_ms": 10, "timeout_ms": 300, "rise": 0}}),
+        json!({"health": {"interval_ms": 10, "timeout_ms": 300, "rise": 0, "jitter_percent": 60}}),
     )
     .await;
-    let p = assert_problem(&r, StatusCode::BAD_REQUEST, &["health.interval_ms", "health.rise"]);
+    let p = assert_problem(
+        &r,
+        StatusCode::BAD_REQUEST,
+        &["health.interval_ms", "health.rise", "must be from 0 to 50"],
+    );
     assert_eq!(
         field_names(&p),
-        ["health.interval_ms", "health.timeout_ms", "health.rise"]
+        [
+            "health.interval_ms",
+            "health.timeout_ms",
+            "health.rise",
+            "health.jitter_percent"
+        ]
     );
     assert_eq!(
         get(&app, "/api/v1/pools/edge", &app.admin).await.json["health"],

@@ -283,6 +283,42 @@ async fn status_and_metrics_show_each_real_servers_health_check() {
     ] {
         assert!(body.contains(&line), "{line} missing from:\n{body}");
     }
+
+    // The console's Services page, as a signed-in admin sees it: a badge and a health line per
+    // real server.
+    let session = store.create_session("admin").await.expect("session");
+    let req = Request::get("/services")
+        .header("cookie", format!("elb_session={}", session.secret))
+        .body(Body::empty())
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page = axum::body::to_bytes(resp.into_body(), 10 << 20).await.expect("body");
+    let page = String::from_utf8_lossy(&page);
+    for (badge, address, line) in [
+        (
+            "health-ok\">ok",
+            "127.0.0.2",
+            format!("tcp://127.0.0.2:{node_port} up since"),
+        ),
+        (
+            "health-down\">down",
+            "127.0.0.3",
+            format!("tcp://127.0.0.3:{node_port} down since"),
+        ),
+    ] {
+        let item = page
+            .split("<li>")
+            .find(|li| li.contains(&format!("<code>{address}:{node_port}</code>")))
+            .unwrap_or_else(|| panic!("no real server {address} on the Services page:\n{page}"));
+        assert!(item.contains(badge), "{address} shows {badge}: {item}");
+        assert!(item.contains(&line), "{address} shows {line:?}: {item}");
+        assert!(item.contains("last probe: "), "{address} shows its last probe: {item}");
+    }
+    assert!(
+        page.contains("connect: Connection refused"),
+        "the failed probe says why:\n{page}"
+    );
     probing.abort();
     drop(listener);
 }

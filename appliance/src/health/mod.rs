@@ -5,7 +5,7 @@
 //!
 //! Each target is probed once per interval however many Services use it, probes run with
 //! bounded concurrency, first probes are spread over the interval and every next one is
-//! jittered, so 10,000 targets do not fire in one burst.
+//! jittered (by the target's own `jitter_percent`), so 10,000 targets do not fire in one burst.
 //!
 //! Up to 100,000 targets are kept in about 90 bytes each, schedule included (`table`): the
 //! [`TargetState`] handed out is built on demand, not stored.
@@ -100,7 +100,13 @@ pub struct Settings {
     pub interval: Duration,
     pub timeout: Duration,
     pub thresholds: Thresholds,
+    /// Each next probe comes after the interval spread at random by up to this percentage
+    /// either way (0 to [`edgelb_api::MAX_JITTER_PERCENT`]).
+    pub jitter_percent: u8,
 }
+
+/// The default spread of each probe interval, in percent either way.
+pub const DEFAULT_JITTER_PERCENT: u8 = 10;
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -108,6 +114,7 @@ impl Default for Settings {
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             thresholds: Thresholds { rise: 2, fall: 3 },
+            jitter_percent: DEFAULT_JITTER_PERCENT,
         }
     }
 }
@@ -126,7 +133,17 @@ impl Settings {
                 rise: o.rise.unwrap_or(self.thresholds.rise),
                 fall: o.fall.unwrap_or(self.thresholds.fall),
             },
+            jitter_percent: o
+                .jitter_percent
+                .map_or(self.jitter_percent, |j| j.min(edgelb_api::MAX_JITTER_PERCENT) as u8),
         }
+    }
+
+    /// The time from one probe to the next: the interval spread by the jitter, `unit` being a
+    /// random draw in [0, 1).
+    pub fn next_after(&self, unit: f64) -> Duration {
+        let spread = f64::from(self.jitter_percent.min(edgelb_api::MAX_JITTER_PERCENT as u8)) / 100.0;
+        self.interval.mul_f64(1.0 + spread * (2.0 * unit - 1.0))
     }
 }
 
@@ -147,28 +164,28 @@ pub struct Checker {
     wake: Arc<Notify>,
     changes: watch::Sender<u64>,
     concurrency: Arc<Semaphore>,
-    jitter: f64,
 }
 
 impl std::fmt::Debug for Checker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checker").field("jitter", &self.jitter).finish()
+        f.debug_struct("Checker")
+            .field("probes_free", &self.concurrency.available_permits())
+            .finish()
     }
 }
 
 const LATENESS_SAMPLES: usize = 4096;
 
 impl Checker {
-    /// `concurrency` bounds probes in flight; `jitter` (0 to 0.5) spreads each interval by up
-    /// to that fraction either way.
-    pub fn new(concurrency: usize, jitter: f64) -> Checker {
+    /// `concurrency` bounds probes in flight; each target's [`Settings`] say how often it is
+    /// probed and how much each interval is jittered.
+    pub fn new(concurrency: usize) -> Checker {
         let (changes, _) = watch::channel(0);
         Checker {
             shared: Arc::default(),
             wake: Arc::new(Notify::new()),
             changes,
             concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
-            jitter: jitter.clamp(0.0, 0.5),
         }
     }
 
@@ -307,10 +324,7 @@ impl Checker {
                             _ => continue, // removed or rescheduled
                         }
                     };
-                    let next_due = due
-                        + settings
-                            .interval
-                            .mul_f64(1.0 + self.jitter * (2.0 * unit_random() - 1.0));
+                    let next_due = due + settings.next_after(unit_random());
                     schedule.push(Reverse((since_base(next_due.max(Instant::now())), i, generation)));
                     let Ok(permit) = self.concurrency.clone().acquire_owned().await else {
                         return;

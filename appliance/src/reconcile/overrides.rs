@@ -26,6 +26,7 @@ pub fn effective(service: Option<HealthOverrides>, pool: Option<HealthOverrides>
         timeout_ms: s.timeout_ms.or(p.timeout_ms),
         rise: s.rise.or(p.rise),
         fall: s.fall.or(p.fall),
+        jitter_percent: s.jitter_percent.or(p.jitter_percent),
     })
 }
 
@@ -44,6 +45,7 @@ mod tests {
             timeout_ms,
             rise,
             fall,
+            jitter_percent: None,
         }
     }
 

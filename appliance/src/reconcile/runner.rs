@@ -140,11 +140,6 @@ impl HealthView for NoHealthChecks {
     }
 }
 
-/// Probes in flight at most.
-const PROBE_CONCURRENCY: usize = 256;
-/// Each probe interval is spread by up to this fraction either way.
-const PROBE_JITTER: f64 = 0.1;
-
 #[derive(Debug)]
 struct HealthRuntime {
     checker: Checker,
@@ -167,7 +162,7 @@ impl<D: Dataplane> Reconciler<D> {
     /// Turns on health checking and draining with these settings: [`run`](Self::run) then
     /// also runs the checker.
     pub fn with_health(mut self, config: HealthConfig) -> Reconciler<D> {
-        let checker = Checker::new(PROBE_CONCURRENCY, PROBE_JITTER);
+        let checker = Checker::new(config.concurrency);
         self.status
             .send_modify(|p| Arc::make_mut(p).checker = Some(checker.clone()));
         self.health = Some(HealthRuntime { checker, config });
@@ -359,6 +354,7 @@ impl<D: Dataplane> Reconciler<D> {
                 rise: h.config.rise,
                 fall: h.config.fall,
             },
+            jitter_percent: h.config.jitter_percent,
         })
     }
 

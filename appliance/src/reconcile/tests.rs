@@ -1350,6 +1350,7 @@ fn a_services_health_settings_reach_its_probes() {
         timeout_ms: Some(200),
         rise: Some(1),
         fall: Some(5),
+        jitter_percent: Some(0),
     });
     let snap = snapshot(s, &["203.0.113.5"], vec![node("n1", &["10.1.0.11"])]);
     let input = HealthInput {
@@ -1366,6 +1367,7 @@ fn a_services_health_settings_reach_its_probes() {
     assert_eq!(got.interval, Duration::from_millis(250));
     assert_eq!(got.timeout, Duration::from_millis(200));
     assert_eq!((got.thresholds.rise, got.thresholds.fall), (1, 5));
+    assert_eq!(got.jitter_percent, 0);
 }
 
 // ---- the model changed one Service at a time ----

@@ -1698,6 +1698,7 @@ fn health(interval_ms: Option<u32>, timeout_ms: Option<u32>, rise: Option<u32>, 
         timeout_ms,
         rise,
         fall,
+        jitter_percent: None,
     }
 }
 

@@ -162,13 +162,14 @@ pub fn health_text(h: Option<&edgelb_api::HealthOverrides>) -> String {
         ms("timeout", h.timeout_ms),
         n("rise", h.rise),
         n("fall", h.fall),
+        h.jitter_percent.map(|v| format!("jitter {v} %")),
     ]
     .into_iter()
     .flatten()
     .collect();
     match set.len() {
         0 => "the appliance's defaults".to_owned(),
-        4 => set.join(", "),
+        5 => set.join(", "),
         _ => format!("{}; the rest from the appliance's defaults", set.join(", ")),
     }
 }
@@ -787,6 +788,7 @@ mod tests {
             timeout_ms,
             rise,
             fall,
+            jitter_percent: None,
         };
         let cases: &[(Option<HealthOverrides>, &str)] = &[
             (None, "the appliance's defaults"),
@@ -797,7 +799,14 @@ mod tests {
             ),
             (
                 Some(o(Some(1000), Some(300), Some(2), Some(3))),
-                "interval 1000 ms, timeout 300 ms, rise 2, fall 3",
+                "interval 1000 ms, timeout 300 ms, rise 2, fall 3; the rest from the appliance's defaults",
+            ),
+            (
+                Some(HealthOverrides {
+                    jitter_percent: Some(20),
+                    ..o(Some(1000), Some(300), Some(2), Some(3))
+                }),
+                "interval 1000 ms, timeout 300 ms, rise 2, fall 3, jitter 20 %",
             ),
         ];
         for (h, want) in cases {
