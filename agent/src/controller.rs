@@ -440,6 +440,31 @@ async fn node_loop(client: Client, appliance: ApplianceClient, metrics: Arc<Metr
     }
 }
 
+/// The Services to reconcile, from a watch of them reflected into `store`.
+///
+/// A re-list (at start, and after a watch that cannot resume, such as a 410 Gone) reaches the
+/// store only at its end (`InitDone`), when the new state is swapped in whole. A reconcile
+/// started by one of its items before that reads the store's older copy: a Service deleted while
+/// the watch was down still looks alive there, is found unchanged, and would wait for the next
+/// resync. So a re-list's items trigger nothing; its end triggers every Service, each read from
+/// the store after the swap. Changes seen on the watch trigger their Service as they come.
+pub fn triggers_after_swap(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<Service>>> + Send + 'static,
+    writer: reflector::store::Writer<Service>,
+    store: Store<Service>,
+) -> impl futures::Stream<Item = watcher::Result<Service>> + Send + 'static {
+    reflector::reflector(writer, events).flat_map(move |event| {
+        let triggers: Vec<watcher::Result<Service>> = match event {
+            Ok(watcher::Event::Apply(svc)) => vec![Ok(svc)],
+            Ok(watcher::Event::InitDone) => store.state().iter().map(|s| Ok(Service::clone(s))).collect(),
+            // A deleted Service has nothing left to release (our finalizer kept it until we had).
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::Delete(_)) => Vec::new(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(triggers)
+    })
+}
+
 /// Does the leader's work until `stop` turns true (then in-flight reconciliations finish) or
 /// the future is dropped (leadership lost: stop writing at once).
 pub async fn lead(
@@ -474,22 +499,29 @@ pub async fn lead(
         sent: Mutex::default(),
         failures: Mutex::default(),
     });
-    let services: Api<Service> = Api::all(client.clone());
-    let controller = Controller::new(services, watcher::Config::default().any_semantic())
-        .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_stream(slice_stream, |s| {
-            nodes::slice_service(&s).map(|(ns, name)| ObjectRef::new(&name).within(&ns))
-        })
-        .graceful_shutdown_on(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|r| {
-            if let Err(e) = r {
-                debug!(error = %e, "controller");
-            }
-            async {}
-        });
+    let (services, services_writer) = reflector::store::<Service>();
+    let service_events = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let controller = Controller::for_stream(
+        triggers_after_swap(service_events, services_writer, services.clone()),
+        services,
+    )
+    .with_config(controller::Config::default().concurrency(settings.concurrency))
+    .watches_stream(slice_stream, |s| {
+        nodes::slice_service(&s).map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+    })
+    .graceful_shutdown_on(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .run(reconcile, error_policy, ctx.clone())
+    .for_each(|r| {
+        if let Err(e) = r {
+            debug!(error = %e, "controller");
+        }
+        async {}
+    });
     let background = {
         let ctx = ctx.clone();
         async move {
@@ -503,5 +535,76 @@ pub async fn lead(
         _ = controller => {},
         _ = background => {},
         _ = node_loop(client, appliance, metrics, settings) => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn svc(name: &str, rv: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                resource_version: Some(rv.into()),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        }
+    }
+
+    fn label(s: &Service) -> String {
+        let deleting = if s.metadata.deletion_timestamp.is_some() {
+            " deleting"
+        } else {
+            ""
+        };
+        format!(
+            "{}@{}{deleting}",
+            s.name_any(),
+            s.resource_version().unwrap_or_default()
+        )
+    }
+
+    /// The watch was down while `before` was deleted (it has our finalizer, so it stays, marked)
+    /// and `during` was created; the re-list shows both. Every trigger is read back from the
+    /// store as the controller will read it, and must be the very version that triggered it: a
+    /// reconcile of `before` must see it deleting, not its copy from the first list.
+    #[tokio::test]
+    async fn a_relist_triggers_its_services_only_once_the_store_holds_them() {
+        let (store, writer) = reflector::store::<Service>();
+        let mut deleting = svc("before", "9");
+        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let events = futures::stream::iter(vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(svc("before", "5"))),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(svc("before", "6"))),
+            // The watch could not resume: a re-list.
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(deleting)),
+            Ok(watcher::Event::InitApply(svc("during", "8"))),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(svc("during", "10"))),
+            Ok(watcher::Event::Delete(svc("during", "11"))),
+        ]);
+        let mut triggers = Box::pin(triggers_after_swap(events, writer, store.clone()));
+        let mut seen = Vec::new();
+        while let Some(t) = triggers.next().await {
+            let t = t.expect("no watch error");
+            let read = store
+                .get(&ObjectRef::from_obj(&t))
+                .unwrap_or_else(|| panic!("{} is not in the store when it triggers", label(&t)));
+            assert_eq!(label(&read), label(&t), "the controller reads what triggered it");
+            seen.push(label(&t));
+        }
+        // Within one list's end the order is the store's.
+        seen[2..4].sort();
+        assert_eq!(
+            seen,
+            ["before@5", "before@6", "before@9 deleting", "during@8", "during@10"]
+        );
     }
 }
