@@ -73,10 +73,15 @@ impl StoreError {
         }])
     }
 
-    /// Turns a unique-constraint violation into a conflict with the given message.
+    /// Turns a unique-constraint violation, or one of the schema's own address rules (triggers
+    /// whose messages start `edgelb: `, migration 0004), into a conflict with the given message.
     fn on_unique(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
+            sqlx::Error::Database(db) if db.message().starts_with("edgelb: ") => {
+                tracing::warn!(error = %db, "the database refused a write the allocator allowed");
+                StoreError::Conflict(message())
+            }
             _ => StoreError::Db(e),
         }
     }

@@ -215,7 +215,8 @@ async fn write_decision(
             .bind(&key.name)
             .bind(&ip)
             .execute(&mut *conn)
-            .await?;
+            .await
+            .map_err(|e| StoreError::on_unique(e, || format!("{} was just taken: try again", from_u128(a.ip))))?;
     }
     Ok(())
 }

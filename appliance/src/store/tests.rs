@@ -1094,6 +1094,106 @@ async fn concurrent_allocations_never_share_an_address() {
     );
 }
 
+/// The schema refuses, on its own, what only a broken allocator or a hand edit would write: a
+/// second Service on an unshared address, a link from another cluster, a shared address losing
+/// its key, an address in use going on hold. Each write goes around the store, straight to the
+/// file, and nothing it touched changes.
+#[tokio::test]
+async fn the_schema_refuses_an_address_for_two_services_that_do_not_share_it() {
+    let (dir, store) = with_pool_and_cluster(&[pool("p", &["10.0.0.0/24"])], "prod").await;
+    add_cluster(&store, "dev").await;
+    put(&store, "prod", "default", "a", service("ua", &[80])).await;
+    put(&store, "prod", "default", "b", service("ub", &[80])).await;
+    let shared = |uid: &str, port: u16| ServiceSpec {
+        sharing_key: Some("k".into()),
+        ..service(uid, &[port])
+    };
+    let c = put(&store, "prod", "default", "c", shared("uc", 80)).await;
+    let d = put(&store, "prod", "default", "d", shared("ud", 443)).await;
+    assert_eq!(c, d, "one key, other ports: one address, through the schema's rules");
+    put(&store, "dev", "default", "e", service("ue", &[80])).await;
+
+    let mut raw = SqliteConnection::connect_with(&options(&dir.path().join(DB_FILE)))
+        .await
+        .expect("a second connection to the file");
+    let ip_of = |name: &'static str| {
+        sqlx::query_scalar::<_, Vec<u8>>("SELECT ip FROM service_addresses WHERE name = ?").bind(name)
+    };
+    let a_ip = ip_of("a").fetch_one(&mut raw).await.expect("a's address");
+    let c_ip = ip_of("c").fetch_one(&mut raw).await.expect("c's address");
+    let until = now() + 600;
+    let writes: Vec<(&str, sqlx::query::Query<'_, sqlx::Sqlite, _>, &str)> = vec![
+        (
+            "b also on a's address",
+            sqlx::query(
+                "INSERT INTO service_addresses (cluster, namespace, name, ip) VALUES ('prod', 'default', 'b', ?)",
+            )
+            .bind(a_ip.clone()),
+            "without a sharing key",
+        ),
+        (
+            "dev's Service on prod's shared address",
+            sqlx::query(
+                "INSERT INTO service_addresses (cluster, namespace, name, ip) VALUES ('dev', 'default', 'e', ?)",
+            )
+            .bind(c_ip.clone()),
+            "not allocated to this cluster",
+        ),
+        (
+            "the shared address loses its key",
+            sqlx::query("UPDATE addresses SET sharing_key = NULL WHERE ip = ?").bind(c_ip.clone()),
+            "without a sharing key",
+        ),
+        (
+            "a's address on hold while a uses it",
+            sqlx::query(
+                "UPDATE addresses SET state = 'held', held_namespace = 'default', held_name = 'x', \
+                 held_uid = 'x', held_until = ? WHERE ip = ?",
+            )
+            .bind(until)
+            .bind(a_ip.clone()),
+            "on hold while a Service uses it",
+        ),
+    ];
+    for (what, q, want) in writes {
+        let err = q.execute(&mut raw).await.expect_err(what);
+        assert!(err.to_string().contains(want), "{what}: {err}");
+    }
+    let links: Vec<(String, String)> =
+        sqlx::query_as("SELECT cluster, name FROM service_addresses ORDER BY cluster, name")
+            .fetch_all(&mut raw)
+            .await
+            .expect("links");
+    let links: Vec<String> = links.into_iter().map(|(c, n)| format!("{c}/{n}")).collect();
+    assert_eq!(
+        links,
+        ["dev/e", "prod/a", "prod/b", "prod/c", "prod/d"],
+        "no link was added"
+    );
+    let state: (String, Option<String>) = sqlx::query_as("SELECT state, sharing_key FROM addresses WHERE ip = ?")
+        .bind(c_ip)
+        .fetch_one(&mut raw)
+        .await
+        .expect("c's address");
+    assert_eq!(state, ("allocated".into(), Some("k".into())));
+    drop(raw);
+    // The store goes on as before: releasing and re-allocating pass the same rules.
+    store
+        .delete_service(ACTOR, "prod", "default", "c")
+        .await
+        .expect("release c");
+    store
+        .delete_service(ACTOR, "prod", "default", "d")
+        .await
+        .expect("release d");
+    assert_eq!(
+        put(&store, "prod", "default", "d", shared("ud", 443)).await,
+        c,
+        "d, the last user, gets its held address back"
+    );
+    assert_eq!(store.integrity_check().await.expect("check"), "ok");
+}
+
 // ---- sync ----
 
 fn sync_service(namespace: &str, name: &str, ips: &[&str]) -> SyncService {
@@ -1299,6 +1399,53 @@ async fn put_nodes_refuses_duplicates_and_nodes_without_addresses() {
 }
 
 // ---- tokens and users ----
+
+/// The secret of a token, and the admin's password, are nowhere in the database files (not in
+/// the tokens table, not in the audit log, not in the write-ahead log): only their hashes are.
+/// The database runs in WAL mode.
+#[tokio::test]
+async fn secrets_are_stored_only_as_hashes_in_a_wal_database() {
+    let (dir, store) = open().await;
+    let first = store.bootstrap().await.expect("bootstrap").expect("first start");
+    let created = store
+        .create_token(
+            ACTOR,
+            TokenSpec {
+                name: "ci".into(),
+                role: Role::Operator,
+                cluster: None,
+            },
+        )
+        .await
+        .expect("create");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.read())
+        .await
+        .expect("journal mode");
+    assert_eq!(mode, "wal");
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT secret_hash FROM tokens")
+        .fetch_all(store.read())
+        .await
+        .expect("hashes");
+    assert_eq!(hashes.len(), 2, "the bootstrap token and ci");
+    assert!(hashes.iter().all(|h| h.len() == 32), "SHA-256 digests");
+    let mut files = Vec::new();
+    for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal")] {
+        files.push(std::fs::read(dir.path().join(&name)).unwrap_or_else(|e| panic!("read {name}: {e}")));
+    }
+    assert!(files[1].len() > 4096, "the writes are in the write-ahead log");
+    // The random part of each secret (what follows its last `_`) and the password.
+    let random = |s: &str| s.rsplit('_').next().expect("part").to_owned();
+    for secret in [random(&created.secret), random(&first.token), first.password.clone()] {
+        assert!(secret.len() >= 16, "{secret}");
+        for f in &files {
+            assert!(
+                !f.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a secret is stored in clear"
+            );
+        }
+    }
+}
 
 #[tokio::test]
 async fn tokens_authenticate_until_revoked() {
