@@ -184,6 +184,13 @@ pub struct ServeArgs {
     /// to the clients (see docs/operations.md).
     #[arg(long, env = "EDGELB_NAT", value_enum)]
     pub nat: Option<Nat>,
+    /// Gratuitous ARP / unsolicited neighbour advertisement rounds sent when a VIP is claimed
+    /// (default 3; 0 sends none, for sites that route the VIPs instead).
+    #[arg(long, env = "EDGELB_ANNOUNCE_COUNT")]
+    pub announce_count: Option<u32>,
+    /// Milliseconds between two announcement rounds (default 200).
+    #[arg(long, env = "EDGELB_ANNOUNCE_INTERVAL_MS")]
+    pub announce_interval_ms: Option<u64>,
     #[command(flatten)]
     pub health: HealthArgs,
 }
@@ -361,6 +368,8 @@ pub struct FileConfig {
     pub resync_seconds: Option<u64>,
     /// `full` or `plain`; a string so a wrong value gets a message that says what each means.
     pub nat: Option<String>,
+    pub announce_count: Option<u32>,
+    pub announce_interval_ms: Option<u64>,
     pub health_interval_seconds: Option<f64>,
     pub health_timeout_seconds: Option<f64>,
     pub health_rise: Option<u32>,
@@ -446,6 +455,9 @@ pub struct DataplaneConfig {
     pub interface: Option<String>,
     pub resync: Duration,
     pub nat: Nat,
+    /// Gratuitous ARP / NA rounds when a VIP is claimed, and the time between them.
+    pub announce_count: u32,
+    pub announce_interval: Duration,
 }
 
 impl DataplaneConfig {
@@ -457,12 +469,19 @@ impl DataplaneConfig {
             interface: None,
             resync: Duration::from_secs(DEFAULT_RESYNC_SECONDS),
             nat: Nat::Full,
+            announce_count: DEFAULT_ANNOUNCE_COUNT,
+            announce_interval: Duration::from_millis(DEFAULT_ANNOUNCE_INTERVAL_MS),
         }
     }
 }
 
 /// Seconds between full data-plane resyncs.
 pub const DEFAULT_RESYNC_SECONDS: u64 = 30;
+
+/// Announcement rounds when a VIP is claimed: one can be lost, three rarely are all.
+pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
+/// Milliseconds between announcement rounds.
+pub const DEFAULT_ANNOUNCE_INTERVAL_MS: u64 = 200;
 
 /// Whether this process holds CAP_NET_ADMIN in its effective set (bit 12 of `CapEff`).
 pub fn has_cap_net_admin() -> bool {
@@ -581,12 +600,32 @@ pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors
             Nat::default()
         }),
     };
+    let announce_count = args
+        .announce_count
+        .or(file.announce_count)
+        .unwrap_or(DEFAULT_ANNOUNCE_COUNT);
+    if announce_count > 50 {
+        problems.push(format!(
+            "announce_count: {announce_count} must be from 0 to 50 rounds (0 sends no gratuitous ARP / NA)"
+        ));
+    }
+    let announce_interval_ms = args
+        .announce_interval_ms
+        .or(file.announce_interval_ms)
+        .unwrap_or(DEFAULT_ANNOUNCE_INTERVAL_MS);
+    if !(10..=10_000).contains(&announce_interval_ms) {
+        problems.push(format!(
+            "announce_interval_ms: {announce_interval_ms} must be from 10 to 10000 milliseconds"
+        ));
+    }
     let dataplane = DataplaneConfig {
         mode: chosen.unwrap_or_else(|| DataplaneMode::default_for(has_cap_net_admin())),
         defaulted: chosen.is_none(),
         interface,
         resync: Duration::from_secs(resync),
         nat,
+        announce_count,
+        announce_interval: Duration::from_millis(announce_interval_ms),
     };
 
     let health = build_health(&args.health, file, &mut problems);
@@ -750,6 +789,8 @@ mod tests {
             interface: None,
             resync_seconds: None,
             nat: None,
+            announce_count: None,
+            announce_interval_ms: None,
             health: HealthArgs::default(),
         }
     }
@@ -795,6 +836,41 @@ mod tests {
         assert_eq!(c.health.jitter_percent, 10);
         assert_eq!(c.health.concurrency, 256);
         assert_eq!(c.health.fall, 3);
+    }
+
+    #[test]
+    fn announcements_are_configurable_and_validated() {
+        let c = build(&args(), &FileConfig::default()).expect("defaults are valid");
+        assert_eq!(
+            (c.dataplane.announce_count, c.dataplane.announce_interval),
+            (3, Duration::from_millis(200))
+        );
+        let file: FileConfig = toml::from_str("announce_count = 0\nannounce_interval_ms = 50").expect("toml");
+        let c = build(&args(), &file).expect("valid");
+        assert_eq!(
+            (c.dataplane.announce_count, c.dataplane.announce_interval),
+            (0, Duration::from_millis(50))
+        );
+        let mut a = args();
+        a.announce_count = Some(5);
+        assert_eq!(
+            build(&a, &file).expect("valid").dataplane.announce_count,
+            5,
+            "the flag wins"
+        );
+        a.announce_count = Some(51);
+        a.announce_interval_ms = Some(5);
+        let err = build(&a, &file).expect_err("invalid");
+        assert_eq!(err.0.len(), 2, "every problem at once: {err}");
+        assert!(
+            err.to_string().contains("announce_count: 51 must be from 0 to 50"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("announce_interval_ms: 5 must be from 10 to 10000"),
+            "{err}"
+        );
     }
 
     #[test]

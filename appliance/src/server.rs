@@ -97,6 +97,8 @@ impl Server {
                 let options = LinuxOptions {
                     interface: config.dataplane.interface.clone(),
                     nat: config.dataplane.nat.mode(),
+                    announce_count: config.dataplane.announce_count,
+                    announce_interval: config.dataplane.announce_interval,
                     ..LinuxOptions::default()
                 };
                 match LinuxDataplane::connect(options).await {
