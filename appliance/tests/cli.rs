@@ -362,3 +362,87 @@ fn explicit_ipvs_fails_loudly_where_the_default_falls_back_to_none() {
     assert!(listening.is_some(), "the default starts: {seen:?}");
     assert!(warned, "and says loudly that nothing is forwarded");
 }
+
+/// `serve` reads its settings from the environment (`EDGELB_DATA_DIR`, `EDGELB_LISTEN`,
+/// `EDGELB_TLS_CERT`, `EDGELB_TLS_KEY`, `EDGELB_DATAPLANE`) and serves the certificate it is
+/// given, as an operator's own would be: a client that trusts only that certificate gets in,
+/// and no self-signed one is made.
+#[test]
+fn serve_reads_its_environment_and_serves_the_certificate_it_is_given() {
+    edgelb::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "operator's certificate");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let data = dir.path().join("from-env");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
+        .arg("serve")
+        .env("EDGELB_LOG", "warn")
+        .env("EDGELB_DATA_DIR", &data)
+        .env("EDGELB_LISTEN", "127.0.0.1:0")
+        .env("EDGELB_TLS_CERT", &cert_path)
+        .env("EDGELB_TLS_KEY", &key_path)
+        .env("EDGELB_DATAPLANE", "none")
+        .env_remove("EDGELB_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    // Should the line never come, end the child so the read below ends and the test fails.
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    });
+    let mut seen = Vec::new();
+    let url = std::io::BufRead::lines(std::io::BufReader::new(stderr_pipe))
+        .map_while(Result::ok)
+        .find_map(|l| {
+            seen.push(l.clone());
+            l.strip_prefix("edgelb: listening on https://127.0.0.1:")
+                .map(|port| format!("https://localhost:{port}"))
+        });
+    let Some(url) = url else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("never listened: {seen:?}");
+    };
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let client = reqwest::Client::builder()
+                .tls_certs_only([reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("pem")])
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("client");
+            let r = client.get(format!("{url}/healthz")).send().await;
+            match r {
+                Ok(r) => Ok(r.status()),
+                Err(e) => Err(format!("{e:?}")),
+            }
+        });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        answer,
+        Ok(StatusCode::OK),
+        "a client trusting only the given certificate"
+    );
+    assert!(
+        data.join("edgelb.db").exists(),
+        "the data directory came from EDGELB_DATA_DIR"
+    );
+    assert!(
+        !data.join(edgelb::tls::SELF_SIGNED_CERT).exists(),
+        "no self-signed certificate is made when one is given"
+    );
+}
