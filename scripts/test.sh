@@ -15,7 +15,7 @@ step "disk space before building"
 df -h . || true
 
 # Debian packages: qemu and friends for the kernel lab; chromium and its driver for the console tests.
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat chromium chromium-driver)
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat util-linux chromium chromium-driver)
 step "installing Debian packages: ${PACKAGES[*]}"
 if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive
@@ -38,14 +38,15 @@ if [ "${EDGELB_TEST_FREE_DISK:-0}" = 1 ]; then
     df -h . || true
 fi
 
-step "kernel lab: every scenario in a real kernel with IPVS (edgelb, curl, jq, socat shipped in)"
+step "kernel lab: every scenario in a real kernel with IPVS (edgelb, curl, jq, socat, setpriv shipped in)"
 cargo build --release --locked -p edgelb --bin edgelb --example bench_dataplane --example bench_appliance
 mkdir -p target/lab-ship
 strip -o target/lab-ship/edgelb target/release/edgelb
 strip -o target/lab-ship/bench_dataplane target/release/examples/bench_dataplane
 strip -o target/lab-ship/bench_appliance target/release/examples/bench_appliance
 cargo xtask kernel-lab --ship target/lab-ship/edgelb --ship target/lab-ship/bench_dataplane \
-    --ship target/lab-ship/bench_appliance --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat
+    --ship target/lab-ship/bench_appliance --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat \
+    --ship /usr/bin/setpriv
 
 step "kernel lab: the IPVS netlink client against the real kernel"
 cargo build --release --locked -p edgelb --example ipvs_smoke

@@ -1,7 +1,8 @@
 # shellcheck shell=sh disable=SC2317 # check functions run through wait_until and assert_ok
 # lab/scenarios/edgelb-forwarding.sh: the appliance programs IPVS from its REST API. A pool and a
 # Service with two TCP ports and a UDP port on three nodes appear in `ipvsadm -Ln` exactly as the
-# status endpoint reports them; HTTP from the client to the VIP reaches all three nodes under rr;
+# status endpoint reports them; a real server and a virtual service deleted by hand come back
+# with the next resync; HTTP from the client to the VIP reaches all three nodes under rr;
 # a node removed from the node list gets no more traffic; sessionAffinity ClientIP keeps the
 # client on one node (an in-place edit); the UDP port answers; an ipvsadm-made foreign service
 # is untouched throughout. Needs `--ship target/release/edgelb --ship /usr/bin/curl
@@ -74,6 +75,13 @@ assert_eq "ipvsadm -Ln shows the Service's ports on the three nodes" "$expected"
 # The status document is published after the pass; give it the resync period at most.
 wait_until 5 "the status endpoint reports exactly what ipvsadm shows" status_matches_kernel ||
     api_flat "$(edgelb_api GET "$STATUS")"
+
+# Drift: someone deletes a real server and a whole virtual service by hand. The periodic resync
+# (every 2 s here) puts back exactly what the API says, and nothing else.
+must in_ns appliance ipvsadm -d -t "$VIP:8080" -r 10.1.0.12:30081
+must in_ns appliance ipvsadm -D -u "$VIP:5353"
+kernel_is_expected() { [ "$(ipvs_flat | grep " $VIP:")" = "$expected" ]; }
+wait_until 10 "the resync repaired the hand-made drift" kernel_is_expected
 
 answers=
 for i in 1 2 3 4 5 6 7 8 9; do

@@ -3,8 +3,10 @@
 # requests in a loop, the appliance stops, runs control-plane-only to delete a Service, and
 # comes back with IPVS: not one request fails, the Service deleted while it was down is gone from
 # IPVS after it returns, and an ipvsadm-made foreign service is untouched throughout; finally
-# `edgelb dataplane flush` removes what edgelb owns and only that. Needs
-# `--ship target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/jq`.
+# `edgelb dataplane flush` removes what edgelb owns and only that. First, `--dataplane ipvs`
+# without CAP_NET_ADMIN (in a kernel that has IPVS) refuses to start and says what to grant.
+# Needs `--ship target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/jq
+# --ship /usr/bin/setpriv`.
 
 # shellcheck source=SCRIPTDIR/../lib.sh
 . /lab/lib.sh
@@ -14,6 +16,16 @@ OTHER=10.0.0.101
 lab_topology
 lab_nodes_serve 30080
 # The appliance claims the VIPs on `front`, owns the full NAT and sets the sysctls itself.
+
+# An explicit ipvs data plane without the capability: a clear refusal, not a silent control plane.
+command -v setpriv >/dev/null || die "no setpriv in the VM: --ship /usr/bin/setpriv"
+nocap=$(in_ns appliance setpriv --bounding-set -net_admin --inh-caps -net_admin \
+    timeout 30 edgelb serve --dataplane ipvs --data-dir /tmp/nocap --listen 127.0.0.1:0 2>&1)
+nocap_exit=$?
+echo "$nocap" | tail -n 3
+refused() { [ "$nocap_exit" -ne 0 ] && [ "$nocap_exit" -ne 124 ]; }
+assert_ok "without CAP_NET_ADMIN, --dataplane ipvs does not start (exit $nocap_exit)" refused
+assert_contains "and says which capability to grant" "$nocap" "lacks CAP_NET_ADMIN"
 
 must in_ns appliance ipvsadm -A -t 10.0.0.200:80 -s wlc
 must in_ns appliance ipvsadm -a -t 10.0.0.200:80 -r 10.1.0.11:30080 -m -w 3
