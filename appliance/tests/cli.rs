@@ -28,6 +28,25 @@ fn edgelb(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("edgelb runs")
 }
 
+/// Starts `cmd` with its standard error read line by line. Should the process still run after
+/// `secs`, it is killed, so a read waiting for a line that never comes ends and the test fails.
+fn spawn_watched(
+    mut cmd: Command,
+    secs: u64,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    });
+    (child, std::io::BufRead::lines(std::io::BufReader::new(stderr_pipe)))
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -333,21 +352,12 @@ fn explicit_ipvs_fails_loudly_where_the_default_falls_back_to_none() {
     let err = stderr(&out);
     assert!(err.contains("no IPVS") && err.contains("--dataplane none"), "{err}");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+    serve
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
         .env_remove("EDGELB_DATAPLANE")
-        .env("EDGELB_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr_pipe = child.stderr.take().expect("stderr");
-    // Should a line never come, end the child so the reads below end and the test fails.
-    let pid = child.id().to_string();
-    std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(30));
-        let _ = Command::new("kill").args(["-9", &pid]).status();
-    });
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr_pipe));
+        .env("EDGELB_LOG", "warn");
+    let (mut child, mut lines) = spawn_watched(serve, 30);
     let mut seen = Vec::new();
     let listening = lines.by_ref().map_while(Result::ok).find(|l| {
         seen.push(l.clone());
@@ -382,7 +392,8 @@ fn serve_reads_its_environment_and_serves_the_certificate_it_is_given() {
     std::fs::write(&key_path, key.serialize_pem()).expect("write key");
     let data = dir.path().join("from-env");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelb"))
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+    serve
         .arg("serve")
         .env("EDGELB_LOG", "warn")
         .env("EDGELB_DATA_DIR", &data)
@@ -390,25 +401,15 @@ fn serve_reads_its_environment_and_serves_the_certificate_it_is_given() {
         .env("EDGELB_TLS_CERT", &cert_path)
         .env("EDGELB_TLS_KEY", &key_path)
         .env("EDGELB_DATAPLANE", "none")
-        .env_remove("EDGELB_CONFIG")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr_pipe = child.stderr.take().expect("stderr");
-    // Should the line never come, end the child so the read below ends and the test fails.
-    let pid = child.id().to_string();
-    std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(60));
-        let _ = Command::new("kill").args(["-9", &pid]).status();
-    });
+        .env_remove("EDGELB_CONFIG");
+    let (mut child, mut lines) = spawn_watched(serve, 60);
     let mut seen = Vec::new();
-    let url = std::io::BufRead::lines(std::io::BufReader::new(stderr_pipe))
-        .map_while(Result::ok)
-        .find_map(|l| {
-            seen.push(l.clone());
-            l.strip_prefix("edgelb: listening on https://127.0.0.1:")
-                .map(|port| format!("https://localhost:{port}"))
-        });
+    // `by_ref`: the pipe stays open while the appliance serves.
+    let url = lines.by_ref().map_while(Result::ok).find_map(|l| {
+        seen.push(l.clone());
+        l.strip_prefix("edgelb: listening on https://127.0.0.1:")
+            .map(|port| format!("https://localhost:{port}"))
+    });
     let Some(url) = url else {
         let _ = child.kill();
         let _ = child.wait();
@@ -432,6 +433,7 @@ fn serve_reads_its_environment_and_serves_the_certificate_it_is_given() {
         });
     let _ = child.kill();
     let _ = child.wait();
+    drop(lines);
     assert_eq!(
         answer,
         Ok(StatusCode::OK),
