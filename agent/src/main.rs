@@ -34,6 +34,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EDGELB_LOG").unwrap_or_else(|_| "info".into()))
+        // A log line that cannot be written is dropped; tracing's report of it would panic.
+        .log_internal_errors(false)
         .init();
     let config = Config::parse();
     let (appliance, settings) = config.build()?;

@@ -2,6 +2,7 @@
 //! background work and serves HTTPS until told to stop.
 
 use std::future::Future;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -51,14 +52,19 @@ pub fn create_data_dir(dir: &Path) -> Result<(), ServeError> {
 }
 
 fn print_bootstrap(b: &Bootstrap) {
-    // Printed, not logged: log pipelines keep copies, and this is shown exactly once.
-    eprintln!(
+    // Printed, not logged: log pipelines keep copies, and this is shown exactly once. Written,
+    // not `eprintln!`ed: a closed standard error must not stop the appliance.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n================================================================\n\
          edgelb first start: these credentials are shown ONCE. Store them now.\n\
          \n  console user:  {}\n  password:      {}\n  API token:     {}\n\
          \nexport EDGELB_TOKEN={}\n\
          ================================================================\n",
-        b.user, b.password, b.token, b.token
+        b.user,
+        b.password,
+        b.token,
+        b.token
     );
 }
 
@@ -227,7 +233,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         print_bootstrap(b);
     }
     // A stable line for people and scripts (and tests that listen on port 0).
-    eprintln!("edgelb: listening on https://{}", server.local_addr());
+    let _ = writeln!(
+        std::io::stderr(),
+        "edgelb: listening on https://{}",
+        server.local_addr()
+    );
     server.serve(shutdown).await
 }
 

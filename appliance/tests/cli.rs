@@ -448,3 +448,44 @@ fn serve_reads_its_environment_and_serves_the_certificate_it_is_given() {
         "no self-signed certificate is made when one is given"
     );
 }
+
+/// The appliance keeps serving when its standard error goes away (the journal restarted, a
+/// pipe to a pager closed): the log lines after that are dropped, the process stays.
+#[test]
+fn serve_outlives_its_standard_error() {
+    edgelb::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+    serve
+        .args(["serve", "--dataplane", "none", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        // Every request logged, so writes to the closed stream certainly happen.
+        .env("EDGELB_LOG", "debug");
+    let (mut child, mut lines) = spawn_watched(serve, 60);
+    let port = lines.by_ref().map_while(Result::ok).find_map(|l| {
+        l.strip_prefix("edgelb: listening on https://127.0.0.1:")
+            .map(str::to_owned)
+    });
+    drop(lines);
+    let port = port.expect("the appliance listens");
+    let client = common::client_for(&data);
+    let answers: Vec<Result<StatusCode, String>> = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let r = client.get(format!("https://localhost:{port}/healthz")).send().await;
+                out.push(r.map(|r| r.status()).map_err(|e| format!("{e:?}")));
+            }
+            out
+        });
+    let alive = child.try_wait().expect("status").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "the appliance is still running with its standard error closed");
+    assert!(answers.iter().all(|a| *a == Ok(StatusCode::OK)), "{answers:?}");
+}
