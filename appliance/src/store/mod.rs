@@ -390,18 +390,35 @@ impl Store {
         out
     }
 
-    /// Writes a consistent copy of the live database to `dest` (which must not exist).
+    /// Writes a consistent copy of the live database to `dest` (which must not exist). The copy
+    /// holds password hashes and token digests, so only its owner may read it (mode 0600): the
+    /// file is created empty with that mode before SQLite fills it.
     pub async fn backup(&self, dest: &Path) -> Result<()> {
-        if dest.exists() {
-            return Err(StoreError::Io(format!(
-                "{} exists already: choose a new file name",
-                dest.display()
-            )));
-        }
-        let dest = dest
+        let path = dest
             .to_str()
             .ok_or_else(|| StoreError::Io("the backup path must be UTF-8".into()))?;
-        sqlx::query("VACUUM INTO ?").bind(dest).execute(self.read()).await?;
+        let created = {
+            let mut open = std::fs::OpenOptions::new();
+            open.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            open.open(dest)
+        };
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Io(format!(
+                    "{} exists already: choose a new file name",
+                    dest.display()
+                )));
+            }
+            Err(e) => return Err(StoreError::Io(format!("cannot create {}: {e}", dest.display()))),
+        }
+        // SQLite writes into an existing file only when it is empty, as this one is.
+        if let Err(e) = sqlx::query("VACUUM INTO ?").bind(path).execute(self.read()).await {
+            let _ = std::fs::remove_file(dest);
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -1720,6 +1720,9 @@ async fn backup_is_a_consistent_copy_that_opens_as_a_store() {
     let copy_dir = tempfile::tempdir().expect("temp dir");
     let dest = Store::db_path(copy_dir.path());
     store.backup(&dest).await.expect("backup");
+    // It holds password hashes and token digests: only its owner reads it, whatever the umask.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dest).expect("stat").permissions());
+    assert_eq!(mode & 0o777, 0o600, "backup mode {mode:o}");
     match store.backup(&dest).await {
         Err(StoreError::Io(m)) => assert!(m.contains("exists already"), "{m}"),
         other => panic!("expected an error, got {other:?}"),
