@@ -86,6 +86,35 @@ pub async fn backup(data_dir: &Path, file: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Where the bearer token comes from: what the command line says explicitly wins over the
+/// environment, so `--token-file` is honoured in a shell that exports EDGELB_TOKEN.
+fn resolve_token(args: &ClientArgs) -> Result<String, CliError> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let read = |file: &Path| {
+        std::fs::read_to_string(file)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| CliError::Usage(format!("token file {}: {e}", file.display())))
+    };
+    if let Some(t) = &args.token {
+        return Ok(t.trim().to_owned());
+    }
+    if let Some(f) = &args.token_file {
+        return read(f);
+    }
+    if let Some(t) = env("EDGELB_TOKEN") {
+        return t
+            .into_string()
+            .map(|t| t.trim().to_owned())
+            .map_err(|_| CliError::Usage("EDGELB_TOKEN is not UTF-8".into()));
+    }
+    if let Some(f) = env("EDGELB_TOKEN_FILE") {
+        return read(Path::new(&f));
+    }
+    Err(CliError::Usage(
+        "no token: set EDGELB_TOKEN, --token or --token-file (create one with `edgelb token create`)".into(),
+    ))
+}
+
 /// A REST client for the CLI.
 #[derive(Debug)]
 pub struct Client {
@@ -97,16 +126,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(args: &ClientArgs) -> Result<Client, CliError> {
-        let token = match (&args.token, &args.token_file) {
-            (Some(t), _) => t.trim().to_owned(),
-            (None, Some(f)) => std::fs::read_to_string(f)?.trim().to_owned(),
-            (None, None) => {
-                return Err(CliError::Usage(
-                    "no token: set EDGELB_TOKEN, --token or --token-file (create one with `edgelb token create`)"
-                        .into(),
-                ));
-            }
-        };
+        let token = resolve_token(args)?;
         let ca = match (&args.ca_cert, &args.data_dir) {
             (Some(ca), _) => Some(std::fs::read(ca)?),
             (None, dir) => {

@@ -336,11 +336,12 @@ pub struct ClientArgs {
     /// The appliance's URL.
     #[arg(long, env = "EDGELB_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
-    /// Bearer token.
-    #[arg(long, env = "EDGELB_TOKEN", hide_env_values = true)]
+    /// Bearer token. An option on the command line wins over the environment: `--token`, then
+    /// `--token-file`, then EDGELB_TOKEN, then EDGELB_TOKEN_FILE.
+    #[arg(long)]
     pub token: Option<String>,
-    /// File holding the bearer token.
-    #[arg(long, env = "EDGELB_TOKEN_FILE")]
+    /// File holding the bearer token (see --token for which source wins).
+    #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the appliance; defaults to the data dir's self-signed one.
     #[arg(long, env = "EDGELB_CA_CERT")]

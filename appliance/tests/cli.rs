@@ -16,6 +16,7 @@ fn edgelb(args: &[&str], env: &[(&str, &str)]) -> Output {
     for var in [
         "EDGELB_SERVER",
         "EDGELB_TOKEN",
+        "EDGELB_TOKEN_FILE",
         "EDGELB_CA_CERT",
         "EDGELB_DATA_DIR",
         "EDGELB_CONFIG",
@@ -145,6 +146,41 @@ async fn pool_commands_go_through_the_api_and_are_audited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_token_file_wins_over_the_environment() {
+    let app = TestAppliance::start().await;
+    let file = app.data_dir.parent().expect("parent").join("admin.token");
+    std::fs::write(&file, format!("{}\n", app.admin)).expect("write token file");
+    let file = file.to_str().expect("utf-8").to_owned();
+    // A shell that exports a stale token: the file named on the command line is the one used.
+    let list = tokio::task::block_in_place(|| {
+        run(
+            &app,
+            "elb_stale_token_from_the_environment",
+            &["pool", "list", "--token-file", &file],
+        )
+    });
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(stdout(&list).starts_with("NAME"), "{}", stdout(&list));
+    // Without the option the environment's token is used, and refused.
+    let stale = tokio::task::block_in_place(|| run(&app, "elb_stale_token_from_the_environment", &["pool", "list"]));
+    assert!(!stale.status.success(), "{}", stdout(&stale));
+    // A token file that cannot be read says which.
+    let missing = tokio::task::block_in_place(|| {
+        run(
+            &app,
+            &app.admin,
+            &["pool", "list", "--token-file", "/nonexistent/edgelb.token"],
+        )
+    });
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("token file /nonexistent/edgelb.token"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_create_works_offline_and_prints_the_secret_last() {
     let app = TestAppliance::start().await;
     let dir = app.data_dir.clone();
@@ -267,6 +303,8 @@ async fn backup_is_a_consistent_copy_taken_while_serving() {
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dest).expect("stat").permissions());
+    assert_eq!(mode & 0o777, 0o600, "the backup holds credential hashes: mode {mode:o}");
     let again = edgelb(
         &[
             "backup",
