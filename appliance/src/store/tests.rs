@@ -1434,8 +1434,9 @@ async fn secrets_are_stored_only_as_hashes_in_a_wal_database() {
         files.push(std::fs::read(dir.path().join(&name)).unwrap_or_else(|e| panic!("read {name}: {e}")));
     }
     assert!(files[1].len() > 4096, "the writes are in the write-ahead log");
-    // The random part of each secret (what follows its last `_`) and the password.
-    let random = |s: &str| s.rsplit('_').next().expect("part").to_owned();
+    // The random part of each secret (what follows `elb_<id>_`; URL-safe base64 may itself hold
+    // a `_`) and the password.
+    let random = |s: &str| s.splitn(3, '_').nth(2).expect("elb_<id>_<secret>").to_owned();
     for secret in [random(&created.secret), random(&first.token), first.password.clone()] {
         assert!(secret.len() >= 16, "{secret}");
         for f in &files {
