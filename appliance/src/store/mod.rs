@@ -397,23 +397,18 @@ impl Store {
         let path = dest
             .to_str()
             .ok_or_else(|| StoreError::Io("the backup path must be UTF-8".into()))?;
-        let created = {
-            let mut open = std::fs::OpenOptions::new();
-            open.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-            open.open(dest)
-        };
-        match created {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::Io(format!(
-                    "{} exists already: choose a new file name",
-                    dest.display()
-                )));
-            }
-            Err(e) => return Err(StoreError::Io(format!("cannot create {}: {e}", dest.display()))),
-        }
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    StoreError::Io(format!("{} exists already: choose a new file name", dest.display()))
+                }
+                _ => StoreError::Io(format!("cannot create {}: {e}", dest.display())),
+            })?;
         // SQLite writes into an existing file only when it is empty, as this one is.
         if let Err(e) = sqlx::query("VACUUM INTO ?").bind(path).execute(self.read()).await {
             let _ = std::fs::remove_file(dest);
