@@ -952,7 +952,7 @@ async fn services_with_one_sharing_key_share_an_ip_unless_their_ports_collide() 
     assert_problem(
         &r,
         StatusCode::CONFLICT,
-        &["already allocated to", "Service prod/default/http"],
+        &["already allocated to 2 Services of other clusters"],
     );
     app.stop().await;
 }
@@ -1804,6 +1804,44 @@ async fn an_agent_works_on_its_own_cluster_only() {
     let stage = get(&app, &svc("stage", "default", "web"), &app.admin).await;
     assert_eq!(stage.json["uid"], "s1", "the other cluster's Service is untouched");
     assert_eq!(names_of(&get(&app, "/api/v1/pools", &app.admin).await.json), ["public"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_conflict_never_tells_an_agent_the_names_of_another_clusters_services() {
+    let app = with_pool_and_cluster().await;
+    app.cluster("stage").await;
+    let secret = put_service(&app, "stage", "payroll", "salaries", service_spec("s1")).await;
+    let gone = put_service(&app, "stage", "payroll", "bonuses", service_spec("s2")).await;
+    let r = delete(&app, &svc("stage", "payroll", "bonuses"), &app.admin).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let agent = app.token("prod-agent", "agent", Some("prod")).await;
+
+    // Asking for an address another cluster holds, or one held back for it after its release:
+    // refused, and told where an operator looks, but not for whom.
+    for (ip, what) in [
+        (&ips(&secret)[0], "already allocated to a Service of another cluster"),
+        (&ips(&gone)[0], "is held for a Service of another cluster until"),
+    ] {
+        let r = put(
+            &app,
+            &svc("prod", "default", "web"),
+            &agent,
+            spec_with("u1", json!({"requested_ips": [ip]})),
+        )
+        .await;
+        assert_problem(
+            &r,
+            StatusCode::CONFLICT,
+            &[what, &format!("/api/v1/allocations?ip={ip}")],
+        );
+        for name in ["stage", "payroll", "salaries", "bonuses"] {
+            assert!(!r.text.contains(name), "the answer names '{name}': {}", r.text);
+        }
+    }
+    // The operator's list does name them.
+    let a = allocations(&app, &format!("?ip={}", ips(&secret)[0])).await;
+    assert_eq!(a[0]["services"][0]["name"], "salaries");
     app.stop().await;
 }
 

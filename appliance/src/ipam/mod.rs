@@ -299,6 +299,22 @@ fn holder_list<'a>(users: impl Iterator<Item = &'a ServiceKey>) -> String {
     users.map(|k| format!("Service {k}")).collect::<Vec<_>>().join(", ")
 }
 
+/// The holders of `ip` as a conflict tells them to `asker`: Services of the asker's own cluster by
+/// name, those of other clusters only counted, so that one cluster's agent never learns another
+/// cluster's Service names. The second part, for the end of the message, says where an operator
+/// sees them.
+fn holders_for<'a>(asker: &ServiceKey, ip: IpAddr, users: impl Iterator<Item = &'a ServiceKey>) -> (String, String) {
+    let (own, others): (Vec<&ServiceKey>, Vec<&ServiceKey>) = users.partition(|k| k.cluster == asker.cluster);
+    let mut parts: Vec<String> = own.iter().map(|k| format!("Service {k}")).collect();
+    match others.len() {
+        0 => return (parts.join(", "), String::new()),
+        1 => parts.push("a Service of another cluster".to_owned()),
+        n => parts.push(format!("{n} Services of other clusters")),
+    }
+    let hint = format!(" (an operator sees which in GET /api/v1/allocations?ip={ip})");
+    (parts.join(", "), hint)
+}
+
 /// The allocation state: pools and every address that is not free.
 #[derive(Debug, Clone, Default)]
 pub struct Ipam {
@@ -614,19 +630,21 @@ impl Ipam {
                 pool,
                 how: How::Recycle,
             }),
-            Some(AddrInfo { held: Some(h), .. }) => Err(IpamError::Conflict(format!(
-                "{want} is held for Service {} until {} after its release",
-                h.key,
-                fmt_unix(h.until)
-            ))),
+            Some(AddrInfo { held: Some(h), .. }) => {
+                let (who, hint) = holders_for(req.key, want, std::iter::once(&h.key));
+                Err(IpamError::Conflict(format!(
+                    "{want} is held for {who} until {} after its release{hint}",
+                    fmt_unix(h.until)
+                )))
+            }
             Some(info) => {
                 let shareable = *info.cluster == *req.key.cluster
                     && req.sharing_key.is_some()
                     && info.sharing_key.as_deref() == req.sharing_key;
                 if !shareable {
+                    let (who, hint) = holders_for(req.key, want, info.user_keys());
                     return Err(IpamError::Conflict(format!(
-                        "{want} is already allocated to {}",
-                        holder_list(info.user_keys())
+                        "{want} is already allocated to {who}{hint}"
                     )));
                 }
                 self.check_ports(req, ip)?;

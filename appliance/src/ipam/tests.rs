@@ -875,11 +875,14 @@ fn requested_addresses_are_checked_against_pools_and_holders() {
             expect: Expect::Got(&[("10.4.0.9", "manual")]),
         },
         Case {
-            name: "allocated to another Service: conflict naming it",
+            name: "allocated to a Service of another cluster: conflict that does not name it",
             pools: vec![open.clone()],
             before: vec![svc("prod", "shop", "cart").want(&["10.0.0.9"])],
             ask: svc("dev", "default", "web").want(&["10.0.0.9"]),
-            expect: Expect::Conflict("10.0.0.9 is already allocated to Service prod/shop/cart"),
+            expect: Expect::Conflict(
+                "10.0.0.9 is already allocated to a Service of another cluster \
+                 (an operator sees which in GET /api/v1/allocations?ip=10.0.0.9)",
+            ),
         },
         Case {
             name: "allocated to a Service of the same cluster without a sharing key: conflict",
@@ -911,7 +914,17 @@ fn requested_addresses_are_checked_against_pools_and_holders() {
             pools: vec![open.clone()],
             before: vec![svc("prod", "shop", "cart").want(&["10.0.0.9"]).share("k", &[80])],
             ask: svc("dev", "shop", "web").want(&["10.0.0.9"]).share("k", &[443]),
-            expect: Expect::Conflict("already allocated to Service prod/shop/cart"),
+            expect: Expect::Conflict("already allocated to a Service of another cluster"),
+        },
+        Case {
+            name: "shared by Services of two other clusters: counted, never named",
+            pools: vec![open.clone()],
+            before: vec![
+                svc("prod", "shop", "cart").want(&["10.0.0.9"]).share("k", &[80]),
+                svc("prod", "shop", "shelf").want(&["10.0.0.9"]).share("k", &[81]),
+            ],
+            ask: svc("dev", "shop", "web").want(&["10.0.0.9"]),
+            expect: Expect::Conflict("10.0.0.9 is already allocated to 2 Services of other clusters ("),
         },
         Case {
             name: "a .0 address of an avoid_buggy_ips pool: unprocessable",
@@ -1348,11 +1361,19 @@ fn released_ip_is_held_back_until_hold_period_ends() {
     // ...and asking for it by address is a conflict that says until when.
     let m = conflict(alloc(
         &mut ipam,
-        &svc("dev", "default", "x").want(&["10.0.0.0"]),
+        &svc("prod", "default", "x").want(&["10.0.0.0"]),
         NOW + 599,
     ));
     assert!(m.contains("held for Service prod/default/web until"), "{m}");
     assert!(m.contains(&fmt_unix(NOW + 600)), "{m}");
+    // Another cluster is told that it is held and until when, not for which Service.
+    let m = conflict(alloc(
+        &mut ipam,
+        &svc("dev", "default", "x").want(&["10.0.0.0"]),
+        NOW + 599,
+    ));
+    assert!(m.contains("held for a Service of another cluster until"), "{m}");
+    assert!(!m.contains("web"), "{m}");
     // The same key gets it back, under a new UID too (the Service was re-created).
     let back = web.clone().uid("new-uid");
     assert_eq!(alloc_one(&mut ipam, &back, NOW + 20), ("10.0.0.0".into(), How::Reclaim));
