@@ -435,6 +435,52 @@ async fn a_body_over_1_mib_is_413() {
 }
 
 #[tokio::test]
+async fn an_error_for_a_large_body_stays_small_and_still_says_what_to_fix() {
+    const NEAR_LIMIT: usize = 1000 * 1000;
+    const BOUND: usize = 16 * 1024;
+    let app = with_pool_and_cluster().await;
+    let long = "x".repeat(NEAR_LIMIT);
+    let many = vec![Value::from("x"); NEAR_LIMIT / 5];
+    let many_nodes = vec![node("Not A Name!", "10.1.0.1"); NEAR_LIMIT / 100];
+    let cases = [
+        (
+            "/api/v1/pools",
+            json!({"name": long, "ranges": ["10.9.0.0/24"]}),
+            "name",
+        ),
+        ("/api/v1/pools", json!({"name": "p", "ranges": many}), "ranges[1]"),
+        ("/api/v1/pools", json!({"name": "p", "ranges": [long]}), "ranges[0]"),
+        (
+            "/api/v1/pools",
+            json!({"name": "p", "ranges": ["10.9.0.0/24"], "scheduler": long}),
+            "scheduler",
+        ),
+        ("/api/v1/pools", json!({"name": "p", long.as_str(): 1}), "unknown field"),
+        ("/api/v1/clusters/prod/nodes", json!({"nodes": many_nodes}), "nodes[1]"),
+    ];
+    for (path, body, what) in cases {
+        let r = match path {
+            "/api/v1/pools" => post(&app, path, &app.admin, body).await,
+            _ => put(&app, path, &app.admin, body).await,
+        };
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{path} ({what}): {}",
+            &r.text[..r.text.len().min(500)]
+        );
+        assert_problem(&r, StatusCode::BAD_REQUEST, &[what]);
+        assert!(
+            r.text.len() < BOUND,
+            "{path} ({what}): an error of {} bytes for a body of about {NEAR_LIMIT}",
+            r.text.len()
+        );
+    }
+    assert_eq!(names_of(&get(&app, "/api/v1/pools", &app.admin).await.json), ["public"]);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn shrinking_a_pool_below_an_allocated_address_is_409_listing_it_and_changes_nothing() {
     let app = with_pool_and_cluster().await;
     put_service(

@@ -42,19 +42,32 @@ impl ApiError {
     }
 }
 
+/// An error answer stays small whatever the request held (a 1 MiB body must not come back as
+/// megabytes): at most this many fields are listed, in `errors` and in the detail...
+pub const MAX_FIELD_ERRORS: usize = 20;
+/// ...a word longer than this (a value the client sent, quoted back) is cut in the middle...
+const MAX_WORD: usize = 80;
+/// ...and the detail, each field's path and each message are cut to this many bytes.
+const MAX_TEXT: usize = 2048;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Invalid(errors) => ApiError {
                 status: StatusCode::BAD_REQUEST,
                 detail: format!(
-                    "the request has {} field(s) to fix: {}",
+                    "the request has {} field(s) to fix: {}{}",
                     errors.len(),
                     errors
                         .iter()
+                        .take(MAX_FIELD_ERRORS)
                         .map(|e| format!("{}: {}", e.field, e.message))
                         .collect::<Vec<_>>()
-                        .join("; ")
+                        .join("; "),
+                    match errors.len().saturating_sub(MAX_FIELD_ERRORS) {
+                        0 => String::new(),
+                        n => format!("; and {n} more"),
+                    }
                 ),
                 errors,
             },
@@ -109,14 +122,63 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// `text` with every over-long word cut in the middle and the whole cut to [`MAX_TEXT`] bytes, each
+/// cut marked with how much it left out.
+pub fn bounded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_TEXT + 64));
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if word.len() <= MAX_WORD {
+            out.push_str(word);
+        } else {
+            let head = floor_char(word, MAX_WORD / 2);
+            let tail = &word[ceil_char(word, word.len() - MAX_WORD / 4)..];
+            out.push_str(&format!("{head}…({} bytes)…{tail}", word.len()));
+        }
+        if out.len() > MAX_TEXT {
+            out.truncate(floor_char(&out, MAX_TEXT).len());
+            out.push_str(&format!("… (cut: {} bytes in all)", text.len()));
+            break;
+        }
+    }
+    out
+}
+
+/// The longest prefix of `s` of at most `n` bytes that ends on a character boundary.
+fn floor_char(s: &str, n: usize) -> &str {
+    let mut n = n.min(s.len());
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
+/// The first character boundary of `s` at or after byte `n`.
+fn ceil_char(s: &str, mut n: usize) -> usize {
+    while !s.is_char_boundary(n) {
+        n += 1;
+    }
+    n
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = Problem {
             kind: "about:blank".to_owned(),
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
-            detail: self.detail,
-            errors: self.errors,
+            detail: bounded(&self.detail),
+            errors: self
+                .errors
+                .iter()
+                .take(MAX_FIELD_ERRORS)
+                .map(|e| FieldError {
+                    field: bounded(&e.field),
+                    message: bounded(&e.message),
+                })
+                .collect(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
@@ -160,4 +222,23 @@ pub async fn problem_for_bare_errors(req: axum::extract::Request, next: axum::mi
             .or_insert_with(|| value.clone());
     }
     problem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_text_keeps_short_words_and_cuts_long_ones_and_the_whole() {
+        assert_eq!(bounded("name: 'web' is taken"), "name: 'web' is taken");
+        let long = format!("unknown field `{}`, expected `name`", "é".repeat(1000));
+        let b = bounded(&long);
+        assert!(b.starts_with("unknown field `éé"), "{b}");
+        assert!(b.contains("…(2003 bytes)…"), "{b}");
+        assert!(b.ends_with("éé`, expected `name`"), "{b}");
+        let many = "word ".repeat(10_000);
+        let b = bounded(&many);
+        assert!(b.len() <= MAX_TEXT + 64, "{}", b.len());
+        assert!(b.ends_with("… (cut: 50000 bytes in all)"), "{b}");
+    }
 }

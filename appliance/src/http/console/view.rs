@@ -1,6 +1,7 @@
 //! What the console's templates see: one struct per page (askama, auto-escaped), the shared
 //! layout, and the formatting of times, counts and bars. No store calls here.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use askama::Template;
@@ -13,6 +14,7 @@ use time::macros::format_description;
 
 use super::{ConsoleUser, Flash};
 use crate::dataplane::VsKey;
+use crate::http::error::{MAX_FIELD_ERRORS, bounded};
 
 /// What every signed-in page shows around its content.
 #[derive(Debug, Clone)]
@@ -286,8 +288,15 @@ pub struct PoolPage {
 pub struct FieldErrors(pub BTreeMap<String, Vec<String>>);
 
 impl FieldErrors {
+    /// Adds a message to `field`; like the API's errors, a field lists at most
+    /// [`MAX_FIELD_ERRORS`] messages, each bounded, so a huge form cannot make a huge page.
     pub fn add(&mut self, field: &str, message: impl Into<String>) {
-        self.0.entry(field.to_owned()).or_default().push(message.into());
+        let list = self.0.entry(field.to_owned()).or_default();
+        match list.len().cmp(&MAX_FIELD_ERRORS) {
+            Ordering::Less => list.push(bounded(&message.into())),
+            Ordering::Equal => list.push("…and more: fix these first".to_owned()),
+            Ordering::Greater => {}
+        }
     }
 
     pub fn of(&self, field: &str) -> &[String] {
@@ -720,6 +729,27 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_form_lists_a_bounded_number_of_bounded_errors_per_field() {
+        let mut e = FieldErrors::default();
+        for i in 0..10_000 {
+            e.add(
+                "ranges",
+                format!("line {i}: '{}' is not an IP address", "x".repeat(100_000)),
+            );
+        }
+        e.add("name", "taken");
+        let ranges = e.of("ranges");
+        assert_eq!(ranges.len(), MAX_FIELD_ERRORS + 1);
+        assert!(
+            ranges[0].starts_with("line 0: 'xxx") && ranges[0].len() < 300,
+            "{}",
+            ranges[0]
+        );
+        assert_eq!(ranges[MAX_FIELD_ERRORS], "…and more: fix these first");
+        assert_eq!(e.of("name"), ["taken"]);
+    }
 
     #[test]
     fn durations_read_naturally() {
