@@ -1556,7 +1556,7 @@ async fn a_token_secret_is_shown_once_and_works() {
     assert_eq!(r.header("location"), Some(format!("/api/v1/tokens/{id}").as_str()));
     assert!(secret.starts_with("elb_"), "{secret}");
     assert_eq!(r.json["role"], "operator");
-    assert_eq!(r.json["created_by"], "token:admin");
+    assert_eq!(r.json["created_by"], actor("admin", &app.admin));
 
     let list = get(&app, "/api/v1/tokens", &app.admin).await;
     assert_eq!(list.status, StatusCode::OK);
@@ -1570,7 +1570,7 @@ async fn a_token_secret_is_shown_once_and_works() {
     let r = get(&app, "/api/v1/pools", &secret).await;
     assert_eq!(r.status, StatusCode::OK, "the new token works: {}", r.text);
     let info = get(&app, "/api/v1/info", &secret).await;
-    assert_eq!(info.json["actor"], "token:ci");
+    assert_eq!(info.json["actor"], format!("token:ci/{id}"));
     assert_eq!(info.json["role"], "operator");
     app.stop().await;
 }
@@ -1893,6 +1893,12 @@ async fn a_conflict_never_tells_an_agent_the_names_of_another_clusters_services(
 
 // ---- audit ----
 
+/// How the audit log names the token `secret` called `name`: `token:<name>/<id>`.
+fn actor(name: &str, secret: &str) -> String {
+    let id = secret.split('_').nth(1).expect("elb_<id>_<secret>");
+    format!("token:{name}/{id}")
+}
+
 fn find<'a>(entries: &'a [Value], action: &str, object: &str) -> &'a Value {
     entries
         .iter()
@@ -1925,28 +1931,28 @@ async fn every_change_is_audited_with_actor_object_and_before_after() {
     assert!(all.iter().all(|e| e["time"].is_string()));
 
     let e = find(&all, "pool.create", "pool/public");
-    assert_eq!(e["actor"], "token:admin");
+    assert_eq!(e["actor"], actor("admin", &app.admin));
     assert_eq!(e["before"], Value::Null);
     assert_eq!(e["after"]["ranges"], json!(["203.0.113.0/26"]));
 
     let e = find(&all, "pool.update", "pool/public");
-    assert_eq!(e["actor"], "token:ops");
+    assert_eq!(e["actor"], actor("ops", &ops));
     assert_eq!(e["before"]["priority"], 0);
     assert_eq!(e["after"]["priority"], 4);
 
     let e = find(&all, "service.allocate", "service/prod/default/web");
-    assert_eq!(e["actor"], "token:ops");
+    assert_eq!(e["actor"], actor("ops", &ops));
     assert_eq!(e["after"]["ips"], json!(["203.0.113.0"]));
     assert_eq!(e["after"]["uid"], "u1");
 
     let e = find(&all, "service.release", "service/prod/default/web");
-    assert_eq!(e["actor"], "token:ops");
+    assert_eq!(e["actor"], actor("ops", &ops));
     assert_eq!(e["before"]["ips"], json!(["203.0.113.0"]));
     assert_eq!(e["after"], Value::Null);
 
     let object = format!("token/{id}");
     let e = find(&all, "token.create", &object);
-    assert_eq!(e["actor"], "token:admin");
+    assert_eq!(e["actor"], actor("admin", &app.admin));
     assert_eq!(e["after"]["name"], "tmp");
     assert_eq!(e["after"]["role"], "viewer");
     assert!(
@@ -1958,6 +1964,43 @@ async fn every_change_is_audited_with_actor_object_and_before_after() {
     assert_eq!(e["after"], Value::Null);
 
     find(&all, "cluster.create", "cluster/prod");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_log_tells_apart_two_tokens_of_one_name() {
+    let app = TestAppliance::start().await;
+    let first = app.token("ci", "operator", None).await;
+    let second = app.token("ci", "operator", None).await;
+    for (token, pool, range) in [(&first, "one", "10.1.0.0/24"), (&second, "two", "10.2.0.0/24")] {
+        let r = post(&app, "/api/v1/pools", token, json!({"name": pool, "ranges": [range]})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let objects = |v: Vec<Value>| -> Vec<(String, String)> {
+        v.iter()
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap_or("").to_owned(),
+                    e["object"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (actor("ci", &first), actor("ci", &second));
+    assert_ne!(a, b);
+    // The name finds both; the name with the id finds one; a part of a name finds none.
+    assert_eq!(
+        objects(audit(&app, "?actor=token:ci").await),
+        [(b.clone(), "pool/two".to_owned()), (a.clone(), "pool/one".to_owned())]
+    );
+    assert_eq!(
+        objects(audit(&app, &format!("?actor={a}")).await),
+        [(a.clone(), "pool/one".to_owned())]
+    );
+    assert!(audit(&app, "?actor=token:c").await.is_empty());
+    // `_` and `%` in a filter are literal: they match no other name.
+    assert!(audit(&app, "?actor=token:c_").await.is_empty());
+    assert!(audit(&app, "?actor=token:%25").await.is_empty());
     app.stop().await;
 }
 

@@ -141,7 +141,8 @@ async fn pool_commands_go_through_the_api_and_are_audited() {
     );
 
     let (_, audit) = app.get("/api/v1/audit?object=pool/public", &app.admin).await;
-    assert_eq!(audit["items"][0]["actor"], "token:admin", "{audit}");
+    let admin_id = app.admin.split('_').nth(1).expect("elb_<id>_<secret>");
+    assert_eq!(audit["items"][0]["actor"], format!("token:admin/{admin_id}"), "{audit}");
     app.stop().await;
 }
 

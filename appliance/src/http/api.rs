@@ -366,7 +366,7 @@ pub async fn revoke_token(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
-    /// e.g. `token:admin`.
+    /// `user:alice`, `token:ci` (every token named ci) or `token:ci/<id>` (one token).
     actor: Option<String>,
     /// An object (`pool/public`), everything below one (`service/prod`), or a kind (`pool`).
     object: Option<String>,

@@ -28,7 +28,8 @@ pub(super) type TokenCache = std::collections::HashMap<Vec<u8>, (Principal, std:
 /// Who is calling, as established from a token or a console session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// `token:<name>` or `user:<name>`, as written in the audit log.
+    /// `token:<name>/<id>` (names need not be unique; the id says which token) or
+    /// `user:<name>`, as written in the audit log.
     pub actor: String,
     pub role: Role,
     /// The cluster an agent token is bound to.
@@ -328,7 +329,7 @@ impl Store {
             .await?;
         }
         let principal = Principal {
-            actor: format!("token:{name}"),
+            actor: format!("token:{name}/{id}"),
             role,
             cluster,
             token_id: Some(id.to_owned()),

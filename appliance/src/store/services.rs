@@ -1384,12 +1384,14 @@ impl Store {
             q.push(" AND id < ").push_bind(c);
         }
         if let Some(a) = &f.actor {
-            q.push(" AND actor = ").push_bind(a.clone());
+            // `token:ci` finds every token named ci (`token:ci/<id>`); `token:ci/<id>` one token.
+            q.push(" AND (actor = ").push_bind(a.clone());
+            q.push(" OR actor LIKE ").push_bind(format!("{}/%", like_escaped(a)));
+            q.push(" ESCAPE '\\')");
         }
         if let Some(o) = &f.object {
-            let escaped = o.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             q.push(" AND (object = ").push_bind(o.clone());
-            q.push(" OR object LIKE ").push_bind(format!("{escaped}/%"));
+            q.push(" OR object LIKE ").push_bind(format!("{}/%", like_escaped(o)));
             q.push(" ESCAPE '\\')");
         }
         if let Some(t) = f.since {
@@ -1480,4 +1482,9 @@ fn service_of(row: ServiceRow, mut addresses: Vec<AssignedIp>) -> Result<Service
         spec,
         updated_at: ts(row.updated_at),
     })
+}
+
+/// `s` for a LIKE pattern with `ESCAPE '\'`: its own `\`, `%` and `_` match only themselves.
+fn like_escaped(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }

@@ -1466,7 +1466,7 @@ async fn tokens_authenticate_until_revoked() {
     assert_eq!(
         who,
         Principal {
-            actor: "token:ci".into(),
+            actor: format!("token:ci/{}", created.token.id),
             role: Role::Operator,
             cluster: None,
             token_id: Some(created.token.id.clone())
