@@ -28,13 +28,9 @@ pub enum CliError {
     Dataplane(#[from] crate::reconcile::ReconcileError),
 }
 
-/// `edgelb token create`: a token straight into the data directory; returns its secret.
-pub async fn token_create(
-    data_dir: &Path,
-    name: &str,
-    role: Role,
-    cluster: Option<String>,
-) -> Result<String, CliError> {
+/// The store of an appliance's data directory, for the commands that work on it directly; never
+/// creates one.
+async fn open_existing(data_dir: &Path) -> Result<Store, CliError> {
     if !data_dir.join(crate::store::DB_FILE).exists() {
         return Err(CliError::Usage(format!(
             "no database in {}: run `edgelb serve --data-dir {}` once first, or point --data-dir at the appliance's",
@@ -42,7 +38,17 @@ pub async fn token_create(
             data_dir.display()
         )));
     }
-    let store = Store::open(data_dir).await?;
+    Ok(Store::open(data_dir).await?)
+}
+
+/// `edgelb token create`: a token straight into the data directory; returns its secret.
+pub async fn token_create(
+    data_dir: &Path,
+    name: &str,
+    role: Role,
+    cluster: Option<String>,
+) -> Result<String, CliError> {
+    let store = open_existing(data_dir).await?;
     let created = store
         .create_token(
             "cli",
@@ -78,12 +84,27 @@ pub async fn dataplane_flush(data_dir: &Path, interface: Option<String>) -> Resu
 
 /// `edgelb backup FILE`.
 pub async fn backup(data_dir: &Path, file: &Path) -> Result<(), CliError> {
-    if !data_dir.join(crate::store::DB_FILE).exists() {
-        return Err(CliError::Usage(format!("no database in {}", data_dir.display())));
-    }
-    let store = Store::open(data_dir).await?;
-    store.backup(file).await?;
+    open_existing(data_dir).await?.backup(file).await?;
     Ok(())
+}
+
+/// `edgelb user reset-password NAME`: a new random password for a console user, straight into the
+/// data directory (for a lost password: it works with the appliance stopped or running); ends the
+/// user's sessions and returns the password.
+pub async fn reset_password(data_dir: &Path, name: &str) -> Result<String, CliError> {
+    let store = open_existing(data_dir).await?;
+    match store.reset_password("cli", name).await {
+        Err(StoreError::NotFound(_)) => {
+            let users: Vec<String> = store.list_users().await?.into_iter().map(|u| u.name).collect();
+            Err(CliError::Usage(match users.is_empty() {
+                true => format!(
+                    "there is no console user '{name}', nor any other: `edgelb token create --role admin` still gives API access"
+                ),
+                false => format!("there is no console user '{name}': the users are {}", users.join(", ")),
+            }))
+        }
+        other => Ok(other?),
+    }
 }
 
 /// Where the bearer token comes from: what the command line says explicitly wins over the

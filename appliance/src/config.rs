@@ -48,6 +48,9 @@ pub enum Command {
     /// The data plane: remove what edgelb programmed into the kernel.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Manage console users.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Write a consistent copy of the database, while the appliance runs.
     Backup {
         /// Where to write the copy (must not exist).
@@ -266,6 +269,19 @@ pub enum TokenCommand {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Give a console user a new random password, directly in the data directory (works with the
+    /// appliance stopped or running) and end the user's sessions; prints the password alone on
+    /// the last line.
+    ResetPassword {
+        /// The user, e.g. admin.
+        name: String,
+        #[command(flatten)]
+        data: DataDirArg,
     },
 }
 

@@ -88,6 +88,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pool(cmd) => cli::pool(cmd).await?,
         Command::Alloc(cmd) => cli::alloc(cmd).await?,
+        Command::User(config::UserCommand::ResetPassword { name, data }) => {
+            let dir = config::data_dir(&data, &file);
+            let password = cli::reset_password(&dir, &name).await?;
+            eprintln!("console user '{name}' has a new password (shown only once) and no open sessions:");
+            println!("{password}");
+        }
         Command::Backup { file: dest, data } => {
             let dir = config::data_dir(&data, &file);
             cli::backup(&dir, &dest).await?;

@@ -89,12 +89,12 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Creates the data directory, opens (and migrates) the store, makes the first-start
-    /// credentials and the certificate if needed, and binds the listening socket.
+    /// Creates the data directory, opens (and migrates) the store, connects the data plane, makes
+    /// the certificate if needed, binds the listening socket, and then, on the first start, the
+    /// credentials.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
         create_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir).await?;
-        let bootstrap = store.bootstrap().await?;
         // An explicit `--dataplane ipvs` that cannot work stops the start (production must
         // never run without forwarding unnoticed); the unconfigured default falls back to the
         // control plane only, loudly, so `edgelb serve` starts anywhere.
@@ -128,6 +128,9 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        // Last, once nothing else can stop this start: credentials made by a start that then
+        // failed (a busy port, no IPVS) would never be shown.
+        let bootstrap = store.bootstrap().await?;
         Ok(Server {
             config,
             store,

@@ -1,5 +1,5 @@
 //! The `edgelb` command line, run as the real binary: offline commands against a data
-//! directory (`token create`, `backup`, `check-config`) and daily commands through the REST API
+//! directory (`token create`, `user reset-password`, `backup`, `check-config`) and daily commands through the REST API
 //! of a real appliance over HTTPS.
 
 mod common;
@@ -265,6 +265,112 @@ async fn token_create_works_offline_and_prints_the_secret_last() {
         "{}",
         stderr(&agent_without_cluster)
     );
+    app.stop().await;
+}
+
+/// A first start that fails (an explicit `--dataplane ipvs` without IPVS, a busy port) makes no
+/// credentials, so the first start that works shows them, and they work.
+#[test]
+fn the_first_start_that_works_shows_the_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = busy.local_addr().expect("addr").to_string();
+    for (dataplane, listen) in [("ipvs", "127.0.0.1:0"), ("none", busy.as_str())] {
+        let out = edgelb(
+            &[
+                "serve",
+                "--dataplane",
+                dataplane,
+                "--listen",
+                listen,
+                "--data-dir",
+                data,
+            ],
+            &[],
+        );
+        assert!(
+            !out.status.success(),
+            "--dataplane {dataplane} --listen {listen} must fail here"
+        );
+        assert!(!stderr(&out).contains("shown ONCE"), "{}", stderr(&out));
+    }
+
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+    serve
+        .args([
+            "serve",
+            "--dataplane",
+            "none",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+        ])
+        .env("EDGELB_LOG", "warn");
+    let (mut child, lines) = spawn_watched(serve, 30);
+    let seen: Vec<String> = lines
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("edgelb: listening on "))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("shown ONCE")), "{seen:?}");
+    let password = seen
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("password:"))
+        .expect("a password line")
+        .trim()
+        .to_owned();
+    let signed_in = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let store = edgelb::store::Store::open(Path::new(data)).await.expect("store");
+            store.authenticate_user("admin", &password).await.expect("auth")
+        });
+    assert!(signed_in.is_some(), "the password shown is the admin's");
+}
+
+/// A lost console password is reset on the data directory, with the appliance running: the old
+/// password stops working, the new one (the last line) works, and an unknown user is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_reset_password_gives_a_new_password_that_works() {
+    let app = TestAppliance::start().await;
+    let dir = app.data_dir.to_str().expect("utf-8").to_owned();
+    let out = edgelb(&["user", "reset-password", "admin", "--data-dir", &dir], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let password = stdout(&out).lines().last().expect("a line").to_owned();
+    assert!(password.len() >= 16, "{password}");
+    assert_ne!(password, app.admin_password);
+    let store = edgelb::store::Store::open(&app.data_dir).await.expect("store");
+    assert!(
+        store
+            .authenticate_user("admin", &app.admin_password)
+            .await
+            .expect("auth")
+            .is_none()
+    );
+    assert!(
+        store
+            .authenticate_user("admin", &password)
+            .await
+            .expect("auth")
+            .is_some()
+    );
+
+    let out = edgelb(&["user", "reset-password", "root", "--data-dir", &dir], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("there is no console user 'root': the users are admin"),
+        "{}",
+        stderr(&out)
+    );
+    let (_, audit) = app.get("/api/v1/audit?object=user/admin", &app.admin).await;
+    assert_eq!(audit["items"][0]["action"], "user.password", "{audit}");
+    assert_eq!(audit["items"][0]["actor"], "cli", "{audit}");
     app.stop().await;
 }
 

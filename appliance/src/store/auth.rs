@@ -88,7 +88,7 @@ static UNKNOWN_USER_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| hash_password("no user has this password").unwrap_or_default());
 
 /// A random password a person can type: 20 characters of an unambiguous alphabet (~100 bits).
-fn new_password() -> String {
+pub(super) fn new_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let bytes = random_bytes::<20>();
     bytes

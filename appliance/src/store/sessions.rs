@@ -229,6 +229,14 @@ impl Store {
         .await
     }
 
+    /// Gives a user a new random password and ends all their sessions (for a lost password);
+    /// returns the password.
+    pub async fn reset_password(&self, actor: &str, name: &str) -> Result<String> {
+        let password = super::auth::new_password();
+        self.set_password(actor, name, &password, None).await?;
+        Ok(password)
+    }
+
     /// Sets a user's password and ends their other sessions (all of them when `keep` is `None`).
     pub async fn set_password(&self, actor: &str, name: &str, password: &str, keep: Option<&str>) -> Result<()> {
         check_password(password)?;
