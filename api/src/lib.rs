@@ -224,6 +224,24 @@ pub struct PoolUsage {
     pub held: u64,
     #[schema(example = "60")]
     pub free: String,
+    /// `(allocated + held) / total`, from 0 to 1. A dual-stack pool can run out of one family
+    /// while this is low: each family is allocated on its own, see `families`.
+    pub utilization: f64,
+    /// The same counts for each address family the pool's ranges hold, IPv4 first.
+    #[serde(default)]
+    pub families: Vec<FamilyUsage>,
+}
+
+/// Address counts of one family of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FamilyUsage {
+    pub family: IpFamily,
+    #[schema(example = "64")]
+    pub total: String,
+    pub allocated: u64,
+    pub held: u64,
+    #[schema(example = "60")]
+    pub free: String,
     /// `(allocated + held) / total`, from 0 to 1.
     pub utilization: f64,
 }

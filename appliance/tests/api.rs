@@ -2124,6 +2124,64 @@ async fn healthz_and_readyz_answer_without_a_token() {
 }
 
 #[tokio::test]
+async fn a_dual_stack_pool_shows_one_family_exhausted_in_the_api_and_metrics() {
+    let app = TestAppliance::start().await;
+    app.pool("ds", &["203.0.113.0/31", "2001:db8::/120"]).await;
+    app.cluster("prod").await;
+    for (uid, name) in [("u1", "a"), ("u2", "b")] {
+        put_service(&app, "prod", "default", name, service_spec(uid)).await;
+    }
+    let r = put(&app, &svc("prod", "default", "c"), &app.admin, service_spec("u3")).await;
+    assert_problem(&r, StatusCode::CONFLICT, &["no free IPv4 address"]);
+    put_service(
+        &app,
+        "prod",
+        "default",
+        "six",
+        spec_with("u4", json!({"ip_families": ["IPv6"]})),
+    )
+    .await;
+
+    let usage = get(&app, "/api/v1/pools/ds", &app.admin).await.json["usage"].clone();
+    assert_eq!(
+        (usage["total"].as_str(), usage["allocated"].as_u64()),
+        (Some("258"), Some(3))
+    );
+    assert!(usage["utilization"].as_f64().is_some_and(|u| u < 0.02), "{usage}");
+    let f = &usage["families"];
+    assert_eq!(
+        (
+            &f[0]["family"],
+            &f[0]["total"],
+            &f[0]["allocated"],
+            &f[0]["free"],
+            &f[0]["utilization"]
+        ),
+        (&json!("IPv4"), &json!("2"), &json!(2), &json!("0"), &json!(1.0)),
+        "{usage}"
+    );
+    assert_eq!(
+        (&f[1]["family"], &f[1]["total"], &f[1]["allocated"], &f[1]["free"]),
+        (&json!("IPv6"), &json!("256"), &json!(1), &json!("255")),
+        "{usage}"
+    );
+    assert_eq!(f.as_array().map(Vec::len), Some(2));
+
+    let m = get(&app, "/metrics", "").await.text;
+    for needle in [
+        "edgelb_pool_addresses{pool=\"ds\"} 258",
+        "edgelb_pool_family_addresses{pool=\"ds\",family=\"IPv4\"} 2",
+        "edgelb_pool_family_addresses_allocated{pool=\"ds\",family=\"IPv4\"} 2",
+        "edgelb_pool_family_addresses{pool=\"ds\",family=\"IPv6\"} 256",
+        "edgelb_pool_family_addresses_allocated{pool=\"ds\",family=\"IPv6\"} 1",
+        "edgelb_pool_family_addresses_held{pool=\"ds\",family=\"IPv6\"} 0",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn metrics_show_pool_sizes_and_requests_by_route_template() {
     let app = with_pool_and_cluster().await;
     app.pool("v6", &["2001:db8:1::/64"]).await;
@@ -2187,6 +2245,16 @@ async fn openapi_document_lists_the_contract_paths() {
     ] {
         assert!(paths.contains_key(p), "OpenAPI lacks {p}");
     }
+    // Every schema a response refers to is in the document, down to a pool's usage per family.
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for name in ["Pool", "PoolUsage", "FamilyUsage", "Problem"] {
+        assert!(schemas.contains_key(name), "OpenAPI lacks schema {name}");
+    }
+    assert!(
+        schemas["PoolUsage"]["properties"]["families"].is_object(),
+        "{}",
+        schemas["PoolUsage"]
+    );
     let svc = &paths["/api/v1/clusters/{cluster}/services/{namespace}/{name}"];
     for m in ["get", "put", "delete"] {
         assert!(svc.get(m).is_some(), "service path lacks {m}");

@@ -44,6 +44,58 @@ struct PoolLabels {
     pool: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolFamilyLabels {
+    pool: String,
+    family: String,
+}
+
+/// A pool's size, addresses allocated and held, under `prefix` with labels `L`.
+struct PoolGauges<L> {
+    total: Family<L, FloatGauge>,
+    allocated: Family<L, FloatGauge>,
+    held: Family<L, FloatGauge>,
+}
+
+impl<L> PoolGauges<L>
+where
+    L: Clone + std::fmt::Debug + std::hash::Hash + Eq + EncodeLabelSet + Send + Sync + 'static,
+{
+    fn register(registry: &mut Registry, prefix: &str, of: &str) -> PoolGauges<L> {
+        let g = PoolGauges {
+            total: Family::default(),
+            allocated: Family::default(),
+            held: Family::default(),
+        };
+        registry.register(prefix, format!("Addresses {of} can hand out"), g.total.clone());
+        registry.register(
+            format!("{prefix}_allocated"),
+            format!("Addresses {of} in use by Services"),
+            g.allocated.clone(),
+        );
+        registry.register(
+            format!("{prefix}_held"),
+            format!("Released addresses {of} still held back"),
+            g.held.clone(),
+        );
+        g
+    }
+
+    fn clear(&self) {
+        self.total.clear();
+        self.allocated.clear();
+        self.held.clear();
+    }
+
+    fn set(&self, labels: &L, total: &str, allocated: u64, held: u64) {
+        self.total
+            .get_or_create(labels)
+            .set(total.parse::<f64>().unwrap_or(f64::NAN));
+        self.allocated.get_or_create(labels).set(allocated as f64);
+        self.held.get_or_create(labels).set(held as f64);
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -55,9 +107,9 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
-    pool_total: Family<PoolLabels, FloatGauge>,
-    pool_allocated: Family<PoolLabels, FloatGauge>,
-    pool_held: Family<PoolLabels, FloatGauge>,
+    pools: PoolGauges<PoolLabels>,
+    /// The same per address family: a dual-stack pool can run out of one while it looks empty.
+    pool_families: PoolGauges<PoolFamilyLabels>,
     services: Gauge,
     dataplane: Arc<RwLock<watch::Receiver<Arc<Published>>>>,
 }
@@ -79,9 +131,6 @@ impl Metrics {
         let mut registry = Registry::with_prefix("edgelb");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        let pool_total = Family::<PoolLabels, FloatGauge>::default();
-        let pool_allocated = Family::<PoolLabels, FloatGauge>::default();
-        let pool_held = Family::<PoolLabels, FloatGauge>::default();
         let services = Gauge::default();
         registry.register(
             "http_requests",
@@ -93,17 +142,8 @@ impl Metrics {
             "HTTP request latency by route",
             latency.clone(),
         );
-        registry.register("pool_addresses", "Addresses a pool can hand out", pool_total.clone());
-        registry.register(
-            "pool_addresses_allocated",
-            "Addresses of a pool in use by Services",
-            pool_allocated.clone(),
-        );
-        registry.register(
-            "pool_addresses_held",
-            "Released addresses of a pool still held back",
-            pool_held.clone(),
-        );
+        let pools = PoolGauges::register(&mut registry, "pool_addresses", "of a pool");
+        let pool_families = PoolGauges::register(&mut registry, "pool_family_addresses", "of one family of a pool");
         registry.register("services", "Services known to the appliance", services.clone());
         let (_, rx) = watch::channel(Arc::new(Published::default()));
         let dataplane = Arc::new(RwLock::new(rx));
@@ -112,9 +152,8 @@ impl Metrics {
             registry,
             requests,
             latency,
-            pool_total,
-            pool_allocated,
-            pool_held,
+            pools,
+            pool_families,
             services,
             dataplane,
         }
@@ -329,18 +368,19 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     match state.store.list_pools().await {
         Ok(pools) => {
-            m.pool_total.clear();
-            m.pool_allocated.clear();
-            m.pool_held.clear();
+            m.pools.clear();
+            m.pool_families.clear();
             for p in pools {
-                let l = PoolLabels {
-                    pool: p.spec.name.clone(),
-                };
-                m.pool_total
-                    .get_or_create(&l)
-                    .set(p.usage.total.parse::<f64>().unwrap_or(f64::NAN));
-                m.pool_allocated.get_or_create(&l).set(p.usage.allocated as f64);
-                m.pool_held.get_or_create(&l).set(p.usage.held as f64);
+                let u = &p.usage;
+                let pool = p.spec.name.clone();
+                for f in &u.families {
+                    let l = PoolFamilyLabels {
+                        pool: pool.clone(),
+                        family: f.family.to_string(),
+                    };
+                    m.pool_families.set(&l, &f.total, f.allocated, f.held);
+                }
+                m.pools.set(&PoolLabels { pool }, &u.total, u.allocated, u.held);
             }
         }
         Err(e) => tracing::warn!(error = %e, "reading pool usage for metrics failed"),

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edgelb_api::{FieldError, HealthOverrides, Pool, PoolPatch, PoolSpec, PoolUsage};
+use edgelb_api::{FamilyUsage, FieldError, HealthOverrides, IpFamily, Pool, PoolPatch, PoolSpec, PoolUsage};
 use sqlx::{Connection, Row, SqliteConnection};
 
 use super::{Result, Store, StoreError, audit, blob_ip, ip_blob, json_vec, ts};
@@ -147,7 +147,7 @@ impl Store {
         .await?;
         let counts = self.usage_counts(None).await?;
         rows.iter()
-            .map(|r| pool_of(r, counts.get(&r.name).copied().unwrap_or((0, 0))))
+            .map(|r| pool_of(r, counts.get(&r.name).unwrap_or(&Counts::new())))
             .collect()
     }
 
@@ -158,33 +158,40 @@ impl Store {
             .await?;
         let row = row.ok_or_else(|| StoreError::NotFound(format!("pool '{name}' does not exist")))?;
         let counts = self.usage_counts(Some(name)).await?;
-        pool_of(&row, counts.get(name).copied().unwrap_or((0, 0)))
+        pool_of(&row, counts.get(name).unwrap_or(&Counts::new()))
     }
 
-    /// (allocated, held) per pool; expired holds count as free.
-    async fn usage_counts(&self, pool: Option<&str>) -> Result<BTreeMap<String, (u64, u64)>> {
-        const COUNTS: &str =
-            "SELECT pool, SUM(state = 'allocated'), SUM(state = 'held' AND held_until > ?) FROM addresses";
+    /// (allocated, held) per pool and family; expired holds count as free.
+    async fn usage_counts(&self, pool: Option<&str>) -> Result<BTreeMap<String, Counts>> {
+        // IPv4 is stored IPv4-mapped: ::ffff:a.b.c.d.
+        const COUNTS: &str = "SELECT pool, substr(ip, 1, 12) = X'00000000000000000000FFFF', \
+             SUM(state = 'allocated'), SUM(state = 'held' AND held_until > ?) FROM addresses";
         let rows = match pool {
             Some(p) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("{COUNTS} WHERE pool = ? GROUP BY pool")))
+                sqlx::query(sqlx::AssertSqlSafe(format!("{COUNTS} WHERE pool = ? GROUP BY pool, 2")))
                     .bind(super::now())
                     .bind(p)
                     .fetch_all(self.read())
                     .await?
             }
             None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("{COUNTS} GROUP BY pool")))
+                sqlx::query(sqlx::AssertSqlSafe(format!("{COUNTS} GROUP BY pool, 2")))
                     .bind(super::now())
                     .fetch_all(self.read())
                     .await?
             }
         };
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<String, Counts> = BTreeMap::new();
         for row in rows {
-            let a: i64 = row.try_get(1)?;
-            let h: i64 = row.try_get(2)?;
-            out.insert(row.try_get(0)?, (a.max(0) as u64, h.max(0) as u64));
+            let family = match row.try_get::<bool, _>(1)? {
+                true => IpFamily::Ipv4,
+                false => IpFamily::Ipv6,
+            };
+            let a: i64 = row.try_get(2)?;
+            let h: i64 = row.try_get(3)?;
+            out.entry(row.try_get(0)?)
+                .or_default()
+                .insert(family, (a.max(0) as u64, h.max(0) as u64));
         }
         Ok(out)
     }
@@ -363,15 +370,41 @@ async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64
     Ok(())
 }
 
-fn pool_of(row: &PoolRow, (allocated, held): (u64, u64)) -> Result<Pool> {
+/// (allocated, held) of one pool, per family.
+type Counts = BTreeMap<IpFamily, (u64, u64)>;
+
+fn pool_of(row: &PoolRow, counts: &Counts) -> Result<Pool> {
     let spec = row.spec()?;
-    let total = def_of(&spec)?.capacity();
-    let used = u128::from(allocated) + u128::from(held);
-    let utilization = if total == 0 {
-        0.0
-    } else {
-        (used as f64 / total as f64).min(1.0)
+    let def = def_of(&spec)?;
+    let utilization = |used: u128, total: u128| match total {
+        0 => 0.0,
+        t => (used as f64 / t as f64).min(1.0),
     };
+    let families: Vec<FamilyUsage> = [IpFamily::Ipv4, IpFamily::Ipv6]
+        .into_iter()
+        .filter(|f| def.ranges.iter().any(|r| r.family == *f))
+        .map(|family| {
+            let total = def
+                .ranges
+                .iter()
+                .filter(|r| r.family == family)
+                .map(|r| r.usable(def.avoid_buggy_ips))
+                .fold(0u128, u128::saturating_add);
+            let (allocated, held) = counts.get(&family).copied().unwrap_or((0, 0));
+            let used = u128::from(allocated) + u128::from(held);
+            FamilyUsage {
+                family,
+                total: total.to_string(),
+                allocated,
+                held,
+                free: total.saturating_sub(used).to_string(),
+                utilization: utilization(used, total),
+            }
+        })
+        .collect();
+    let total = def.capacity();
+    let (allocated, held) = counts.values().fold((0, 0), |(a, h), (fa, fh)| (a + fa, h + fh));
+    let used = u128::from(allocated) + u128::from(held);
     Ok(Pool {
         spec,
         usage: PoolUsage {
@@ -379,7 +412,8 @@ fn pool_of(row: &PoolRow, (allocated, held): (u64, u64)) -> Result<Pool> {
             allocated,
             held,
             free: total.saturating_sub(used).to_string(),
-            utilization,
+            utilization: utilization(used, total),
+            families,
         },
         created_at: ts(row.created_at),
         updated_at: ts(row.updated_at),

@@ -89,6 +89,9 @@ pub struct Usage {
     pub held_pct: String,
     pub held_x: String,
     pub percent: String,
+    /// For a dual-stack pool, each family's use (`IPv4 100.0% used, IPv6 0.0% used`): one family
+    /// can run out while the pool as a whole looks empty. Empty for one family.
+    pub by_family: String,
 }
 
 impl Usage {
@@ -112,6 +115,15 @@ impl Usage {
             held_pct: format!("{h:.2}"),
             held_x: format!("{a:.2}"),
             percent: format!("{:.1}", u.utilization * 100.0),
+            by_family: match u.families.len() {
+                0 | 1 => String::new(),
+                _ => u
+                    .families
+                    .iter()
+                    .map(|f| format!("{} {:.1}% used", f.family, f.utilization * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
         }
     }
 }
@@ -729,6 +741,41 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dual_stack_pool_shows_each_familys_use() {
+        let family = |family, total: &str, allocated, utilization| edgelb_api::FamilyUsage {
+            family,
+            total: total.into(),
+            allocated,
+            held: 0,
+            free: "0".into(),
+            utilization,
+        };
+        let mut pool = Pool {
+            spec: serde_json::from_value(serde_json::json!({"name": "ds", "ranges": ["10.0.0.0/31"]})).expect("spec"),
+            usage: edgelb_api::PoolUsage {
+                total: "258".into(),
+                allocated: 2,
+                held: 0,
+                free: "256".into(),
+                utilization: 2.0 / 258.0,
+                families: vec![
+                    family(edgelb_api::IpFamily::Ipv4, "2", 2, 1.0),
+                    family(edgelb_api::IpFamily::Ipv6, "256", 0, 0.0),
+                ],
+            },
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let u = Usage::of(&pool);
+        assert_eq!(
+            (u.percent.as_str(), u.by_family.as_str()),
+            ("0.8", "IPv4 100.0% used, IPv6 0.0% used")
+        );
+        pool.usage.families.truncate(1);
+        assert_eq!(Usage::of(&pool).by_family, "", "one family says it once");
+    }
 
     #[test]
     fn a_form_lists_a_bounded_number_of_bounded_errors_per_field() {
