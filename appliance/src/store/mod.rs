@@ -104,9 +104,10 @@ struct Writer {
     ipam: Ipam,
     /// Cluster names, so the hot path checks existence without a query.
     clusters: std::collections::HashSet<String>,
-    /// A digest of each Service's stored spec, so a repeated PUT is recognised without a query.
-    /// Keyed by the allocation state's copy of the key ([`Ipam::shared_key`]).
-    specs: std::collections::HashMap<Arc<crate::ipam::ServiceKey>, [u8; 16]>,
+    /// Each Service's stored spec as a digest, with the time it was written, so a repeated PUT is
+    /// recognised and answered without a query. Keyed by the allocation state's copy of the key
+    /// ([`Ipam::shared_key`]).
+    specs: std::collections::HashMap<Arc<crate::ipam::ServiceKey>, StoredSpec>,
     /// What the write in progress changed, for the journal (see [`Change`]).
     touched: Touched,
 }
@@ -188,6 +189,14 @@ struct Journal {
 
 /// Commits remembered; a reader further behind rebuilds everything.
 const JOURNAL_LEN: usize = 4096;
+
+/// What the writer remembers of a Service's stored spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredSpec {
+    digest: [u8; 16],
+    /// The row's `updated_at` (unix seconds).
+    updated_at: i64,
+}
 
 /// A digest of a spec's JSON (128 bits of SHA-256: equal digests mean equal specs).
 fn spec_digest(json: &str) -> [u8; 16] {
@@ -273,19 +282,23 @@ impl Store {
             .into_iter()
             .map(|(n,)| n)
             .collect();
-        let specs = sqlx::query_as::<_, (String, String, String, String)>(
-            "SELECT cluster, namespace, name, spec FROM services WHERE spec IS NOT NULL",
+        let specs = sqlx::query_as::<_, (String, String, String, String, i64)>(
+            "SELECT cluster, namespace, name, spec, updated_at FROM services WHERE spec IS NOT NULL",
         )
         .fetch_all(&mut conn)
         .await?
         .into_iter()
-        .map(|(c, ns, n, spec)| {
+        .map(|(c, ns, n, spec, updated_at)| {
             let key = crate::ipam::ServiceKey {
                 cluster: c,
                 namespace: ns,
                 name: n,
             };
-            (ipam.shared_key(&key), spec_digest(&spec))
+            let stored = StoredSpec {
+                digest: spec_digest(&spec),
+                updated_at,
+            };
+            (ipam.shared_key(&key), stored)
         })
         .collect();
         let (changes, _) = watch::channel(0);

@@ -286,7 +286,7 @@ pub(super) struct PendingPut {
     spec_value: serde_json::Value,
     digest: [u8; 16],
     ports: Vec<PortKey>,
-    answer: oneshot::Sender<Result<Option<Service>>>,
+    answer: oneshot::Sender<Result<Service>>,
 }
 
 impl PendingPut {
@@ -296,7 +296,7 @@ impl PendingPut {
         actor: &str,
         key: ServiceKey,
         spec: ServiceSpec,
-    ) -> Result<(PendingPut, oneshot::Receiver<Result<Option<Service>>>)> {
+    ) -> Result<(PendingPut, oneshot::Receiver<Result<Service>>)> {
         let spec_json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let spec_value = serde_json::to_value(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (answer, answered) = oneshot::channel();
@@ -356,7 +356,32 @@ impl Write {
     }
 }
 
-type Answer = (oneshot::Sender<Result<Option<Service>>>, Result<Option<Service>>);
+type Answer = (oneshot::Sender<Result<Service>>, Result<Service>);
+
+/// A PUT's answer: the Service as `decision` leaves it, from memory (no second read on the hot
+/// path); `updated_at` is when its row was last written.
+fn answer_of(put: PendingPut, decision: &Decision, updated_at: i64) -> Answer {
+    let addresses: Vec<AssignedIp> = decision
+        .assign
+        .iter()
+        .map(|a| AssignedIp {
+            ip: from_u128(a.ip),
+            pool: a.pool.clone(),
+        })
+        .collect();
+    let service = Service {
+        cluster: put.key.cluster,
+        namespace: put.key.namespace,
+        name: put.key.name,
+        uid: put.spec.uid.clone(),
+        ips: addresses.iter().map(|a| a.ip).collect(),
+        pool: addresses.first().map(|a| a.pool.clone()),
+        addresses,
+        spec: Some(put.spec),
+        updated_at: ts(updated_at),
+    };
+    (put.answer, Ok(service))
+}
 
 /// Decides and commits a batch of PUTs in one transaction and returns every caller's answer.
 ///
@@ -393,8 +418,13 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
                 continue;
             }
         };
-        if w.specs.get(&put.key) == Some(&put.digest) && decision.keeps_everything() {
-            answers.push((put.answer, Ok(None)));
+        if let Some(stored) = w.specs.get(&put.key).filter(|s| s.digest == put.digest)
+            && decision.keeps_everything()
+        {
+            // Answered from the state it was decided against, under the writer's lock: a DELETE
+            // right after cannot make it a 404 or an empty answer.
+            let updated_at = stored.updated_at;
+            answers.push(answer_of(put, &decision, updated_at));
             continue;
         }
         let touched = decision
@@ -430,29 +460,13 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
             for wr in writes {
                 let Write { put, decision, .. } = wr;
                 let key = w.ipam.shared_key(&put.key);
-                w.specs.insert(key.clone(), put.digest);
-                w.touch(Change::Service(key));
-                // Answer from what was just committed: no second read on the hot path.
-                let addresses: Vec<AssignedIp> = decision
-                    .assign
-                    .iter()
-                    .map(|a| AssignedIp {
-                        ip: from_u128(a.ip),
-                        pool: a.pool.clone(),
-                    })
-                    .collect();
-                let service = Service {
-                    cluster: put.key.cluster,
-                    namespace: put.key.namespace,
-                    name: put.key.name,
-                    uid: put.spec.uid.clone(),
-                    ips: addresses.iter().map(|a| a.ip).collect(),
-                    pool: addresses.first().map(|a| a.pool.clone()),
-                    addresses,
-                    spec: Some(put.spec),
-                    updated_at: ts(now),
+                let stored = super::StoredSpec {
+                    digest: put.digest,
+                    updated_at: now,
                 };
-                answers.push((put.answer, Ok(Some(service))));
+                w.specs.insert(key.clone(), stored);
+                w.touch(Change::Service(key));
+                answers.push(answer_of(put, &decision, now));
             }
         }
         Err(e) => {
@@ -833,13 +847,9 @@ impl Store {
             // A task of its own: a client hanging up cannot cancel a batch mid-commit.
             tokio::spawn(self.clone().drain_puts());
         }
-        let written = answered
+        answered
             .await
-            .map_err(|_| StoreError::Io("the store's writer stopped before answering".into()))??;
-        match written {
-            Some(service) => Ok(service),
-            None => self.get_service(&key.cluster, &key.namespace, &key.name).await,
-        }
+            .map_err(|_| StoreError::Io("the store's writer stopped before answering".into()))?
     }
 
     /// Commits queued PUTs a batch at a time until the queue is empty. The writer's lock is

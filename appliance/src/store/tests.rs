@@ -1046,6 +1046,41 @@ async fn state_survives_reopening_the_store() {
     assert_eq!(store.integrity_check().await.expect("check"), "ok");
 }
 
+/// A PUT racing a DELETE of the same Service answers what it stored: its addresses, never a 404
+/// or an empty list, and the database ends as one of the two orders leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_racing_a_delete_answers_what_it_stored() {
+    let p = PoolSpec {
+        hold_seconds: 0,
+        ..pool("p", &["10.0.0.0/24"])
+    };
+    let (_dir, store) = with_pool_and_cluster(&[p], "prod").await;
+    let spec = service("uid-web", &[80]);
+    for round in 0..3000 {
+        // Stored first, so the racing PUT is an unchanged one.
+        put(&store, "prod", "default", "web", spec.clone()).await;
+        let (a, b) = (store.clone(), store.clone());
+        let s = spec.clone();
+        let putting = tokio::spawn(async move { a.put_service(ACTOR, "prod", "default", "web", s).await });
+        let deleting = tokio::spawn(async move { b.delete_service(ACTOR, "prod", "default", "web").await });
+        let answer = putting.await.expect("put task");
+        deleting
+            .await
+            .expect("delete task")
+            .expect("the delete finds the Service");
+        let answer = answer.unwrap_or_else(|e| panic!("round {round}: the PUT failed: {e}"));
+        assert_eq!(answer.ips.len(), 1, "round {round}: {answer:?}");
+        // Either the DELETE came second and nothing is left, or it came first and the PUT
+        // stored the Service again with the addresses it answered.
+        match store.get_service("prod", "default", "web").await {
+            Err(StoreError::NotFound(_)) => {}
+            Ok(stored) => assert_eq!(stored.ips, answer.ips, "round {round}"),
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        let _ = store.delete_service(ACTOR, "prod", "default", "web").await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_allocations_never_share_an_address() {
     let (_dir, store) = with_pool_and_cluster(&[pool("p", &["10.0.0.0/24"])], "prod").await;
