@@ -52,7 +52,10 @@ impl ApplianceClient {
             .user_agent(concat!("edgelb-agent/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(64);
+            .pool_max_idle_per_host(64)
+            // Below the appliance's client timeout (30 s by default), so the agent drops an idle
+            // connection before the appliance closes it under a request about to be sent.
+            .pool_idle_timeout(Duration::from_secs(20));
         builder = match trust {
             Trust::System => builder,
             Trust::CaBundle(pem) => {

@@ -34,6 +34,7 @@ async fn start(dir: &std::path::Path) -> Target {
         tls: TlsSource::SelfSigned,
         log_format: LogFormat::Text,
         shutdown_grace: Duration::from_secs(1),
+        connections: Default::default(),
         dataplane: DataplaneConfig::none(),
         health: edgelb::config::HealthConfig::default(),
     };

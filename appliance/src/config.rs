@@ -166,6 +166,15 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "EDGELB_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Seconds a client connection may take for its TLS handshake, to send a request's headers,
+    /// or sit idle between requests before it is closed (1 to 600; default 30).
+    #[arg(long, env = "EDGELB_CLIENT_TIMEOUT_SECONDS")]
+    pub client_timeout_seconds: Option<u64>,
+    /// Client connections served at once; more are closed at once, with a warning in the log.
+    /// Default: the file-descriptor limit less 64 (kept for the database and the data plane),
+    /// at most 10,000.
+    #[arg(long, env = "EDGELB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Data plane: `ipvs` forwards VIP traffic with IPVS and refuses to start without the ip_vs
     /// module or CAP_NET_ADMIN; `none` runs the control plane only. Unset: `ipvs` when it can run
     /// here (CAP_NET_ADMIN and a kernel with IPVS), else `none` with a loud warning in the log,
@@ -380,6 +389,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub shutdown_grace_seconds: Option<u64>,
+    pub client_timeout_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
     pub dataplane: Option<DataplaneMode>,
     pub interface: Option<String>,
     pub resync_seconds: Option<u64>,
@@ -417,8 +428,52 @@ pub struct Config {
     pub tls: TlsSource,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub connections: ConnectionLimits,
     pub dataplane: DataplaneConfig,
     pub health: HealthConfig,
+}
+
+/// What one client may hold of the appliance: a connection that stalls is closed, and the
+/// connections served at once stay below the file-descriptor limit, so a flood of idle or
+/// trickling clients cannot stop the API and `/healthz` from answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// For the TLS handshake, each request's headers, and the wait between requests.
+    pub client_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// File descriptors kept back from client connections: the database, the data plane's sockets,
+/// the health checks' probes (which have their own concurrency cap) and the log.
+const RESERVED_FDS: u64 = 64;
+const MAX_CONNECTIONS: usize = 10_000;
+
+impl ConnectionLimits {
+    /// The most connections this process can hold beside what it needs itself.
+    #[allow(unsafe_code)] // getrlimit has no safe wrapper among our dependencies.
+    pub fn fd_bound() -> usize {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+            0 => lim.rlim_cur,
+            _ => 1024,
+        };
+        usize::try_from(soft.saturating_sub(RESERVED_FDS))
+            .unwrap_or(MAX_CONNECTIONS)
+            .clamp(1, MAX_CONNECTIONS)
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            client_timeout: Duration::from_secs(30),
+            max_connections: ConnectionLimits::fd_bound(),
+        }
+    }
 }
 
 /// Health-check defaults and what unhealthy means for forwarding.
@@ -587,6 +642,21 @@ pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors
             "shutdown_grace_seconds: {grace} is more than the maximum of 600"
         ));
     }
+    let client_timeout = args
+        .client_timeout_seconds
+        .or(file.client_timeout_seconds)
+        .unwrap_or(30);
+    if !(1..=600).contains(&client_timeout) {
+        problems.push(format!("client_timeout_seconds: {client_timeout} is not from 1 to 600"));
+    }
+    let fd_bound = ConnectionLimits::fd_bound();
+    let max_connections = args.max_connections.or(file.max_connections).unwrap_or(fd_bound);
+    if max_connections == 0 || max_connections > fd_bound {
+        problems.push(format!(
+            "max_connections: {max_connections} is not from 1 to {fd_bound} (the file-descriptor limit less \
+             {RESERVED_FDS}, at most {MAX_CONNECTIONS}): lower it, or raise the limit (ulimit -n, LimitNOFILE=)"
+        ));
+    }
     let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
 
     let chosen = args.dataplane.or(file.dataplane);
@@ -654,6 +724,10 @@ pub fn build(args: &ServeArgs, file: &FileConfig) -> Result<Config, ConfigErrors
             tls,
             log_format,
             shutdown_grace: Duration::from_secs(grace),
+            connections: ConnectionLimits {
+                client_timeout: Duration::from_secs(client_timeout),
+                max_connections,
+            },
             dataplane,
             health,
         }),
@@ -802,6 +876,8 @@ mod tests {
             tls_key: None,
             log_format: None,
             shutdown_grace_seconds: None,
+            client_timeout_seconds: None,
+            max_connections: None,
             dataplane: None,
             interface: None,
             resync_seconds: None,
@@ -962,9 +1038,16 @@ health_rise = 0",
         a.listen = Some("nonsense".into());
         a.tls_cert = Some(dir.path().join("missing.pem"));
         a.shutdown_grace_seconds = Some(601);
+        a.client_timeout_seconds = Some(0);
+        a.max_connections = Some(ConnectionLimits::fd_bound() + 1);
         let err = build(&a, &FileConfig::default()).expect_err("invalid");
         let text = err.to_string();
-        assert_eq!(err.0.len(), 4, "{text}");
+        assert_eq!(err.0.len(), 6, "{text}");
+        assert!(
+            text.contains("client_timeout_seconds: 0 is not from 1 to 600"),
+            "{text}"
+        );
+        assert!(text.contains("raise the limit (ulimit -n"), "{text}");
         assert!(text.contains("data_dir"), "{text}");
         assert!(text.contains("'nonsense' is not an address"), "{text}");
         assert!(text.contains("tls_cert is set but tls_key is not"), "{text}");

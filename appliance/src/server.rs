@@ -210,13 +210,20 @@ impl Server {
             }
         };
         let sweeper = tokio::spawn(sweep_holds(self.store.clone()));
-        info!(address = %self.local, data_dir = %self.config.data_dir.display(), "edgelb started");
+        info!(
+            address = %self.local,
+            data_dir = %self.config.data_dir.display(),
+            max_connections = self.config.connections.max_connections,
+            client_timeout_seconds = self.config.connections.client_timeout.as_secs(),
+            "edgelb started"
+        );
         let served = http::serve(
             self.listener,
             self.tls,
             http::app(state),
             shutdown,
             self.config.shutdown_grace,
+            self.config.connections,
         )
         .await;
         sweeper.abort();

@@ -634,3 +634,121 @@ fn serve_outlives_its_standard_error() {
     assert!(alive, "the appliance is still running with its standard error closed");
     assert!(answers.iter().all(|a| *a == Ok(StatusCode::OK)), "{answers:?}");
 }
+
+/// Under a file-descriptor limit of 1,024, 1,100 idle connections neither stop the appliance nor
+/// keep `/healthz` from answering for long: connections over the cap are closed at once with a
+/// warning in the log, and the idle ones are closed after the client timeout.
+#[test]
+#[allow(unsafe_code)] // getrlimit and setrlimit have no safe wrapper among our dependencies.
+fn a_flood_of_idle_connections_is_capped_logged_and_timed_out() {
+    const IDLE: usize = 1100;
+    edgelb::tls::install_crypto_provider();
+    // This process holds the idle connections: give it room for them.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max.min(4096);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    assert!(
+        lim.rlim_cur as usize > IDLE + 100,
+        "the test needs {} file descriptors: {lim:?}",
+        IDLE + 100
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut serve = Command::new("prlimit");
+    serve
+        .args(["--nofile=1024:1024", "--"])
+        .arg(env!("CARGO_BIN_EXE_edgelb"))
+        .args([
+            "serve",
+            "--dataplane",
+            "none",
+            "--listen",
+            "127.0.0.1:0",
+            "--client-timeout-seconds",
+            "5",
+            "--log-format",
+            "json",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("EDGELB_LOG", "warn");
+    let (child, mut lines) = spawn_watched(serve, 120);
+    // Killed however the test ends: it holds this test's output open.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(child);
+    let port: u16 = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("edgelb: listening on https://127.0.0.1:")
+                .map(str::to_owned)
+        })
+        .expect("the appliance listens (is prlimit from util-linux installed?)")
+        .parse()
+        .expect("port");
+    // The log from here on, read while the test goes on.
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = log_tx.send(l);
+        }
+    });
+
+    let mut idle: Vec<std::net::TcpStream> = (0..IDLE)
+        .map(|i| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    // The warning comes while the flood is on; give it 20 s on a loaded machine.
+    let mut seen = Vec::new();
+    let warned = std::iter::from_fn(|| log_rx.recv_timeout(std::time::Duration::from_secs(20)).ok())
+        .inspect(|l| seen.push(l.clone()))
+        .find(|l| l.contains("connection limit reached"));
+    assert!(
+        warned.as_deref().is_some_and(|l| l.contains("\"max_connections\":960")),
+        "the cap is logged: {warned:?} in {seen:?}"
+    );
+
+    // Every idle connection is closed by the appliance: over the cap at once, the others after
+    // the client timeout.
+    for (i, s) in idle.iter_mut().enumerate() {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = [0u8; 1];
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("idle connection {i} was not closed: {other:?}"),
+        }
+    }
+    // ...and the appliance answers again, with the idle connections still open on our side.
+    let client = common::client_for(&data);
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            client
+                .get(format!("https://localhost:{port}/healthz"))
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+    let alive = child.0.try_wait().expect("status").is_none();
+    drop(child);
+    assert!(alive, "the appliance survived the flood");
+    assert_eq!(answer.map_err(|e| format!("{e:?}")), Ok(StatusCode::OK));
+    drop(idle);
+}

@@ -148,15 +148,89 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// An acceptor that closes a new connection at once while `max` are being served, so that the
+/// process never reaches its file-descriptor limit (where accepting fails and nothing answers,
+/// not even `/healthz`). Served connections end by themselves: the client timeout closes the
+/// idle and the stalled.
+#[derive(Clone)]
+struct Capped<A> {
+    inner: A,
+    handle: axum_server::Handle<SocketAddr>,
+    max: usize,
+}
+
+/// The error a connection over the cap is closed with; the accept error handler reports it.
+const OVER_CAP: &str = "connection limit reached";
+
+impl<A, S> axum_server::accept::Accept<tokio::net::TcpStream, S> for Capped<A>
+where
+    A: axum_server::accept::Accept<tokio::net::TcpStream, S>,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = futures::future::Either<A::Future, std::future::Ready<std::io::Result<(A::Stream, A::Service)>>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        // The count includes this connection.
+        if self.handle.connection_count() > self.max {
+            drop(stream);
+            return futures::future::Either::Right(std::future::ready(Err(std::io::Error::other(OVER_CAP))));
+        }
+        futures::future::Either::Left(self.inner.accept(stream, service))
+    }
+}
+
+/// Reports failed accepts: connections refused over the cap and a failing listener (out of file
+/// descriptors) as a warning, at most one every ten seconds with how many it stands for; a
+/// client's own failure (a TLS handshake that timed out or went wrong) at debug level.
+fn accept_error_reporter(max: usize) -> impl Fn(Option<&SocketAddr>, &std::io::Error) + Send + Sync + 'static {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let last_warned = AtomicU64::new(0);
+    let unreported = AtomicU64::new(0);
+    move |peer, e| {
+        let over_cap = e.to_string() == OVER_CAP;
+        // No peer: accept() itself failed, e.g. EMFILE.
+        if !over_cap && peer.is_some() {
+            tracing::debug!(peer = ?peer, error = %e, "a client connection failed before its first request");
+            return;
+        }
+        let n = unreported.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = crate::store::now().max(0) as u64;
+        let last = last_warned.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 10
+            || last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        unreported.fetch_sub(n, Ordering::Relaxed);
+        if over_cap {
+            tracing::warn!(
+                max_connections = max,
+                refused = n,
+                "connection limit reached: new connections are closed until served ones end \
+                 (raise --max-connections and the file-descriptor limit if this is real load)"
+            );
+        } else {
+            tracing::warn!(error = %e, failures = n, "accepting connections fails; retrying");
+        }
+    }
+}
+
 /// Serves `router` over HTTPS on a bound listener (bound by the caller, so it learns the port
 /// of `127.0.0.1:0`) until `shutdown` resolves, then lets in-flight requests finish (up to
-/// `grace`).
+/// `grace`). A connection gets `limits.client_timeout` for its TLS handshake, its first
+/// request, each request's headers and each wait between requests on HTTP/1 (HTTP/2 is pinged
+/// as often and closed when the ping goes unanswered); at most `limits.max_connections` are
+/// served at once.
 pub async fn serve(
     listener: std::net::TcpListener,
     tls: axum_server::tls_rustls::RustlsConfig,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
+    limits: crate::config::ConnectionLimits,
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
     let h = handle.clone();
@@ -168,11 +242,30 @@ pub async fn serve(
         );
         h.graceful_shutdown(Some(grace));
     });
-    axum_server::from_tcp_rustls(listener, tls)?
+    let timeout = limits.client_timeout;
+    let acceptor = Capped {
         // TCP_NODELAY: without it a small answer can wait for the client's delayed ACK (40 ms
         // on Linux), which was most of the allocation latency's tail (docs/benchmarks.md).
-        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+        inner: axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .handshake_timeout(timeout)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new()),
+        handle: handle.clone(),
+        max: limits.max_connections,
+    };
+    let mut server = axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
         .handle(handle)
+        .first_request_timeout(timeout)
+        .accept_error_handler(accept_error_reporter(limits.max_connections));
+    // hyper arms the header timeout as soon as a connection waits for a request head, so it
+    // also closes an HTTP/1 connection left idle between requests.
+    server.http_builder().http1().header_read_timeout(timeout);
+    server
+        .http_builder()
+        .http2()
+        .keep_alive_interval(timeout)
+        .keep_alive_timeout(timeout);
+    server
         .serve(router.into_make_service_with_connect_info::<SocketAddr>())
         .await
 }

@@ -37,6 +37,7 @@ pub fn config(data_dir: PathBuf) -> Config {
         tls: TlsSource::SelfSigned,
         log_format: LogFormat::Text,
         shutdown_grace: Duration::from_secs(5),
+        connections: Default::default(),
         dataplane: DataplaneConfig::none(),
         health: edgelb::config::HealthConfig::default(),
     }
