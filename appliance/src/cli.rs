@@ -1,7 +1,7 @@
 //! The command line for daily use. Pool, allocation and token listing go through the REST API
 //! (so they are authorized and audited like any client, and the running appliance sees them at
-//! once); `token create`, `user reset-password` and `backup` work on the data directory directly, for the first login
-//! and for scripts on the appliance host.
+//! once); `token create`, `user reset-password` and `backup` work on the data directory
+//! directly, for the first login and for scripts on the appliance host.
 
 use std::path::Path;
 

@@ -160,7 +160,16 @@ struct Capped<A> {
 }
 
 /// The error a connection over the cap is closed with; the accept error handler reports it.
-const OVER_CAP: &str = "connection limit reached";
+#[derive(Debug)]
+struct OverCap;
+
+impl std::fmt::Display for OverCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection limit reached")
+    }
+}
+
+impl std::error::Error for OverCap {}
 
 impl<A, S> axum_server::accept::Accept<tokio::net::TcpStream, S> for Capped<A>
 where
@@ -174,7 +183,7 @@ where
         // The count includes this connection.
         if self.handle.connection_count() > self.max {
             drop(stream);
-            return futures::future::Either::Right(std::future::ready(Err(std::io::Error::other(OVER_CAP))));
+            return futures::future::Either::Right(std::future::ready(Err(std::io::Error::other(OverCap))));
         }
         futures::future::Either::Left(self.inner.accept(stream, service))
     }
@@ -188,7 +197,7 @@ fn accept_error_reporter(max: usize) -> impl Fn(Option<&SocketAddr>, &std::io::E
     let last_warned = AtomicU64::new(0);
     let unreported = AtomicU64::new(0);
     move |peer, e| {
-        let over_cap = e.to_string() == OVER_CAP;
+        let over_cap = e.get_ref().is_some_and(|inner| inner.is::<OverCap>());
         // No peer: accept() itself failed, e.g. EMFILE.
         if !over_cap && peer.is_some() {
             tracing::debug!(peer = ?peer, error = %e, "a client connection failed before its first request");

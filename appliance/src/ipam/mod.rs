@@ -175,8 +175,18 @@ impl PoolDef {
 
     /// Addresses the pool can hand out, computed from the ranges without enumerating them.
     pub fn capacity(&self) -> u128 {
+        self.capacity_where(|_| true)
+    }
+
+    /// Addresses of one family the pool can hand out.
+    pub fn family_capacity(&self, family: IpFamily) -> u128 {
+        self.capacity_where(|r| r.family == family)
+    }
+
+    fn capacity_where(&self, pick: impl Fn(&IpRange) -> bool) -> u128 {
         self.ranges
             .iter()
+            .filter(|r| pick(r))
             .map(|r| r.usable(self.avoid_buggy_ips))
             .fold(0u128, u128::saturating_add)
     }

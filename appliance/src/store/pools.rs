@@ -382,14 +382,9 @@ fn pool_of(row: &PoolRow, counts: &Counts) -> Result<Pool> {
     };
     let families: Vec<FamilyUsage> = [IpFamily::Ipv4, IpFamily::Ipv6]
         .into_iter()
-        .filter(|f| def.ranges.iter().any(|r| r.family == *f))
+        .filter(|f| def.has_family(*f))
         .map(|family| {
-            let total = def
-                .ranges
-                .iter()
-                .filter(|r| r.family == family)
-                .map(|r| r.usable(def.avoid_buggy_ips))
-                .fold(0u128, u128::saturating_add);
+            let total = def.family_capacity(family);
             let (allocated, held) = counts.get(&family).copied().unwrap_or((0, 0));
             let used = u128::from(allocated) + u128::from(held);
             FamilyUsage {

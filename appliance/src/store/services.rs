@@ -837,7 +837,7 @@ impl Store {
     ) -> Result<Service> {
         validate_service(namespace, name, &spec).map_err(StoreError::Invalid)?;
         let key = ServiceKey::new(cluster, namespace, name);
-        let (put, answered) = PendingPut::new(actor, key.clone(), spec)?;
+        let (put, answered) = PendingPut::new(actor, key, spec)?;
         let start_drainer = {
             let mut q = self.inner.puts.lock().unwrap_or_else(|e| e.into_inner());
             q.pending.push_back(put);
