@@ -752,3 +752,109 @@ fn a_flood_of_idle_connections_is_capped_logged_and_timed_out() {
     assert_eq!(answer.map_err(|e| format!("{e:?}")), Ok(StatusCode::OK));
     drop(idle);
 }
+
+/// A client that sends its request headers a byte at a time (slowloris) is cut off at the client
+/// timeout however steadily the bytes come, here on a kept-alive connection whose first request
+/// was answered (so only the header timeout can end it, not the first-request or idle ones).
+#[test]
+fn request_headers_trickled_a_byte_at_a_time_are_cut_off_at_the_client_timeout() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::time::{Duration, Instant};
+
+    use rustls::pki_types::pem::PemObject;
+
+    edgelb::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_edgelb"));
+    serve
+        .args(["serve", "--dataplane", "none", "--listen", "127.0.0.1:0"])
+        .args(["--client-timeout-seconds", "2"])
+        .arg("--data-dir")
+        .arg(&data);
+    let (child, mut lines) = spawn_watched(serve, 60);
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = KillOnDrop(child);
+    let port: u16 = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("edgelb: listening on https://127.0.0.1:")
+                .map(str::to_owned)
+        })
+        .expect("the appliance listens")
+        .parse()
+        .expect("port");
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+
+    let mut roots = rustls::RootCertStore::empty();
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(data.join(edgelb::tls::SELF_SIGNED_CERT))
+        .expect("self-signed certificate");
+    roots.add(cert).expect("root");
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("tls");
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+
+    // A first request, answered in full: the connection is now kept alive between requests.
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("first request");
+    let mut answer = Vec::new();
+    let asked = Instant::now();
+    while !answer.ends_with(b"ok\n") {
+        let mut buf = [0u8; 512];
+        match tls.read(&mut buf) {
+            Ok(0) => panic!("closed before answering: {}", String::from_utf8_lossy(&answer)),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                assert!(
+                    asked.elapsed() < Duration::from_secs(20),
+                    "no answer to the first request"
+                );
+            }
+            Err(e) => panic!("first request: {e}"),
+        }
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // The second request's headers, one byte every 200 ms: about 40 s, 20 client timeouts.
+    let trickle = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = Instant::now();
+    let mut sent = 0;
+    let ended = loop {
+        if sent == trickle.len() {
+            break None;
+        }
+        if let Err(e) = tls.write_all(&trickle[sent..=sent]) {
+            break Some(format!("write: {e}"));
+        }
+        sent += 1;
+        let mut buf = [0u8; 512];
+        match tls.read(&mut buf) {
+            Ok(0) => break Some("closed".to_owned()),
+            Ok(n) => break Some(format!("answered {}", String::from_utf8_lossy(&buf[..n]))),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => break Some(format!("read: {e}")),
+        }
+    };
+    let after = started.elapsed();
+    let ended = ended.unwrap_or_else(|| panic!("still open after {sent} bytes over {after:?}"));
+    // Cut off before the headers could be finished, with no request served from them.
+    assert!(sent < trickle.len(), "{ended} after {sent} bytes");
+    assert!(!ended.contains("200 OK"), "the trickled request was served: {ended}");
+}

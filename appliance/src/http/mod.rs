@@ -190,40 +190,52 @@ where
 }
 
 /// Reports failed accepts: connections refused over the cap and a failing listener (out of file
-/// descriptors) as a warning, at most one every ten seconds with how many it stands for; a
-/// client's own failure (a TLS handshake that timed out or went wrong) at debug level.
+/// descriptors) as warnings, each kind at most once every ten seconds with how many it stands
+/// for (one kind never hides the other); a client's own failure (a TLS handshake that timed out
+/// or went wrong) at debug level.
 fn accept_error_reporter(max: usize) -> impl Fn(Option<&SocketAddr>, &std::io::Error) + Send + Sync + 'static {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let last_warned = AtomicU64::new(0);
-    let unreported = AtomicU64::new(0);
+    let (refusals, failures) = (Throttle::default(), Throttle::default());
     move |peer, e| {
         let over_cap = e.get_ref().is_some_and(|inner| inner.is::<OverCap>());
-        // No peer: accept() itself failed, e.g. EMFILE.
-        if !over_cap && peer.is_some() {
-            tracing::debug!(peer = ?peer, error = %e, "a client connection failed before its first request");
-            return;
-        }
-        let n = unreported.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = crate::store::now().max(0) as u64;
-        let last = last_warned.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < 10
-            || last_warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        unreported.fetch_sub(n, Ordering::Relaxed);
         if over_cap {
-            tracing::warn!(
-                max_connections = max,
-                refused = n,
-                "connection limit reached: new connections are closed until served ones end \
-                 (raise --max-connections and the file-descriptor limit if this is real load)"
-            );
+            if let Some(n) = refusals.due() {
+                tracing::warn!(
+                    max_connections = max,
+                    refused = n,
+                    "connection limit reached: new connections are closed until served ones end \
+                     (raise --max-connections and the file-descriptor limit if this is real load)"
+                );
+            }
+        } else if peer.is_none() {
+            // No peer: accept() itself failed, e.g. EMFILE.
+            if let Some(n) = failures.due() {
+                tracing::warn!(error = %e, failures = n, "accepting connections fails; retrying");
+            }
         } else {
-            tracing::warn!(error = %e, failures = n, "accepting connections fails; retrying");
+            tracing::debug!(peer = ?peer, error = %e, "a client connection failed before its first request");
         }
+    }
+}
+
+/// Counts events and says when one is due for a log line: at most once every ten seconds, with
+/// how many happened since the last line.
+#[derive(Default)]
+struct Throttle {
+    last_warned: std::sync::atomic::AtomicU64,
+    unreported: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    fn due(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.unreported.fetch_add(1, Relaxed) + 1;
+        let now = crate::store::now().max(0) as u64;
+        let last = self.last_warned.load(Relaxed);
+        if now.saturating_sub(last) < 10 || self.last_warned.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+            return None;
+        }
+        self.unreported.fetch_sub(n, Relaxed);
+        Some(n)
     }
 }
 
