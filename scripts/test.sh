@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need, then runs
-# formatting, lints, every Rust test (unit, store, HTTPS integration, crash), and the kernel
-# lab (IPVS in a real kernel under qemu). Any missing tool fails the run; nothing is skipped.
+# formatting, lints, every Rust test (unit, store, HTTPS integration, crash), the API contract
+# (schemathesis, from PyPI, against the OpenAPI document) and the kernel lab (IPVS in a real
+# kernel under qemu). Any missing tool fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ step "disk space before building"
 df -h . || true
 
 # Debian packages: qemu and friends for the kernel lab; chromium and its driver for the console tests.
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat util-linux chromium chromium-driver)
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat util-linux chromium chromium-driver python3-venv)
 step "installing Debian packages: ${PACKAGES[*]}"
 if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive
@@ -47,6 +48,9 @@ strip -o target/lab-ship/bench_appliance target/release/examples/bench_appliance
 cargo xtask kernel-lab --ship target/lab-ship/edgelb --ship target/lab-ship/bench_dataplane \
     --ship target/lab-ship/bench_appliance --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat \
     --ship /usr/bin/setpriv
+
+step "API contract: schemathesis against a real appliance (scripts/api-contract.sh)"
+scripts/api-contract.sh target/release/edgelb
 
 step "kernel lab: the IPVS netlink client against the real kernel"
 cargo build --release --locked -p edgelb --example ipvs_smoke

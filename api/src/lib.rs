@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+pub mod objects;
+pub mod schema;
+pub use schema::{NAME_PATTERN, SCHEDULERS};
+
 /// The API's path prefix.
 pub const API_PREFIX: &str = "/api/v1";
 
@@ -148,11 +152,12 @@ fn default_families() -> Vec<IpFamily> {
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// Unique name: lowercase letters, digits and `-`, at most 63 characters.
-    #[schema(example = "public")]
+    #[schema(value_type = schema::Name, example = "public")]
     pub name: String,
     /// CIDRs (`203.0.113.0/26`, `2001:db8:1::/64`) and inclusive ranges
     /// (`203.0.113.100-203.0.113.120`); IPv4 and IPv6 may mix.
-    #[schema(example = json!(["203.0.113.0/26", "203.0.113.100-203.0.113.120"]))]
+    #[schema(value_type = Vec<schema::PoolRange>, min_items = 1,
+        example = json!(["203.0.113.0/26", "203.0.113.100-203.0.113.120"]))]
     pub ranges: Vec<String>,
     /// Whether Services that name no pool may get addresses from this one.
     #[serde(default = "default_true")]
@@ -165,19 +170,25 @@ pub struct PoolSpec {
     pub priority: i32,
     /// Clusters allowed to use this pool; empty means all.
     #[serde(default)]
+    #[schema(value_type = Vec<schema::Name>)]
     pub clusters: Vec<String>,
     /// Namespaces allowed to use this pool; empty means all.
     #[serde(default)]
+    #[schema(value_type = Vec<schema::Name>)]
     pub namespaces: Vec<String>,
     /// Default IPVS scheduler for Services in this pool (`rr`, `wrr`, `lc`, `wlc`, `sh`, `mh`, ...).
     #[serde(default = "default_scheduler")]
+    #[schema(value_type = schema::Scheduler)]
     pub scheduler: String,
-    /// How long a released address is held back for the Service that had it.
+    /// Seconds a released address is held back for the Service that had it, at most a year
+    /// (366 days).
     #[serde(default = "default_hold_seconds")]
+    #[schema(maximum = 31_622_400)]
     pub hold_seconds: u64,
     /// Health-check settings of the Services in this pool; each `null` field takes the
     /// appliance's default, and a Service's own `health` wins field by field over these.
     #[serde(default)]
+    #[serde(deserialize_with = "objects::option")]
     pub health: Option<HealthOverrides>,
 }
 
@@ -188,13 +199,18 @@ pub struct PoolSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolPatch {
+    #[schema(value_type = Option<Vec<schema::PoolRange>>, min_items = 1)]
     pub ranges: Option<Vec<String>>,
     pub auto_assign: Option<bool>,
     pub avoid_buggy_ips: Option<bool>,
     pub priority: Option<i32>,
+    #[schema(value_type = Option<Vec<schema::Name>>)]
     pub clusters: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<schema::Name>>)]
     pub namespaces: Option<Vec<String>>,
+    #[schema(value_type = Option<schema::Scheduler>)]
     pub scheduler: Option<String>,
+    #[schema(maximum = 31_622_400)]
     pub hold_seconds: Option<u64>,
     /// Absent: unchanged; `null`: remove the pool's overrides (Services take the appliance's
     /// defaults again); an object: replaces the overrides whole (a field left out of it is
@@ -208,10 +224,10 @@ pub struct PoolPatch {
 /// "remove" (`null`) from "leave alone" (absent, which `#[serde(default)]` makes `None`).
 fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
-    T: Deserialize<'de>,
+    T: serde::de::DeserializeOwned,
     D: serde::Deserializer<'de>,
 {
-    Option::<T>::deserialize(d).map(Some)
+    objects::option(d).map(Some)
 }
 
 /// Address counts of a pool. `total` and `free` are decimal strings because an IPv6 pool can
@@ -264,9 +280,10 @@ pub struct Pool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
-    #[schema(example = "prod")]
+    #[schema(value_type = schema::Name, example = "prod")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
 }
 
@@ -295,7 +312,9 @@ pub struct ServicePort {
     #[serde(default)]
     pub name: Option<String>,
     pub protocol: Protocol,
+    #[schema(minimum = 1)]
     pub port: u16,
+    #[schema(minimum = 1)]
     pub node_port: u16,
 }
 
@@ -305,39 +324,51 @@ pub struct ServicePort {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// The Service's `metadata.uid`.
+    #[schema(min_length = 1, max_length = 128)]
     pub uid: String,
+    #[schema(min_items = 1)]
+    #[serde(deserialize_with = "objects::vec")]
     pub ports: Vec<ServicePort>,
     #[serde(default)]
     pub external_traffic_policy: TrafficPolicy,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub health_check_node_port: Option<u16>,
     #[serde(default)]
     pub session_affinity: SessionAffinity,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub session_affinity_timeout_seconds: Option<u32>,
     /// `loadBalancerSourceRanges`: CIDRs allowed to reach the VIP; empty means everyone.
     #[serde(default)]
+    #[schema(value_type = Vec<schema::Cidr>)]
     pub source_ranges: Vec<String>,
     /// Pool to allocate from; `null` lets the appliance choose.
     #[serde(default)]
+    #[schema(value_type = Option<schema::Name>)]
     pub pool: Option<String>,
     /// Specific addresses wanted (at most one per family).
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<schema::IpAddress>, max_items = 2)]
     pub requested_ips: Vec<IpAddr>,
+    /// One family or both, each once.
     #[serde(default = "default_families")]
+    #[schema(min_items = 1, max_items = 2)]
     pub ip_families: Vec<IpFamily>,
     /// Services of one cluster with the same key share one address when their ports differ.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 253)]
     pub sharing_key: Option<String>,
     /// IPVS scheduler; `null` takes the pool's.
     #[serde(default)]
+    #[schema(value_type = Option<schema::Scheduler>)]
     pub scheduler: Option<String>,
     /// For `externalTrafficPolicy: Local`: the nodes that have ready endpoints of this Service.
     #[serde(default)]
     pub local_nodes: Option<Vec<String>>,
     /// This Service's own health-check settings; `null` takes the appliance's defaults.
     #[serde(default)]
+    #[serde(deserialize_with = "objects::option")]
     pub health: Option<HealthOverrides>,
 }
 
@@ -353,19 +384,24 @@ pub const MAX_JITTER_PERCENT: u32 = 50;
 pub struct HealthOverrides {
     /// Milliseconds between two probes of a target, 50 to 3,600,000.
     #[serde(default)]
+    #[schema(minimum = 50, maximum = 3_600_000)]
     pub interval_ms: Option<u32>,
     /// Milliseconds a probe may take, 50 to 3,600,000 and at most the interval.
     #[serde(default)]
+    #[schema(minimum = 50, maximum = 3_600_000)]
     pub timeout_ms: Option<u32>,
     /// Successes in a row that make a down target up, 1 to 100.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub rise: Option<u32>,
     /// Failures in a row that make an up target down, 1 to 100.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub fall: Option<u32>,
     /// Each interval is spread at random by up to this percentage either way, 0 to 50, so
     /// targets probed at one interval do not fire together.
     #[serde(default)]
+    #[schema(maximum = 50)]
     pub jitter_percent: Option<u32>,
 }
 
@@ -434,9 +470,10 @@ pub struct Service {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
+    #[schema(min_length = 1, max_length = 253)]
     pub name: String,
     /// The addresses IPVS forwards to, in order of preference (one per family is used).
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<schema::IpAddress>, min_items = 1)]
     pub addresses: Vec<IpAddr>,
     #[serde(default = "default_true")]
     pub ready: bool,
@@ -451,6 +488,7 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeList {
+    #[serde(deserialize_with = "objects::vec")]
     pub nodes: Vec<Node>,
 }
 
@@ -458,15 +496,19 @@ pub struct NodeList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncService {
+    #[schema(value_type = schema::Name)]
     pub namespace: String,
+    #[schema(value_type = schema::Name)]
     pub name: String,
+    #[schema(min_length = 1, max_length = 128)]
     pub uid: String,
     /// Addresses in `status.loadBalancer.ingress`; the appliance reserves them for this Service.
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<schema::IpAddress>)]
     pub ips: Vec<IpAddr>,
     /// The Service's sharing key, so Services sharing an address reserve it together.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 253)]
     pub sharing_key: Option<String>,
 }
 
@@ -474,6 +516,7 @@ pub struct SyncService {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
+    #[serde(deserialize_with = "objects::vec")]
     pub services: Vec<SyncService>,
 }
 
@@ -558,10 +601,12 @@ pub struct Page<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
+    #[schema(value_type = schema::Name)]
     pub name: String,
     pub role: Role,
     /// Required for role `agent`, refused for the others.
     #[serde(default)]
+    #[schema(value_type = Option<schema::Name>)]
     pub cluster: Option<String>,
 }
 

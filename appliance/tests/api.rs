@@ -2263,6 +2263,93 @@ async fn openapi_document_lists_the_contract_paths() {
     app.stop().await;
 }
 
+/// The document states what the server answers (schemathesis holds the server to it in
+/// scripts/api-contract.sh; this checks the shape without Python): every operation documents
+/// 401 and 403, every error is problem+json, path and query parameters are where they are sent
+/// and carry their constraints, and a pool's schema lets a pool as served through.
+#[tokio::test]
+async fn openapi_document_states_errors_parameters_and_constraints() {
+    let app = TestAppliance::start().await;
+    let doc: Value = serde_json::from_str(&get(&app, "/api/v1/openapi.json", "").await.text).expect("JSON");
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let responses = op["responses"].as_object().expect("responses");
+            for status in ["401", "403", "500"] {
+                assert!(responses.contains_key(status), "{method} {path} lacks {status}");
+            }
+            for (status, r) in responses
+                .iter()
+                .filter(|(s, _)| s.starts_with('4') || s.starts_with('5'))
+            {
+                let types: Vec<&String> = r["content"].as_object().expect("content").keys().collect();
+                assert_eq!(types, ["application/problem+json"], "{method} {path} {status}");
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415"] {
+                    assert!(responses.contains_key(status), "{method} {path} lacks {status}");
+                }
+            }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().expect("name");
+                let place = if path.contains(&format!("{{{name}}}")) {
+                    "path"
+                } else {
+                    "query"
+                };
+                assert_eq!(p["in"], place, "{method} {path} {name}");
+                if place == "path" {
+                    assert!(p["schema"]["pattern"].is_string(), "{method} {path} {name}: {p}");
+                }
+            }
+        }
+    }
+    let audit = &doc["paths"]["/api/v1/audit"]["get"]["parameters"];
+    let limit = audit
+        .as_array()
+        .expect("params")
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .expect("limit");
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&json!(1), &json!(1000))
+    );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["Name"]["pattern"], edgelb_api::NAME_PATTERN);
+    assert_eq!(schemas["PoolSpec"]["additionalProperties"], false);
+    // A pool as served has the spec's fields and its own: one object, not allOf a closed spec.
+    assert!(schemas["Pool"].get("allOf").is_none(), "{}", schemas["Pool"]);
+    for field in ["name", "ranges", "usage", "created_at"] {
+        assert!(schemas["Pool"]["properties"].get(field).is_some(), "Pool lacks {field}");
+    }
+    let created = &doc["paths"]["/api/v1/clusters"]["post"]["responses"]["201"];
+    assert!(created["headers"]["Location"].is_object(), "{created}");
+    assert!(
+        created["links"]
+            .as_object()
+            .is_some_and(|l| l.contains_key("put_service")),
+        "{created}"
+    );
+    app.stop().await;
+}
+
+/// A request object written as an array of its fields is refused, at the top and inside.
+#[tokio::test]
+async fn a_request_object_written_as_an_array_is_400() {
+    let app = TestAppliance::start().await;
+    for body in [
+        json!(["p", ["10.0.0.0/24"]]),
+        json!({"name": "p", "ranges": ["10.0.0.0/24"], "health": [1000, 500]}),
+    ] {
+        let r = app
+            .send(Method::POST, "/api/v1/pools", &app.admin, Body::Json(body.clone()))
+            .await;
+        assert_problem(&r, StatusCode::BAD_REQUEST, &["map"]);
+    }
+    assert_eq!(get(&app, "/api/v1/pools", &app.admin).await.json, json!([]));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn swagger_ui_is_served_from_vendored_assets() {
     let app = TestAppliance::start().await;

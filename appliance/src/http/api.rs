@@ -18,10 +18,21 @@ use utoipa::IntoParams;
 use super::{ApiError, AppState, Caller};
 use crate::store::{AllocationFilter, AuditFilter};
 
-/// JSON body with every rejection turned into a problem document.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body with every rejection turned into a problem document. The body is read as
+/// an object first: a struct must not be read from an array of its fields by position
+/// ([`edgelb_api::objects`]).
 pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(object) = Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, state).await?;
+        edgelb_api::objects::from_object(object)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request(format!("the JSON does not fit this endpoint: {e}")))
+    }
+}
 
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
@@ -289,17 +300,20 @@ pub async fn sync(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AllocationQuery {
     pool: Option<String>,
     cluster: Option<String>,
     namespace: Option<String>,
     /// Service name.
     service: Option<String>,
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<edgelb_api::schema::IpAddress>)]
     ip: Option<IpAddr>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9a-f]{32}$")]
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -312,8 +326,13 @@ pub async fn list_allocations(
     ApiQuery(q): ApiQuery<AllocationQuery>,
 ) -> ApiResult<Json<Page<Allocation>>> {
     caller.can_read("list allocations")?;
-    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
+    check_limit(q.limit)?;
+    // What this answer's `next_cursor` gives: an address as 32 lowercase hex digits.
+    if q.cursor
+        .as_deref()
+        .is_some_and(|c| c.len() != 32 || !c.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    {
+        return Err(ApiError::bad_request("cursor is not one from a previous page"));
     }
     let filter = AllocationFilter {
         pool: q.pool,
@@ -337,7 +356,8 @@ pub async fn list_tokens(State(s): State<AppState>, caller: Caller) -> ApiResult
 
 /// Creates a token. Its secret is in this answer only.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = TokenSpec,
-    responses((status = 201, body = TokenCreated), (status = 400, body = edgelb_api::Problem)))]
+    responses((status = 201, body = TokenCreated), (status = 400, body = edgelb_api::Problem),
+        (status = 422, description = "the agent token's cluster does not exist", body = edgelb_api::Problem)))]
 pub async fn create_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -365,16 +385,31 @@ pub async fn revoke_token(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// `user:alice`, `token:ci` (every token named ci) or `token:ci/<id>` (one token).
     actor: Option<String>,
     /// An object (`pool/public`), everything below one (`service/prod`), or a kind (`pool`).
     object: Option<String>,
-    /// RFC 3339 time.
+    /// Entries at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Entries at or before this RFC 3339 time.
+    #[param(format = DateTime)]
     until: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+fn check_limit(limit: Option<u32>) -> ApiResult<()> {
+    if limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
+    }
+    Ok(())
 }
 
 fn parse_time(field: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
@@ -394,15 +429,16 @@ pub async fn list_audit(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<Page<AuditEntry>>> {
     caller.can_read("read the audit log")?;
-    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
-    }
+    check_limit(q.limit)?;
+    // What this answer's `next_cursor` gives: an entry's id, in decimal digits.
     let cursor = q
         .cursor
         .as_deref()
         .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("cursor is not one from a previous page"))
+            Some(c)
+                .filter(|c| (1..=18).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|c| c.parse::<i64>().ok())
+                .ok_or_else(|| ApiError::bad_request("cursor is not one from a previous page"))
         })
         .transpose()?;
     let filter = AuditFilter {

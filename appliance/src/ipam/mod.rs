@@ -62,10 +62,7 @@ pub struct PoolDef {
     pub hold_seconds: u64,
 }
 
-/// Schedulers the appliance accepts by name (those of Linux IPVS).
-pub const SCHEDULERS: &[&str] = &[
-    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
-];
+pub use edgelb_api::SCHEDULERS;
 
 /// Validates a name of a pool, cluster, token or user: what Kubernetes accepts as a label value
 /// and what is safe in a URL path segment.
@@ -129,8 +126,11 @@ impl PoolDef {
             }
         }
         for (i, n) in spec.namespaces.iter().enumerate() {
-            if n.is_empty() || n.len() > 63 {
-                err(format!("namespaces[{i}]"), format!("'{n}' is not a namespace name"));
+            if check_name(n).is_err() {
+                err(
+                    format!("namespaces[{i}]"),
+                    format!("'{n}' is not a namespace name (a DNS label of at most 63 characters)"),
+                );
             }
         }
         if let Err(m) = check_scheduler(&spec.scheduler) {

@@ -1075,6 +1075,18 @@ impl Store {
                     message: format!("{}/{} appears twice", s.namespace, s.name),
                 });
             }
+            if s.uid.is_empty() || s.uid.len() > 128 {
+                errors.push(FieldError {
+                    field: format!("services[{i}].uid"),
+                    message: "uid must be the Service's metadata.uid (1 to 128 characters)".into(),
+                });
+            }
+            if s.sharing_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 253) {
+                errors.push(FieldError {
+                    field: format!("services[{i}].sharing_key"),
+                    message: "sharing_key must be 1 to 253 characters or null".into(),
+                });
+            }
         }
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
