@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use edgelb_api::Role;
 use serde::Deserialize;
 
-use crate::dataplane::nft::NatMode;
+use crate::forwarding::NatMode;
 
 pub const DEFAULT_DATA_DIR: &str = "edgelb-data";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod forwarding;
 pub mod health;
 pub mod http;
 pub mod ipam;

@@ -178,7 +178,7 @@ impl Server {
                     },
                 )
                 .with_health(self.config.health);
-                state = state.with_dataplane(r.status());
+                state = state.with_dataplane(r.status_feed());
                 info!(
                     dataplane = "ipvs",
                     resync_seconds = dp.resync.as_secs(),

@@ -78,7 +78,7 @@ async fn service_status_and_metrics_show_real_servers_with_weights_and_counters(
             dataplane: "ipvs".into(),
         },
     )
-    .with_dataplane(r.status());
+    .with_dataplane(r.status_feed());
     let router = app(state);
 
     // Before the first pass: the Service is known, not programmed, and the appliance not ready.
@@ -227,7 +227,7 @@ async fn status_and_metrics_show_each_real_servers_health_check() {
             dataplane: "ipvs".into(),
         },
     )
-    .with_dataplane(r.status()));
+    .with_dataplane(r.status_feed()));
     let checker = r.checker().expect("health checking is on").clone();
     let probing = tokio::spawn(checker.clone().run());
 

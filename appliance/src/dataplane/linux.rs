@@ -18,7 +18,7 @@ use super::sysctl::{self, Sysctls};
 use super::{
     Counters, Dataplane, DataplaneError, Forward, Manages, Op, Protocol, RealServer, RealServers, RsSpec, State,
 };
-use super::{VirtualService, VsKey, VsSpec, announce};
+use super::{Scheduler, VirtualService, VsKey, VsSpec, announce};
 use crate::error_chain as chain;
 
 /// How many real-server dumps run at once during an observation.
@@ -147,7 +147,7 @@ fn service_key(k: VsKey) -> ServiceKey {
 }
 
 fn service(k: VsKey, spec: &VsSpec) -> ipvs::Service {
-    let s = ipvs::Service::new(k.vip, k.port, to_ipvs_protocol(k.protocol), spec.scheduler.clone());
+    let s = ipvs::Service::new(k.vip, k.port, to_ipvs_protocol(k.protocol), spec.scheduler.as_str());
     match spec.persistence {
         Some(t) => s.with_persistence(t),
         None => s,
@@ -183,7 +183,7 @@ fn observed_service(e: &ServiceEntry) -> Option<(VsKey, VirtualService)> {
         VsKey::new(s.addr, s.port, from_ipvs_protocol(s.protocol)),
         VirtualService {
             spec: VsSpec {
-                scheduler: s.scheduler.clone(),
+                scheduler: Scheduler::from_name(&s.scheduler),
                 persistence: persistent.then_some(s.timeout),
             },
             counters: counters(&e.stats),

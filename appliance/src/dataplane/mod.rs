@@ -21,95 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 
+pub use crate::forwarding::{Counters, Forward, RealServer, RsSpec, Scheduler, VirtualService, VsKey, VsSpec};
 pub use edgelb_api::Protocol;
 pub use fake::FakeDataplane;
 pub use linux::{LinuxDataplane, LinuxOptions};
-
-/// A virtual service's identity: what a client connects to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VsKey {
-    pub vip: IpAddr,
-    pub port: u16,
-    pub protocol: Protocol,
-}
-
-impl VsKey {
-    pub fn new(vip: IpAddr, port: u16, protocol: Protocol) -> VsKey {
-        VsKey { vip, port, protocol }
-    }
-}
-
-impl std::fmt::Display for VsKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.protocol, SocketAddr::new(self.vip, self.port))
-    }
-}
-
-/// How a virtual service balances: what an in-place edit can change.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct VsSpec {
-    /// IPVS scheduler name (`rr`, `wlc`, `sh`, ...).
-    pub scheduler: String,
-    /// Persistence timeout in seconds (`sessionAffinity: ClientIP`), `None` for none.
-    pub persistence: Option<u32>,
-}
-
-/// How IPVS reaches a real server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Forward {
-    /// NAT (`ipvsadm -m`): the only method that reaches NodePorts on other hosts.
-    Masquerade,
-    /// Direct routing (`-g`).
-    Route,
-    /// IP-in-IP (`-i`).
-    Tunnel,
-    /// Local node or bypass: never set by edgelb, seen only in foreign state.
-    Other,
-}
-
-/// A real server's settings: what an in-place edit can change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RsSpec {
-    pub weight: u32,
-    pub forward: Forward,
-}
-
-impl RsSpec {
-    pub fn masquerade(weight: u32) -> RsSpec {
-        RsSpec {
-            weight,
-            forward: Forward::Masquerade,
-        }
-    }
-}
-
-/// Traffic counters of a virtual service or real server, since it was created.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Counters {
-    pub connections: u64,
-    pub packets_in: u64,
-    pub packets_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Established connections now (real servers only).
-    pub active_connections: u32,
-    /// Other connections still in the table now (real servers only).
-    pub inactive_connections: u32,
-}
-
-/// A virtual service as observed (counters filled) or desired (counters zero).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VirtualService {
-    pub spec: VsSpec,
-    pub counters: Counters,
-}
-
-/// A real server of a virtual service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RealServer {
-    pub spec: RsSpec,
-    pub counters: Counters,
-}
 
 /// The forwarding state: desired (built from the store) or observed (dumped from the kernel).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -20,11 +20,10 @@
 //!   takes packets at LOCAL_IN.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Stdio;
-use std::str::FromStr;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -37,23 +36,13 @@ use edgelb_api::Protocol;
 #[cfg(test)]
 mod tests;
 
+pub use crate::forwarding::{IpPrefix, NatMode};
+
 /// The table the appliance owns unless configured otherwise.
 pub const DEFAULT_TABLE: &str = "edgelb";
 
 /// The nftables family of the table: one table serves IPv4 and IPv6.
 const FAMILY: &str = "inet";
-
-/// How replies from the nodes find their way back to the client.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum NatMode {
-    /// Source NAT to the appliance's address: nodes answer the appliance, which works whatever
-    /// their default route is. The client's address is not visible to the Service.
-    #[default]
-    FullNat,
-    /// No source NAT: the client's address reaches the Service, and replies come back only if
-    /// the appliance is the nodes' gateway.
-    PlainNat,
-}
 
 /// The source address full-NAT traffic leaves with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,103 +50,6 @@ pub struct SnatSource {
     /// `None`: masquerade, the primary address of the interface towards the node.
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
-}
-
-/// An address prefix such as `198.51.100.0/24`, with host bits cleared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpPrefix {
-    addr: IpAddr,
-    len: u8,
-}
-
-impl IpPrefix {
-    /// `0.0.0.0/32`: an address no client sends from.
-    pub const V4_UNSPECIFIED_HOST: IpPrefix = IpPrefix {
-        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        len: 32,
-    };
-
-    /// The prefix of `len` bits containing `addr`; host bits are cleared. `None` if `len` is
-    /// longer than the address.
-    pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
-        let addr = match addr {
-            IpAddr::V4(a) if len <= 32 => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) if len <= 128 => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-            }
-            _ => return None,
-        };
-        Some(Self { addr, len })
-    }
-
-    /// The network address.
-    pub fn addr(&self) -> IpAddr {
-        self.addr
-    }
-
-    /// The prefix length in bits.
-    pub fn prefix_len(&self) -> u8 {
-        self.len
-    }
-
-    /// Whether this is one address (/32, /128) rather than a network.
-    pub fn is_host(&self) -> bool {
-        self.len == max_len(&self.addr)
-    }
-
-    /// Whether every address of `other` is inside this prefix.
-    pub fn contains(&self, other: &IpPrefix) -> bool {
-        other.len >= self.len && IpPrefix::new(other.addr, self.len).is_some_and(|p| p.addr == self.addr)
-    }
-}
-
-fn max_len(addr: &IpAddr) -> u8 {
-    match addr {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
-    }
-}
-
-impl From<IpAddr> for IpPrefix {
-    fn from(addr: IpAddr) -> Self {
-        Self {
-            addr,
-            len: max_len(&addr),
-        }
-    }
-}
-
-impl FromStr for IpPrefix {
-    type Err = NftError;
-
-    /// `ADDR/LEN`, or a bare address meaning a single host.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || NftError::Invalid(format!("'{s}' is not an address prefix such as 198.51.100.0/24"));
-        match s.split_once('/') {
-            Some((addr, len)) => {
-                let addr = addr.parse::<IpAddr>().map_err(|_| invalid())?;
-                let len = len.parse::<u8>().map_err(|_| invalid())?;
-                IpPrefix::new(addr, len).ok_or_else(invalid)
-            }
-            None => s.parse::<IpAddr>().map(IpPrefix::from).map_err(|_| invalid()),
-        }
-    }
-}
-
-/// nft prints a host prefix as the bare address; so do we, so rendered and read-back elements
-/// compare equal.
-impl fmt::Display for IpPrefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_host() {
-            write!(f, "{}", self.addr)
-        } else {
-            write!(f, "{}/{}", self.addr, self.len)
-        }
-    }
 }
 
 /// One `VIP:port/protocol` forwarded by IPVS, as far as nftables needs to know it.
@@ -432,7 +324,7 @@ pub fn render_patch(table: &str, add: &[Element], delete: &[Element]) -> String 
 fn significant_ranges(vip: &IpAddr, ranges: &[IpPrefix]) -> Vec<IpPrefix> {
     let same_family: BTreeSet<IpPrefix> = ranges
         .iter()
-        .filter(|r| r.addr.is_ipv4() == vip.is_ipv4())
+        .filter(|r| r.addr().is_ipv4() == vip.is_ipv4())
         .copied()
         .collect();
     same_family

@@ -21,10 +21,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tokio::sync::watch;
 
 use super::AppState;
-use crate::reconcile::Published;
+use crate::forwarding::StatusFeed;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -111,7 +110,7 @@ pub struct Metrics {
     /// The same per address family: a dual-stack pool can run out of one while it looks empty.
     pool_families: PoolGauges<PoolFamilyLabels>,
     services: Gauge,
-    dataplane: Arc<RwLock<watch::Receiver<Arc<Published>>>>,
+    dataplane: Arc<RwLock<StatusFeed>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,7 +144,7 @@ impl Metrics {
         let pools = PoolGauges::register(&mut registry, "pool_addresses", "of a pool");
         let pool_families = PoolGauges::register(&mut registry, "pool_family_addresses", "of one family of a pool");
         registry.register("services", "Services known to the appliance", services.clone());
-        let (_, rx) = watch::channel(Arc::new(Published::default()));
+        let rx = StatusFeed::fixed(Arc::new(edgelb_api::DataplaneStatus::default()));
         let dataplane = Arc::new(RwLock::new(rx));
         registry.register_collector(Box::new(DataplaneCollector(dataplane.clone())));
         Metrics {
@@ -160,7 +159,7 @@ impl Metrics {
     }
 
     /// Reads IPVS counters from the data plane's published status from now on.
-    pub fn set_dataplane(&self, status: watch::Receiver<Arc<Published>>) {
+    pub fn set_dataplane(&self, status: StatusFeed) {
         *self.dataplane.write().unwrap_or_else(|e| e.into_inner()) = status;
     }
 }
@@ -191,7 +190,7 @@ struct BackendLabels {
 /// IPVS counters, encoded at scrape time from the last published status (the kernel's own
 /// counters: absolute values, so constant metrics rather than ones this process increments).
 #[derive(Debug)]
-struct DataplaneCollector(Arc<RwLock<watch::Receiver<Arc<Published>>>>);
+struct DataplaneCollector(Arc<RwLock<StatusFeed>>);
 
 type CounterOf = fn(&edgelb_api::TrafficCounters) -> u64;
 
@@ -205,8 +204,8 @@ const COUNTERS: [(&str, &str, CounterOf); 5] = [
 
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let published = self.0.read().unwrap_or_else(|e| e.into_inner()).borrow().clone();
-        if published.summary.mode.is_empty() {
+        let published = self.0.read().unwrap_or_else(|e| e.into_inner()).latest();
+        if published.summary().mode.is_empty() {
             return Ok(());
         }
         // Built for this scrape only, then dropped.

@@ -19,6 +19,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use edgelb_api::DataplaneStatus;
 use tower_http::timeout::TimeoutLayer;
 use tracing::info;
 
@@ -26,7 +27,7 @@ pub use auth::Caller;
 pub use error::ApiError;
 pub use metrics::Metrics;
 
-use crate::reconcile::Published;
+use crate::forwarding::StatusFeed;
 use crate::store::Store;
 
 /// Request bodies larger than this are refused with 413.
@@ -47,12 +48,15 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub info: Arc<ServerInfo>,
     /// What the data plane last published (read-only: handlers never drive it).
-    pub dataplane: tokio::sync::watch::Receiver<Arc<Published>>,
+    pub dataplane: StatusFeed,
 }
 
 impl AppState {
     pub fn new(store: Store, info: ServerInfo) -> AppState {
-        let (_, dataplane) = tokio::sync::watch::channel(Arc::new(Published::new(&info.dataplane)));
+        let dataplane = StatusFeed::fixed(Arc::new(DataplaneStatus {
+            mode: info.dataplane.clone(),
+            ..DataplaneStatus::default()
+        }));
         AppState {
             store,
             metrics: Arc::new(Metrics::new()),
@@ -62,7 +66,7 @@ impl AppState {
     }
 
     /// Reads the data plane's status from the reconciler's publication.
-    pub fn with_dataplane(mut self, status: tokio::sync::watch::Receiver<Arc<Published>>) -> AppState {
+    pub fn with_dataplane(mut self, status: StatusFeed) -> AppState {
         self.metrics.set_dataplane(status.clone());
         self.dataplane = status;
         self
@@ -113,7 +117,7 @@ async fn healthz() -> &'static str {
 /// which data plane runs, so a control-plane-only appliance is never mistaken for one that
 /// forwards.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let dp = state.dataplane.borrow().summary.clone();
+    let dp = state.dataplane.latest().summary().clone();
     match state.store.ping().await {
         Ok(()) if state.info.dataplane == "none" => (
             StatusCode::OK,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::api::ApiPath;
 use super::{ApiError, AppState, Caller};
-use crate::dataplane::VsKey;
+use crate::forwarding::VsKey;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route(
@@ -38,8 +38,8 @@ pub async fn service_status(
 ) -> Result<Json<ServiceStatus>, ApiError> {
     caller.can_cluster(&p.cluster, false, "read services")?;
     let svc = s.store.get_service(&p.cluster, &p.namespace, &p.name).await?;
-    let dp = s.dataplane.borrow().clone();
-    let summary = &dp.summary;
+    let dp = s.dataplane.latest();
+    let summary = dp.summary();
     let forwarding = s.info.dataplane != "none";
     let mut virtual_services = Vec::new();
     if forwarding && let Some(spec) = &svc.spec {

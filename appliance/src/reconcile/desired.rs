@@ -14,13 +14,11 @@ use std::time::{Duration, SystemTime};
 
 use edgelb_api::{HealthOverrides, IpFamily, Node, Protocol, ServicePort, ServiceSpec, TrafficPolicy};
 
-use super::Desired;
-use super::model::Model;
 use crate::config::AllDown;
 use crate::dataplane::nft::IpPrefix;
-use crate::dataplane::{Manages, State, VsKey};
+use crate::dataplane::{State, VsKey};
 use crate::health::{Settings, Target, TargetState};
-use crate::store::{DataplaneSnapshot, SnapshotService};
+use crate::store::SnapshotService;
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -36,7 +34,7 @@ pub type RsKey = (VsKey, SocketAddr);
 
 /// What health checking and draining bring to the desired state. All of it is input, read by
 /// the runner (the checker's snapshot, the clock, its memory of the last pass), so that
-/// [`desired_with`] stays pure.
+/// [`super::desired_with`] stays pure.
 #[derive(Debug, Clone, Copy)]
 pub struct HealthInput<'a> {
     pub now: SystemTime,
@@ -70,8 +68,8 @@ impl HealthView for crate::health::Checker {
 
 /// The reconciler's memory between passes, per virtual service: the real servers of eligible
 /// nodes it kept, and those of nodes no longer eligible with when they stopped being so. The
-/// [`Model`] keeps only `leaving` (its `present` is empty): the kept ones are its desired real
-/// servers that are not leaving, which [`Model::drains`] derives when a pass needs them.
+/// [`super::model::Model`] keeps only `leaving` (its `present` is empty): the kept ones are its desired real
+/// servers that are not leaving, which [`super::model::Model::drains`] derives when a pass needs them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drains {
     pub present: BTreeMap<VsKey, BTreeSet<SocketAddr>>,
@@ -135,7 +133,7 @@ pub struct HealthPlan {
     /// gets the settings of the first (in key order) that has any.
     pub overrides: BTreeMap<VsKey, HealthOverrides>,
     /// The drain memory; `present` is filled only when taken out of the model
-    /// ([`Model::into_parts`]).
+    /// ([`super::model::Model::into_parts`]).
     pub drains: Drains,
     pub next_deadline: Option<SystemTime>,
     /// The node-level check's port, when it is on.
@@ -311,26 +309,4 @@ pub(super) fn eligible(node: &Node, svc: &SnapshotService) -> bool {
 /// The node's first address of the VIP's family, in the order the agent gave.
 pub(super) fn node_address(node: &Node, family: IpFamily) -> Option<IpAddr> {
     node.addresses.iter().copied().find(|a| IpFamily::of(a) == family)
-}
-
-/// Builds the desired state. `manages` says what the data plane handles besides IPVS: VIP
-/// addresses (every VIP that forwards is wanted on the interface) and its nftables table (full
-/// NAT to every real server, and each Service's source ranges).
-pub fn desired(snap: &DataplaneSnapshot, manages: Manages) -> Desired {
-    let none = HashMap::new();
-    let drains = Drains::default();
-    let health = HealthInput {
-        now: SystemTime::UNIX_EPOCH,
-        drain_timeout: Duration::ZERO,
-        all_down: AllDown::FailOpen,
-        targets: &none,
-        drains: &drains,
-        node_port: None,
-    };
-    desired_with(snap, manages, &health).0
-}
-
-/// [`desired`] with health checking and draining: see [`weigh`] for the weights.
-pub fn desired_with(snap: &DataplaneSnapshot, manages: Manages, health: &HealthInput<'_>) -> (Desired, HealthPlan) {
-    Model::build(snap.clone(), manages, health).into_parts()
 }

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use crate::dataplane::{Op, State, VsKey, nft};
 use crate::ipam::{IpRange, to_u128};
 
-pub use desired::desired;
+pub use model::{desired, desired_with};
 pub use published::Published;
 pub use runner::{ReconcileError, Reconciler, RunnerOptions, flush};
 

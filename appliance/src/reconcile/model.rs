@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
 
 use edgelb_api::{IpFamily, Node, Protocol, SessionAffinity};
 
@@ -17,8 +18,9 @@ use super::desired::{
     CLOSED, DEFAULT_AFFINITY_TIMEOUT, Drains, HealthInput, HealthPlan, eligible, node_address, target_of, weigh,
 };
 use super::{Desired, Ownership, Plan, plan_state};
+use crate::config::AllDown;
 use crate::dataplane::nft::{self, IpPrefix};
-use crate::dataplane::{Manages, Op, RealServer, RsSpec, State, VirtualService, VsKey, VsSpec};
+use crate::dataplane::{Manages, Op, RealServer, RsSpec, Scheduler, State, VirtualService, VsKey, VsSpec};
 use crate::health::{ProbeKind, Settings, Target};
 use crate::ipam::ServiceKey;
 use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService};
@@ -396,11 +398,12 @@ impl Model {
             }
             let pool = self.pools.iter().find(|p| p.name == assigned.pool);
             let vs_spec = VsSpec {
-                scheduler: spec
-                    .scheduler
-                    .clone()
-                    .or_else(|| pool.map(|p| p.scheduler.clone()))
-                    .unwrap_or_else(|| "wlc".to_owned()),
+                scheduler: Scheduler::from_name(
+                    spec.scheduler
+                        .as_deref()
+                        .or_else(|| pool.map(|p| p.scheduler.as_str()))
+                        .unwrap_or("wlc"),
+                ),
                 persistence: (spec.session_affinity == SessionAffinity::ClientIp).then(|| {
                     spec.session_affinity_timeout_seconds
                         .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
@@ -628,4 +631,26 @@ fn ports_of(backends: &[SocketAddr]) -> Vec<u16> {
     ports.sort_unstable();
     ports.dedup();
     ports
+}
+
+/// Builds the desired state. `manages` says what the data plane handles besides IPVS: VIP
+/// addresses (every VIP that forwards is wanted on the interface) and its nftables table (full
+/// NAT to every real server, and each Service's source ranges).
+pub fn desired(snap: &DataplaneSnapshot, manages: Manages) -> Desired {
+    let none = HashMap::new();
+    let drains = Drains::default();
+    let health = HealthInput {
+        now: SystemTime::UNIX_EPOCH,
+        drain_timeout: Duration::ZERO,
+        all_down: AllDown::FailOpen,
+        targets: &none,
+        drains: &drains,
+        node_port: None,
+    };
+    desired_with(snap, manages, &health).0
+}
+
+/// [`desired`] with health checking and draining: see [`super::desired::weigh`] for the weights.
+pub fn desired_with(snap: &DataplaneSnapshot, manages: Manages, health: &HealthInput<'_>) -> (Desired, HealthPlan) {
+    Model::build(snap.clone(), manages, health).into_parts()
 }

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 
 use super::Ownership;
 use crate::dataplane::{Counters, State, VirtualService, VsKey};
+use crate::forwarding::StatusView;
 use crate::health::{Checker, Health, Target, TargetState};
 
 /// The reconciler's published view (see the module's documentation).
@@ -92,7 +93,7 @@ impl Published {
             port: k.port,
             protocol: k.protocol,
             programmed: true,
-            scheduler: Some(vs.spec.scheduler.clone()),
+            scheduler: Some(vs.spec.scheduler.to_string()),
             persistence_timeout_seconds: vs.spec.persistence,
             counters: counters(&vs.counters),
             real_servers: self
@@ -163,5 +164,23 @@ fn counters(c: &Counters) -> TrafficCounters {
         packets_out: c.packets_out,
         bytes_in: c.bytes_in,
         bytes_out: c.bytes_out,
+    }
+}
+
+impl StatusView for Published {
+    fn summary(&self) -> &DataplaneStatus {
+        &self.summary
+    }
+
+    fn status(&self) -> DataplaneStatus {
+        Published::status(self)
+    }
+
+    fn virtual_service(&self, key: VsKey) -> Option<VirtualServiceStatus> {
+        Published::virtual_service(self, key)
+    }
+
+    fn real_servers(&self) -> (usize, Vec<(VsKey, SocketAddr)>) {
+        Published::real_servers(self)
     }
 }

@@ -37,6 +37,7 @@ use super::published::Published;
 use crate::config::HealthConfig;
 use crate::dataplane::{Dataplane, DataplaneError, Op, State};
 use crate::error_chain;
+use crate::forwarding::{StatusFeed, StatusView};
 use crate::health::{Checker, Settings, Thresholds};
 use crate::store::{Store, StoreError};
 
@@ -177,6 +178,13 @@ impl<D: Dataplane> Reconciler<D> {
     /// The published view, updated after every pass.
     pub fn status(&self) -> watch::Receiver<Arc<Published>> {
         self.status.subscribe()
+    }
+
+    /// The published view as readers outside the reconciler see it: read-only, the latest
+    /// publication each time.
+    pub fn status_feed(&self) -> StatusFeed {
+        let rx = self.status.subscribe();
+        StatusFeed::new(move || -> Arc<dyn StatusView> { rx.borrow().clone() })
     }
 
     pub fn dataplane(&self) -> &D {

@@ -672,7 +672,8 @@ async fn a_change_is_planned_against_the_kept_state_and_the_resync_dumps_again()
 
 // ---- health and draining -------------------------------------------------------------------
 
-use super::desired::{Drains, HealthInput, HealthPlan, Probed, desired_with, target_of};
+use super::desired::{Drains, HealthInput, HealthPlan, Probed, target_of};
+use super::desired_with;
 use super::published::Published;
 use crate::config::AllDown;
 use crate::health::{Health, Settings, Target, TargetState};

@@ -16,7 +16,7 @@ use super::view::{
     bytes, query, sock, time,
 };
 use super::{Console, ConsoleUser, PageResult};
-use crate::dataplane::VsKey;
+use crate::forwarding::{StatusView, VsKey};
 use crate::http::AppState;
 use crate::store::{AllocationFilter, AuditFilter};
 
@@ -51,7 +51,7 @@ pub async fn dashboard(
         pools: pools.iter().map(PoolRow::of).collect(),
         clusters: clusters.len(),
         services,
-        dataplane: dataplane_view(&s.dataplane.borrow().clone(), &s.info.dataplane),
+        dataplane: dataplane_view(&*s.dataplane.latest(), &s.info.dataplane),
         audit: audit.items.iter().map(AuditRow::of).collect(),
     }
     .into_response())
@@ -234,7 +234,7 @@ pub async fn services(
             nodes.insert(svc.cluster.clone(), list.nodes);
         }
     }
-    let status = s.dataplane.borrow().clone();
+    let status = s.dataplane.latest();
     let rows = shown
         .iter()
         .map(|svc| {
@@ -362,7 +362,7 @@ pub async fn services(
         pages,
         prev: (page > 1).then(|| link(page - 1)),
         next: (page < pages).then(|| link(page + 1)),
-        dataplane: dataplane_view(&status, &s.info.dataplane),
+        dataplane: dataplane_view(&*status, &s.info.dataplane),
     }
     .into_response())
 }
@@ -466,9 +466,9 @@ pub async fn audit(
 }
 
 /// The data plane's banner, from what the reconciler published.
-fn dataplane_view(published: &crate::reconcile::Published, mode: &str) -> DataplaneView {
+fn dataplane_view(published: &dyn StatusView, mode: &str) -> DataplaneView {
     let (real_servers, drained) = published.real_servers();
-    DataplaneView::of(&published.summary, real_servers, &drained, mode)
+    DataplaneView::of(published.summary(), real_servers, &drained, mode)
 }
 
 #[cfg(test)]

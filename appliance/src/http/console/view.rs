@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::{ConsoleUser, Flash};
-use crate::dataplane::VsKey;
+use crate::forwarding::VsKey;
 use crate::http::error::{MAX_FIELD_ERRORS, bounded};
 
 /// What every signed-in page shows around its content.
