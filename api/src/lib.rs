@@ -372,6 +372,42 @@ pub struct ServiceSpec {
     pub health: Option<HealthOverrides>,
 }
 
+impl ServicePort {
+    /// An unnamed port of `protocol` forwarded to `node_port`.
+    pub fn new(protocol: Protocol, port: u16, node_port: u16) -> ServicePort {
+        ServicePort {
+            name: None,
+            protocol,
+            port,
+            node_port,
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// A spec with these ports and every other field as a JSON body that leaves it out means:
+    /// policy `Cluster`, no session affinity, no source ranges, one IPv4 address from any pool
+    /// that allows it, the pool's scheduler and health settings.
+    pub fn new(uid: impl Into<String>, ports: Vec<ServicePort>) -> ServiceSpec {
+        ServiceSpec {
+            uid: uid.into(),
+            ports,
+            external_traffic_policy: TrafficPolicy::default(),
+            health_check_node_port: None,
+            session_affinity: SessionAffinity::default(),
+            session_affinity_timeout_seconds: None,
+            source_ranges: Vec::new(),
+            pool: None,
+            requested_ips: Vec::new(),
+            ip_families: default_families(),
+            sharing_key: None,
+            scheduler: None,
+            local_nodes: None,
+            health: None,
+        }
+    }
+}
+
 /// The most a probe interval may be spread either way, in percent: past half the interval two
 /// probes of one target could come almost together.
 pub const MAX_JITTER_PERCENT: u32 = 50;

@@ -37,7 +37,7 @@ pub fn vec<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T
 
 #[cfg(test)]
 mod tests {
-    use crate::{HealthOverrides, PoolPatch, PoolSpec, ServiceSpec};
+    use crate::{HealthOverrides, PoolPatch, PoolSpec, ServicePort, ServiceSpec};
 
     #[test]
     fn a_request_object_written_as_an_array_is_refused_at_every_depth() {
@@ -73,5 +73,13 @@ mod tests {
             serde_json::from_str::<ServiceSpec>(ok).expect("read").ports[0].node_port,
             30080
         );
+    }
+
+    #[test]
+    fn a_built_spec_has_the_defaults_of_a_body_that_leaves_the_fields_out() {
+        let body = r#"{"uid": "u", "ports": [{"protocol": "UDP", "port": 53, "node_port": 30053}]}"#;
+        let read: ServiceSpec = serde_json::from_str(body).expect("read");
+        let built = ServiceSpec::new("u", vec![ServicePort::new(crate::Protocol::Udp, 53, 30053)]);
+        assert_eq!(built, read);
     }
 }

@@ -58,27 +58,7 @@ async fn start(dir: &std::path::Path) -> Target {
 }
 
 fn spec(uid: &str) -> ServiceSpec {
-    ServiceSpec {
-        uid: uid.to_owned(),
-        ports: vec![ServicePort {
-            name: None,
-            protocol: edgelb_api::Protocol::Tcp,
-            port: 80,
-            node_port: 30080,
-        }],
-        external_traffic_policy: Default::default(),
-        health_check_node_port: None,
-        session_affinity: Default::default(),
-        session_affinity_timeout_seconds: None,
-        source_ranges: vec![],
-        pool: None,
-        requested_ips: vec![],
-        ip_families: vec![edgelb_api::IpFamily::Ipv4],
-        sharing_key: None,
-        scheduler: None,
-        local_nodes: None,
-        health: None,
-    }
+    ServiceSpec::new(uid, vec![ServicePort::new(edgelb_api::Protocol::Tcp, 80, 30080)])
 }
 
 impl Target {

@@ -23,7 +23,7 @@ use edgelb::reconcile::Desired;
 use edgelb::reconcile::desired::{Drains, HealthInput};
 use edgelb::reconcile::model::{Model, Touched};
 use edgelb::store::{DataplaneSnapshot, SnapshotPool, SnapshotService};
-use edgelb_api::{AssignedIp, IpFamily, Node, ServicePort, ServiceSpec, SessionAffinity, TrafficPolicy};
+use edgelb_api::{AssignedIp, Node, ServicePort, ServiceSpec};
 
 const REAL_SERVERS: u8 = 10;
 
@@ -34,27 +34,10 @@ fn service(i: u32, node_port: u16) -> SnapshotService {
         cluster: "bench".into(),
         namespace: "default".into(),
         name: format!("svc-{i}"),
-        spec: Some(ServiceSpec {
-            uid: format!("uid-{i}"),
-            ports: vec![ServicePort {
-                name: None,
-                protocol: Protocol::Tcp,
-                port: 80,
-                node_port,
-            }],
-            external_traffic_policy: TrafficPolicy::Cluster,
-            health_check_node_port: None,
-            session_affinity: SessionAffinity::None,
-            session_affinity_timeout_seconds: None,
-            source_ranges: vec![],
-            pool: None,
-            requested_ips: vec![],
-            ip_families: vec![IpFamily::Ipv4],
-            sharing_key: None,
-            scheduler: None,
-            local_nodes: None,
-            health: None,
-        }),
+        spec: Some(ServiceSpec::new(
+            format!("uid-{i}"),
+            vec![ServicePort::new(Protocol::Tcp, 80, node_port)],
+        )),
         addresses: vec![AssignedIp {
             ip: vip,
             pool: "bench".into(),

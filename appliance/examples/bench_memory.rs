@@ -15,9 +15,7 @@ use std::time::Duration;
 use edgelb::dataplane::FakeDataplane;
 use edgelb::reconcile::{Reconciler, RunnerOptions};
 use edgelb::store::Store;
-use edgelb_api::{
-    ClusterSpec, IpFamily, Node, NodeList, PoolSpec, Protocol, ServicePort, ServiceSpec, SessionAffinity, TrafficPolicy,
-};
+use edgelb_api::{ClusterSpec, Node, NodeList, PoolSpec, Protocol, ServicePort, ServiceSpec};
 
 /// The resident size in MiB, after handing freed memory back.
 #[allow(unsafe_code)]
@@ -38,27 +36,11 @@ fn rss_mib() -> f64 {
 }
 
 fn spec(i: u32, scheduler: Option<&str>) -> ServiceSpec {
+    // One NodePort per Service, as in a cluster: 100,000 distinct probe targets at 10,000.
+    let port = ServicePort::new(Protocol::Tcp, 80, 20_000 + i as u16);
     ServiceSpec {
-        uid: format!("uid-{i}"),
-        ports: vec![ServicePort {
-            name: None,
-            protocol: Protocol::Tcp,
-            port: 80,
-            // One NodePort per Service, as in a cluster: 100,000 distinct probe targets at 10,000.
-            node_port: 20_000 + i as u16,
-        }],
-        external_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        session_affinity: SessionAffinity::None,
-        session_affinity_timeout_seconds: None,
-        source_ranges: vec![],
-        pool: None,
-        requested_ips: vec![],
-        ip_families: vec![IpFamily::Ipv4],
-        sharing_key: None,
         scheduler: scheduler.map(str::to_owned),
-        local_nodes: None,
-        health: None,
+        ..ServiceSpec::new(format!("uid-{i}"), vec![port])
     }
 }
 

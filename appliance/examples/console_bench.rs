@@ -21,27 +21,11 @@ const CLUSTERS: usize = 4;
 const RUNS: usize = 20;
 
 fn spec(uid: &str, i: usize) -> ServiceSpec {
-    ServiceSpec {
-        uid: uid.to_owned(),
-        ports: vec![ServicePort {
-            name: Some("http".into()),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: 30000 + (i % 2000) as u16,
-        }],
-        external_traffic_policy: Default::default(),
-        health_check_node_port: None,
-        session_affinity: Default::default(),
-        session_affinity_timeout_seconds: None,
-        source_ranges: vec![],
-        pool: None,
-        requested_ips: vec![],
-        ip_families: vec![edgelb_api::IpFamily::Ipv4],
-        sharing_key: None,
-        scheduler: None,
-        local_nodes: None,
-        health: None,
-    }
+    let port = ServicePort {
+        name: Some("http".into()),
+        ..ServicePort::new(Protocol::Tcp, 80, 30000 + (i % 2000) as u16)
+    };
+    ServiceSpec::new(uid, vec![port])
 }
 
 async fn fill(store: &Store) {

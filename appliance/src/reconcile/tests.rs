@@ -245,30 +245,13 @@ fn node(name: &str, addrs: &[&str]) -> Node {
 }
 
 fn spec(ports: &[(Protocol, u16, u16)]) -> ServiceSpec {
-    ServiceSpec {
-        uid: "u1".into(),
-        ports: ports
+    ServiceSpec::new(
+        "u1",
+        ports
             .iter()
-            .map(|(protocol, port, node_port)| ServicePort {
-                name: None,
-                protocol: *protocol,
-                port: *port,
-                node_port: *node_port,
-            })
+            .map(|(pr, port, np)| ServicePort::new(*pr, *port, *np))
             .collect(),
-        external_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        session_affinity: SessionAffinity::None,
-        session_affinity_timeout_seconds: None,
-        source_ranges: vec![],
-        pool: None,
-        requested_ips: vec![],
-        ip_families: vec![edgelb_api::IpFamily::Ipv4],
-        sharing_key: None,
-        scheduler: None,
-        local_nodes: None,
-        health: None,
-    }
+    )
 }
 
 fn snapshot(spec: ServiceSpec, vips: &[&str], nodes: Vec<Node>) -> DataplaneSnapshot {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use edgelb_api::{
     Allocation, AllocationState, ClusterSpec, IpFamily, Node, NodeList, PoolPatch, PoolSpec, Protocol, Role,
-    ServicePort, ServiceSpec, SessionAffinity, SyncRequest, SyncService, TokenSpec, TrafficPolicy,
+    ServicePort, ServiceSpec, SyncRequest, SyncService, TokenSpec,
 };
 use tempfile::TempDir;
 
@@ -41,31 +41,13 @@ pub(super) fn pool(name: &str, ranges: &[&str]) -> PoolSpec {
 
 /// A Service spec with TCP ports, asking for one IPv4 address.
 pub(super) fn service(uid: &str, ports: &[u16]) -> ServiceSpec {
-    ServiceSpec {
-        uid: uid.to_owned(),
-        ports: ports
-            .iter()
-            .zip(30_000u16..)
-            .map(|(port, node_port)| ServicePort {
-                name: None,
-                protocol: Protocol::Tcp,
-                port: *port,
-                node_port,
-            })
+    let ports = ports.iter().zip(30_000u16..);
+    ServiceSpec::new(
+        uid,
+        ports
+            .map(|(p, node_port)| ServicePort::new(Protocol::Tcp, *p, node_port))
             .collect(),
-        external_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        session_affinity: SessionAffinity::None,
-        session_affinity_timeout_seconds: None,
-        source_ranges: vec![],
-        pool: None,
-        requested_ips: vec![],
-        ip_families: vec![IpFamily::Ipv4],
-        sharing_key: None,
-        scheduler: None,
-        local_nodes: None,
-        health: None,
-    }
+    )
 }
 
 pub(super) fn ip(s: &str) -> IpAddr {
