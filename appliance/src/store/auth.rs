@@ -9,10 +9,9 @@ use base64::Engine;
 use edgelb_api::{Role, Token, TokenCreated, TokenSpec};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::Connection;
 use subtle::ConstantTimeEq;
 
-use super::{Result, Store, StoreError, audit, ts};
+use super::{Result, Store, StoreError, audit, begin, ts};
 use crate::ipam::check_name;
 
 const TOKEN_PREFIX: &str = "elb_";
@@ -190,7 +189,7 @@ impl Store {
             Box::pin(async move {
                 // Nothing the data plane reads.
                 w.touch_nothing();
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 if let Some(c) = &spec.cluster {
                     let found: Option<(String,)> =
                         sqlx::query_as("SELECT name FROM clusters WHERE name = ?").bind(c).fetch_optional(&mut *tx).await?;
@@ -249,7 +248,7 @@ impl Store {
                 Box::pin(async move {
                     // Nothing the data plane reads.
                     w.touch_nothing();
-                    let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                    let mut tx = begin(&mut w.conn).await?;
                     let row: Option<TokenRow> = sqlx::query_as(
                         "SELECT id, name, role, cluster, created_by, created_at, last_used_at FROM tokens WHERE id = ?",
                     )
@@ -361,7 +360,7 @@ impl Store {
             Box::pin(async move {
                 // Nothing the data plane reads.
                 w.touch_nothing();
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 sqlx::query("INSERT INTO users (name, password_hash, role, created_at) VALUES (?, ?, ?, ?)")
                     .bind(&name)
                     .bind(&hash)

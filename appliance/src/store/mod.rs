@@ -133,6 +133,13 @@ enum Touched {
     Known(Vec<Change>),
 }
 
+/// Opens a write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock at once, so a
+/// transaction never starts as a reader and fails with `SQLITE_BUSY` when it first writes; every
+/// write of the store starts here.
+async fn begin(conn: &mut SqliteConnection) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
+    Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
+}
+
 impl Writer {
     /// Declares that this write changed `change` (call once per thing changed).
     fn touch(&mut self, change: Change) {
@@ -452,7 +459,7 @@ impl Store {
                 if expired.is_empty() {
                     return Ok(0);
                 }
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 for ip in &expired {
                     sqlx::query("DELETE FROM addresses WHERE ip = ? AND state = 'held'")
                         .bind(ip_blob(*ip))

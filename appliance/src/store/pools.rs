@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edgelb_api::{FamilyUsage, FieldError, HealthOverrides, IpFamily, Pool, PoolPatch, PoolSpec, PoolUsage};
-use sqlx::{Connection, Row, SqliteConnection};
+use sqlx::{Row, SqliteConnection};
 
-use super::{Result, Store, StoreError, audit, blob_ip, ip_blob, json_vec, ts};
+use super::{Result, Store, StoreError, audit, begin, blob_ip, ip_blob, json_vec, ts};
 use crate::ipam::{AddrInfo, Hold, Ipam, PoolDef, ServiceKey, VecMap};
 
 #[derive(sqlx::FromRow)]
@@ -206,7 +206,7 @@ impl Store {
                     return Err(StoreError::Conflict(format!("pool '{}' already exists", def.name)));
                 }
                 w.ipam.check_pool(&def, None, now)?;
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 insert_or_update(&mut tx, &spec, now, true).await?;
                 audit(
                     &mut tx,
@@ -233,7 +233,7 @@ impl Store {
         let name2 = name.clone();
         self.write(move |w, now| {
             Box::pin(async move {
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = ?")))
                     .bind(&name)
                     .fetch_optional(&mut *tx)
@@ -298,7 +298,7 @@ impl Store {
         let name = name.to_owned();
         self.write(move |w, now| {
             Box::pin(async move {
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = ?")))
                     .bind(&name)
                     .fetch_optional(&mut *tx)

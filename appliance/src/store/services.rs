@@ -9,10 +9,10 @@ use edgelb_api::{
     Allocation, AllocationOwner, AllocationState, AssignedIp, AuditEntry, Cluster, ClusterSpec, FieldError, IpFamily,
     Node, NodeList, Page, Protocol, Service, ServiceRef, ServiceSpec, SyncConflict, SyncRequest, SyncResponse,
 };
-use sqlx::{Connection, Row, SqliteConnection};
+use sqlx::{Row, SqliteConnection};
 use tokio::sync::oneshot;
 
-use super::{Change, Result, Store, StoreError, audit, blob_ip, ip_blob, ts};
+use super::{Change, Result, Store, StoreError, audit, begin, blob_ip, ip_blob, ts};
 use crate::ipam::{self, Assign, Decision, How, Outcome, PortKey, Release, Request, ServiceKey, from_u128, to_u128};
 
 /// Kubernetes object names: DNS labels (RFC 1123), at most 63 characters.
@@ -503,7 +503,7 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
 /// order: each run of simple PUTs (see [`Write::is_simple`]) as one multi-row statement per
 /// table, sent to SQLite at once, the others as a single PUT always was.
 async fn write_puts(conn: &mut SqliteConnection, writes: &[Write], now: i64) -> Result<()> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = begin(conn).await?;
     let mut rest = writes;
     while let Some(first) = rest.first() {
         if first.is_simple() {
@@ -684,7 +684,7 @@ impl Store {
         let name = spec.name.clone();
         self.write(move |w, now| {
             Box::pin(async move {
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 sqlx::query("INSERT INTO clusters (name, description, created_at) VALUES (?, ?, ?)")
                     .bind(&spec.name)
                     .bind(&spec.description)
@@ -742,7 +742,7 @@ impl Store {
         let name = name.to_owned();
         let deleted = self.write(move |w, now| {
             Box::pin(async move {
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 require_cluster(&mut tx, &name)
                     .await
                     .map_err(|_| StoreError::NotFound(format!("cluster '{name}' does not exist")))?;
@@ -920,7 +920,7 @@ impl Store {
         let key = ServiceKey::new(cluster, namespace, name);
         self.write(move |w, now| {
             Box::pin(async move {
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 let uid: Option<(String,)> =
                     sqlx::query_as("SELECT uid FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
                         .bind(&key.cluster)
@@ -1102,7 +1102,7 @@ impl Store {
         let (reserved_keys, conflicts) = self
             .write(move |w, now| {
                 Box::pin(async move {
-                    let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                    let mut tx = begin(&mut w.conn).await?;
                     require_cluster(&mut tx, &cluster).await?;
                     // Work on a copy: decisions in one sync depend on each other, and nothing
                     // may change in memory unless the whole sync commits.
@@ -1237,7 +1237,7 @@ impl Store {
         let cluster2 = cluster.clone();
         self.write(move |w, now| {
             Box::pin(async move {
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 require_cluster(&mut tx, &cluster).await?;
                 let old = nodes_of(&mut tx, &cluster).await?;
                 if old == list.nodes {

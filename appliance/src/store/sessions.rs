@@ -7,9 +7,8 @@ use base64::Engine;
 use edgelb_api::Role;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::Connection;
 
-use super::{Result, Store, StoreError, audit, ts};
+use super::{Result, Store, StoreError, audit, begin, ts};
 
 /// How long a console session lasts from sign-in.
 pub const SESSION_SECONDS: i64 = 12 * 3600;
@@ -74,7 +73,7 @@ impl Store {
                     csrf: random_token(),
                     expires_at: now + SESSION_SECONDS,
                 };
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 sqlx::query("DELETE FROM console_sessions WHERE expires_at <= ?")
                     .bind(now)
                     .execute(&mut *tx)
@@ -135,7 +134,7 @@ impl Store {
             Box::pin(async move {
                 // Nothing the data plane reads.
                 w.touch_nothing();
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 let user: Option<(String,)> =
                     sqlx::query_as("DELETE FROM console_sessions WHERE id_hash = ? RETURNING user")
                         .bind(&hash)
@@ -191,7 +190,7 @@ impl Store {
             Box::pin(async move {
                 // Nothing the data plane reads.
                 w.touch_nothing();
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 let role: Option<(String,)> = sqlx::query_as("SELECT role FROM users WHERE name = ?")
                     .bind(&name)
                     .fetch_optional(&mut *tx)
@@ -249,7 +248,7 @@ impl Store {
             Box::pin(async move {
                 // Nothing the data plane reads.
                 w.touch_nothing();
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = begin(&mut w.conn).await?;
                 let done = sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
                     .bind(&hash)
                     .bind(&name)
