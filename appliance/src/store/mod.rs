@@ -13,11 +13,15 @@
 mod auth;
 #[cfg(test)]
 mod batch_tests;
+mod clusters;
 mod listing;
+mod nodes;
 mod pools;
+mod queries;
 mod services;
 pub mod sessions;
 mod snapshot;
+mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +38,7 @@ use tokio::sync::{Mutex, watch};
 use crate::ipam::{Ipam, IpamError};
 
 pub use auth::{Bootstrap, Principal};
-pub use services::{AllocationFilter, AuditFilter};
+pub use queries::{AllocationFilter, AuditFilter};
 pub use snapshot::{DataplaneSnapshot, SnapshotPool, SnapshotService};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
