@@ -5,6 +5,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use edgelb_api::Protocol;
+
+use super::ruleset::{RuleDef, rules};
 use super::*;
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
