@@ -96,15 +96,9 @@ impl ApplianceClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::ApplianceUnreachable(e.to_string()))?;
+        let resp = req.send().await.map_err(Error::ApplianceUnreachable)?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::ApplianceUnreachable(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(Error::ApplianceUnreachable)?;
         if !status.is_success() {
             return Err(refused(status, &bytes));
         }

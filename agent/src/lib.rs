@@ -32,8 +32,10 @@ use crate::nodes::AddressPreference;
 pub enum Error {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The request did not get an answer; the HTTP client's error (and its causes: DNS,
+    /// connect, TLS, timeout) is the source.
     #[error("appliance unreachable: {0}")]
-    ApplianceUnreachable(String),
+    ApplianceUnreachable(#[source] reqwest::Error),
     #[error("appliance refused ({status}): {detail}")]
     ApplianceRefused { status: u16, detail: String },
     #[error("appliance answered something unexpected: {0}")]
@@ -303,7 +305,11 @@ mod tests {
     #[test]
     fn error_variants_name_their_metric_labels() {
         assert_eq!(
-            Error::ApplianceUnreachable("x".into()).metric_label(),
+            Error::ApplianceUnreachable({
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::new().get("not a url").build().expect_err("no URL")
+            })
+            .metric_label(),
             "appliance_unreachable"
         );
         let refused = Error::ApplianceRefused {

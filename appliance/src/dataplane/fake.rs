@@ -87,7 +87,10 @@ impl Dataplane for FakeDataplane {
         let (seen, delay) = {
             let inner = self.lock();
             let seen = match &inner.fail_observe {
-                Some(why) => Err(DataplaneError::Observe(why.clone())),
+                Some(why) => Err(DataplaneError::Observe {
+                    what: why.clone(),
+                    source: None,
+                }),
                 None => Ok(inner.state.clone()),
             };
             (seen, inner.observe_delay)
@@ -104,7 +107,7 @@ impl Dataplane for FakeDataplane {
         for op in ops {
             inner.log.push(op.clone());
             if let Err(e) = inner.state.apply(op) {
-                failed.push((op.clone(), e));
+                failed.push((op.clone(), super::cause(e)));
             }
         }
         if failed.is_empty() {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -15,10 +16,10 @@ use super::addr::VipAddresses;
 use super::ipvs::{self, Destination, DestinationEntry, ForwardMethod, IpvsHandle, IpvsOp, ServiceEntry, ServiceKey};
 use super::nft::{NatMode, NftTable};
 use super::sysctl::{self, Sysctls};
+use super::{Cause, Scheduler, VirtualService, VsKey, VsSpec, announce, cause};
 use super::{
     Counters, Dataplane, DataplaneError, Forward, Manages, Op, Protocol, RealServer, RealServers, RsSpec, State,
 };
-use super::{Scheduler, VirtualService, VsKey, VsSpec, announce};
 use crate::error_chain as chain;
 
 /// How many real-server dumps run at once during an observation.
@@ -68,46 +69,50 @@ impl LinuxDataplane {
     /// Connects to IPVS and proves it can be used: the module is there and the process may
     /// program it. Fails with a message that says what to do otherwise.
     pub async fn connect(options: LinuxOptions) -> Result<LinuxDataplane, DataplaneError> {
-        let ipvs = IpvsHandle::new().map_err(|e| DataplaneError::Unavailable(chain(&e)))?;
+        let ipvs = IpvsHandle::new().map_err(|e| DataplaneError::unavailable("opening the IPVS socket", e))?;
         match ipvs.resolve_family().await {
             Ok(_) => {}
             Err(ipvs::Error::IpvsUnavailable(_)) => {
-                return Err(DataplaneError::Unavailable(
-                    "the kernel has no IPVS: load it with `modprobe ip_vs` (and the scheduler modules, e.g. \
+                return Err(DataplaneError::Unavailable {
+                    what: "the kernel has no IPVS: load it with `modprobe ip_vs` (and the scheduler modules, e.g. \
                      ip_vs_rr ip_vs_wlc), or run the control plane only with --dataplane none"
                         .into(),
-                ));
+                    source: None,
+                });
             }
-            Err(e) => return Err(DataplaneError::Unavailable(chain(&e))),
+            Err(e) => return Err(DataplaneError::unavailable("resolving the IPVS netlink family", e)),
         }
         // Every IPVS command needs CAP_NET_ADMIN, reads too: asking for the version proves it.
         match ipvs.info().execute().await {
             Ok(info) => debug!(version = %info.version, "IPVS is available"),
             Err(ipvs::Error::PermissionDenied { .. }) => {
-                return Err(DataplaneError::Unavailable(
-                    "the process lacks CAP_NET_ADMIN: run it as root or grant the capability \
+                return Err(DataplaneError::Unavailable {
+                    what: "the process lacks CAP_NET_ADMIN: run it as root or grant the capability \
                      (AmbientCapabilities=CAP_NET_ADMIN in the systemd unit), or run the control plane only \
                      with --dataplane none"
                         .into(),
-                ));
+                    source: None,
+                });
             }
-            Err(e) => return Err(DataplaneError::Unavailable(chain(&e))),
+            Err(e) => return Err(DataplaneError::unavailable("asking IPVS for its version", e)),
         }
-        let dumps = IpvsHandle::new().map_err(|e| DataplaneError::Unavailable(chain(&e)))?;
+        let dumps = IpvsHandle::new().map_err(|e| DataplaneError::unavailable("opening the IPVS dump socket", e))?;
         dumps
             .resolve_family()
             .await
-            .map_err(|e| DataplaneError::Unavailable(chain(&e)))?;
+            .map_err(|e| DataplaneError::unavailable("resolving the IPVS netlink family", e))?;
         let addresses = match &options.interface {
             Some(iface) => Some(
                 VipAddresses::new(iface)
                     .await
-                    .map_err(|e| DataplaneError::Unavailable(format!("VIP interface {iface}: {}", chain(&e))))?,
+                    .map_err(|e| DataplaneError::unavailable(format!("VIP interface {iface}"), e))?,
             ),
             None => None,
         };
         let nft = match &options.nft_table {
-            Some(t) => Some(NftTable::new(t).map_err(|e| DataplaneError::Unavailable(chain(&e)))?),
+            Some(t) => {
+                Some(NftTable::new(t).map_err(|e| DataplaneError::unavailable(format!("nftables table {t}"), e))?)
+            }
             None => None,
         };
         // Each failure is logged with its impact; forwarding may still work (e.g. set by the host).
@@ -254,7 +259,7 @@ impl Dataplane for LinuxDataplane {
             .execute()
             .try_collect()
             .await
-            .map_err(|e| DataplaneError::Observe(chain(&e)))?;
+            .map_err(|e| DataplaneError::observe("dumping IPVS services", e))?;
         let services: BTreeMap<VsKey, VirtualService> = entries.iter().filter_map(observed_service).collect();
         let handle = &self.dumps;
         let dumps = futures::stream::iter(services.keys().copied())
@@ -276,14 +281,14 @@ impl Dataplane for LinuxDataplane {
                 Ok(dests) => real_servers.set(k, dests.iter().map(observed_real_server).collect()),
                 // Deleted by someone between the two dumps: it is simply gone.
                 Err(ipvs::Error::ServiceNotFound { .. }) => {}
-                Err(e) => return Err(DataplaneError::Observe(format!("real servers of {k}: {}", chain(&e)))),
+                Err(e) => return Err(DataplaneError::observe(format!("real servers of {k}"), e)),
             }
         }
         let addresses = match &self.addresses {
             Some(a) => Some(
                 a.list()
                     .await
-                    .map_err(|e| DataplaneError::Observe(chain(&e)))?
+                    .map_err(|e| DataplaneError::observe("listing the VIP addresses", e))?
                     .into_iter()
                     .filter(|i| i.is_host())
                     .map(|i| i.addr)
@@ -295,7 +300,7 @@ impl Dataplane for LinuxDataplane {
             Some(t) => Some(
                 t.observe()
                     .await
-                    .map_err(|e| DataplaneError::Observe(chain(&e)))?
+                    .map_err(|e| DataplaneError::observe("reading the nftables table", e))?
                     .unwrap_or_default(),
             ),
             None => None,
@@ -337,7 +342,7 @@ impl Dataplane for LinuxDataplane {
                         failed.extend(
                             ops.iter()
                                 .filter(|o| *o != op)
-                                .map(|o| (o.clone(), "not attempted: the nftables table was not set".to_owned())),
+                                .map(|o| (o.clone(), cause("not attempted: the nftables table was not set"))),
                         );
                         return Err(DataplaneError::Apply {
                             total: ops.len(),
@@ -355,18 +360,16 @@ impl Dataplane for LinuxDataplane {
             Sysctls::default().ensure(&[sysctl::IPV6_FORWARD]);
         }
         if !batch.is_empty() {
-            let results = self
-                .ipvs
-                .batch(batch)
-                .execute()
-                .await
-                .map_err(|e| DataplaneError::Apply {
+            let results = self.ipvs.batch(batch).execute().await.map_err(|e| {
+                let e: Cause = Arc::new(e);
+                DataplaneError::Apply {
                     total: ops.len(),
-                    failed: batched.iter().map(|op| ((*op).clone(), chain(&e))).collect(),
-                })?;
+                    failed: batched.iter().map(|op| ((*op).clone(), e.clone())).collect(),
+                }
+            })?;
             for (op, r) in batched.into_iter().zip(results) {
                 if let Err(e) = r {
-                    failed.push((op.clone(), chain(&e)));
+                    failed.push((op.clone(), Arc::new(e)));
                 }
             }
         }
@@ -390,46 +393,35 @@ impl Dataplane for LinuxDataplane {
 
 impl LinuxDataplane {
     /// An operation on addresses or the nftables table.
-    async fn apply_other(&self, op: &Op) -> Result<(), String> {
-        let unmanaged = || format!("{op}: not managed by this data plane");
+    async fn apply_other(&self, op: &Op) -> Result<(), Cause> {
+        let unmanaged = || cause(format!("{op}: not managed by this data plane"));
+        let nft = |e: super::nft::NftError| -> Cause { Arc::new(e) };
         match op {
-            Op::SetRules(r) => self
-                .nft
-                .as_ref()
-                .ok_or_else(unmanaged)?
-                .apply(r)
-                .await
-                .map_err(|e| chain(&e)),
-            Op::DeleteRules => self
-                .nft
-                .as_ref()
-                .ok_or_else(unmanaged)?
-                .flush()
-                .await
-                .map_err(|e| chain(&e)),
+            Op::SetRules(r) => self.nft.as_ref().ok_or_else(unmanaged)?.apply(r).await.map_err(nft),
+            Op::DeleteRules => self.nft.as_ref().ok_or_else(unmanaged)?.flush().await.map_err(nft),
             Op::PatchElements { delete, add } => self
                 .nft
                 .as_ref()
                 .ok_or_else(unmanaged)?
                 .patch(add, delete)
                 .await
-                .map_err(|e| chain(&e)),
+                .map_err(nft),
             Op::DeleteElements(e) => self
                 .nft
                 .as_ref()
                 .ok_or_else(unmanaged)?
                 .patch(&[], e)
                 .await
-                .map_err(|e| chain(&e)),
+                .map_err(nft),
             Op::AddAddress(ip) => {
                 let a = self.addresses.as_ref().ok_or_else(unmanaged)?;
-                a.add(*ip).await.map_err(|e| chain(&e))
+                a.add(*ip).await.map_err(|e| -> Cause { Arc::new(e) })
             }
             Op::DeleteAddress(ip) => {
                 let a = self.addresses.as_ref().ok_or_else(unmanaged)?;
-                a.remove(*ip).await.map(drop).map_err(|e| chain(&e))
+                a.remove(*ip).await.map(drop).map_err(|e| -> Cause { Arc::new(e) })
             }
-            other => Err(format!("{other}: not an address or rules operation")),
+            other => Err(cause(format!("{other}: not an address or rules operation"))),
         }
     }
 

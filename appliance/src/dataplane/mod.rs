@@ -426,17 +426,52 @@ impl std::fmt::Display for Op {
     }
 }
 
-/// Why the data plane could not do something.
+/// The error beneath a [`DataplaneError`], kept whole with its own sources (an IPVS errno, an
+/// `nft` failure, a netlink error), and shared where one failure stands for several operations
+/// (a batch that could not be sent).
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// A [`Cause`] that is only a message.
+pub fn cause(message: impl Into<String>) -> Cause {
+    std::sync::Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(message.into()))
+}
+
+/// Why the data plane could not do something. The text of each variant says what was being
+/// done; its source says why (print it with [`crate::error_chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     /// IPVS cannot be used at all (no module, no permission): the appliance must not start.
-    #[error("IPVS is not usable: {0}")]
-    Unavailable(String),
-    #[error("reading the kernel's state: {0}")]
-    Observe(String),
+    #[error("IPVS is not usable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("reading the kernel's state: {what}")]
+    Observe {
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// Some operations failed; the others were applied. The next pass retries from a new dump.
-    #[error("{} of {total} operation(s) failed; first: {}", .failed.len(), .failed.first().map(|(op, e)| format!("{op}: {e}")).unwrap_or_default())]
-    Apply { total: usize, failed: Vec<(Op, String)> },
+    #[error("{} of {total} operation(s) failed; first: {}", .failed.len(), .failed.first().map(|(op, e)| format!("{op}: {}", crate::error_chain(&**e))).unwrap_or_default())]
+    Apply { total: usize, failed: Vec<(Op, Cause)> },
+}
+
+impl DataplaneError {
+    fn unavailable(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> DataplaneError {
+        DataplaneError::Unavailable {
+            what: what.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    fn observe(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> DataplaneError {
+        DataplaneError::Observe {
+            what: what.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
 }
 
 /// The kernel as the reconciler sees it.

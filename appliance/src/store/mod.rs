@@ -65,11 +65,25 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a store task failed")]
     Task(#[from] tokio::task::JoinError),
-    #[error("{0}")]
-    Io(String),
+    /// A file, or the store's own machinery, failed: `what` says what was being done and what
+    /// to do; `source`, when there is one, why.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl StoreError {
+    /// An [`StoreError::Io`] without a source.
+    fn io(what: impl Into<String>) -> StoreError {
+        StoreError::Io {
+            what: what.into(),
+            source: None,
+        }
+    }
+
     pub fn invalid(field: &str, message: impl Into<String>) -> StoreError {
         StoreError::Invalid(vec![FieldError {
             field: field.to_owned(),
@@ -420,7 +434,7 @@ impl Store {
     pub async fn backup(&self, dest: &Path) -> Result<()> {
         let path = dest
             .to_str()
-            .ok_or_else(|| StoreError::Io("the backup path must be UTF-8".into()))?;
+            .ok_or_else(|| StoreError::io("the backup path must be UTF-8"))?;
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .write(true)
@@ -429,9 +443,12 @@ impl Store {
             .open(dest)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => {
-                    StoreError::Io(format!("{} exists already: choose a new file name", dest.display()))
+                    StoreError::io(format!("{} exists already: choose a new file name", dest.display()))
                 }
-                _ => StoreError::Io(format!("cannot create {}: {e}", dest.display())),
+                _ => StoreError::Io {
+                    what: format!("cannot create {}", dest.display()),
+                    source: Some(Arc::new(e)),
+                },
             })?;
         // SQLite writes into an existing file only when it is empty, as this one is.
         if let Err(e) = sqlx::query("VACUUM INTO ?").bind(path).execute(self.read()).await {

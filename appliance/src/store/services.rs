@@ -464,12 +464,10 @@ pub(super) async fn put_batch(w: &mut super::Writer, batch: Vec<PendingPut>, now
             tracing::warn!(error = %e, puts = writes.len(), "a batch of Service PUTs failed to commit");
             // Which PUT caused it is unknown: none gets another's 4xx, every one (and every
             // refusal judged against them) gets the same error, a server error to retry.
-            let failed = || {
-                StoreError::Io(format!(
-                    "the transaction that carried this PUT with others failed, nothing was written; \
-                     retry ({})",
-                    crate::error_chain(&e)
-                ))
+            let e: std::sync::Arc<dyn std::error::Error + Send + Sync> = std::sync::Arc::new(e);
+            let failed = || StoreError::Io {
+                what: "the transaction that carried this PUT with others failed, nothing was written; retry".into(),
+                source: Some(e.clone()),
             };
             for i in refused_after_writes {
                 answers[i].1 = Err(failed());
@@ -659,9 +657,10 @@ impl Store {
             // A task of its own: a client hanging up cannot cancel a batch mid-commit.
             tokio::spawn(self.clone().drain_puts());
         }
-        answered
-            .await
-            .map_err(|_| StoreError::Io("the store's writer stopped before answering".into()))?
+        answered.await.map_err(|e| StoreError::Io {
+            what: "the store's writer stopped before answering".into(),
+            source: Some(std::sync::Arc::new(e)),
+        })?
     }
 
     /// Commits queued PUTs a batch at a time until the queue is empty. The writer's lock is

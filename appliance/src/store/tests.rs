@@ -1742,7 +1742,7 @@ async fn backup_is_a_consistent_copy_that_opens_as_a_store() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dest).expect("stat").permissions());
     assert_eq!(mode & 0o777, 0o600, "backup mode {mode:o}");
     match store.backup(&dest).await {
-        Err(StoreError::Io(m)) => assert!(m.contains("exists already"), "{m}"),
+        Err(StoreError::Io { what: m, .. }) => assert!(m.contains("exists already"), "{m}"),
         other => panic!("expected an error, got {other:?}"),
     }
     // The live store goes on; the copy is a snapshot.
