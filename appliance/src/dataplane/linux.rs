@@ -1,31 +1,29 @@
-//! The Linux data plane: [`State`] and [`Op`] translated to IPVS over generic netlink, VIP
-//! addresses over rtnetlink (announced with gratuitous ARP / unsolicited NA) and the appliance's
+//! The Linux data plane: [`State`] and [`Op`] translated to IPVS over generic netlink, VIPs
+//! claimed by the layer-2 [`Announcer`](super::announcer::Announcer) and the appliance's
 //! nftables table. Dumps read every virtual service and its real servers with their 64-bit
 //! counters; IPVS changes go to the kernel as one pipelined batch, so a full sync of thousands of
 //! services costs a few hundred system calls. It checks and sets the sysctls forwarding needs.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::addr::VipAddresses;
+use super::announcer::{Announcer, Layer2};
 use super::ipvs::{self, Destination, DestinationEntry, ForwardMethod, IpvsHandle, IpvsOp, ServiceEntry, ServiceKey};
 use super::nft::{NatMode, NftTable};
 use super::sysctl::{self, Sysctls};
-use super::{Cause, Scheduler, VirtualService, VsKey, VsSpec, announce, cause};
+use super::{Cause, Scheduler, VirtualService, VsKey, VsSpec, cause};
 use super::{
     Counters, Dataplane, DataplaneError, Forward, Manages, Op, Protocol, RealServer, RealServers, RsSpec, State,
 };
-use crate::error_chain as chain;
 
 /// How many real-server dumps run at once during an observation.
 const DUMPS_IN_FLIGHT: usize = 16;
-/// How many VIPs are announced at once (each holds a socket for its rounds).
-const ANNOUNCES_IN_FLIGHT: usize = 64;
 
 /// Settings of the Linux data plane.
 #[derive(Debug, Clone)]
@@ -60,7 +58,8 @@ pub struct LinuxDataplane {
     /// A second netlink socket for dumps: a resync's dump of 100,000 real servers keeps many
     /// requests queued on its socket, and a change applied meanwhile must not wait behind them.
     dumps: IpvsHandle,
-    addresses: Option<VipAddresses>,
+    /// Claims the VIPs, when this data plane manages addresses.
+    announcer: Option<Layer2>,
     nft: Option<NftTable>,
     options: LinuxOptions,
 }
@@ -101,12 +100,14 @@ impl LinuxDataplane {
             .resolve_family()
             .await
             .map_err(|e| DataplaneError::unavailable("resolving the IPVS netlink family", e))?;
-        let addresses = match &options.interface {
-            Some(iface) => Some(
+        let announcer = match &options.interface {
+            Some(iface) => Some(Layer2::new(
                 VipAddresses::new(iface)
                     .await
                     .map_err(|e| DataplaneError::unavailable(format!("VIP interface {iface}"), e))?,
-            ),
+                options.announce_count,
+                options.announce_interval,
+            )),
             None => None,
         };
         let nft = match &options.nft_table {
@@ -120,7 +121,7 @@ impl LinuxDataplane {
         Ok(LinuxDataplane {
             ipvs,
             dumps,
-            addresses,
+            announcer,
             nft,
             options,
         })
@@ -245,7 +246,7 @@ impl Dataplane for LinuxDataplane {
 
     fn manages(&self) -> Manages {
         Manages {
-            addresses: self.addresses.is_some(),
+            addresses: self.announcer.is_some(),
             rules: self.nft.is_some(),
             nat: self.options.nat,
         }
@@ -284,16 +285,11 @@ impl Dataplane for LinuxDataplane {
                 Err(e) => return Err(DataplaneError::observe(format!("real servers of {k}"), e)),
             }
         }
-        let addresses = match &self.addresses {
-            Some(a) => Some(
-                a.list()
-                    .await
-                    .map_err(|e| DataplaneError::observe("listing the VIP addresses", e))?
-                    .into_iter()
-                    .filter(|i| i.is_host())
-                    .map(|i| i.addr)
-                    .collect(),
-            ),
+        let addresses = match &self.announcer {
+            Some(a) => Some(a.observe().await.map_err(|source| DataplaneError::Observe {
+                what: "listing the VIP addresses".into(),
+                source: Some(source),
+            })?),
             None => None,
         };
         let rules = match &self.nft {
@@ -374,7 +370,9 @@ impl Dataplane for LinuxDataplane {
             }
         }
         // Neighbours learn a VIP once its virtual services are there.
-        self.announce_in_background(claimed);
+        if let Some(a) = &self.announcer {
+            a.announce(claimed);
+        }
         for op in after {
             if let Err(e) = self.apply_other(op).await {
                 failed.push((op.clone(), e));
@@ -413,43 +411,9 @@ impl LinuxDataplane {
                 .patch(&[], e)
                 .await
                 .map_err(nft),
-            Op::AddAddress(ip) => {
-                let a = self.addresses.as_ref().ok_or_else(unmanaged)?;
-                a.add(*ip).await.map_err(|e| -> Cause { Arc::new(e) })
-            }
-            Op::DeleteAddress(ip) => {
-                let a = self.addresses.as_ref().ok_or_else(unmanaged)?;
-                a.remove(*ip).await.map(drop).map_err(|e| -> Cause { Arc::new(e) })
-            }
+            Op::AddAddress(ip) => self.announcer.as_ref().ok_or_else(unmanaged)?.claim(*ip).await,
+            Op::DeleteAddress(ip) => self.announcer.as_ref().ok_or_else(unmanaged)?.release(*ip).await,
             other => Err(cause(format!("{other}: not an address or rules operation"))),
         }
-    }
-
-    /// Announces newly claimed VIPs without holding up the pass. Each announcement is
-    /// `announce_count` rounds `announce_interval` apart (0.4 s by default): one after the other
-    /// inside the pass, 10,000 new VIPs kept IPVS waiting for over an hour (the kernel lab's
-    /// bench-appliance found it). The address works without the announcement; neighbours
-    /// learn it a moment later.
-    fn announce_in_background(&self, ips: Vec<IpAddr>) {
-        let Some(addresses) = &self.addresses else {
-            return;
-        };
-        if ips.is_empty() || self.options.announce_count == 0 {
-            return;
-        }
-        let iface = addresses.interface().to_owned();
-        let (count, interval) = (self.options.announce_count, self.options.announce_interval);
-        tokio::spawn(async move {
-            futures::stream::iter(ips)
-                .for_each_concurrent(ANNOUNCES_IN_FLIGHT, |ip| {
-                    let iface = iface.as_str();
-                    async move {
-                        if let Err(e) = announce::announce(iface, ip, count, interval).await {
-                            warn!(vip = %ip, error = %chain(&e), "announcing the VIP failed");
-                        }
-                    }
-                })
-                .await;
-        });
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod addr;
 pub mod announce;
+pub mod announcer;
 mod fake;
 pub mod ipvs;
 mod linux;

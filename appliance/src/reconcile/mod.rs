@@ -44,6 +44,29 @@ impl Ownership {
     }
 }
 
+/// Which of its VIPs this appliance should claim now: the ownership input. Forwarding (IPVS and
+/// the nftables table) never depends on it, so an appliance that claims nothing keeps its
+/// forwarding state hot and takes over by claiming. Nothing drives it yet and it says
+/// [`Claim::All`]; the HA pair is to drive it from VRRP, and BGP per VIP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Claim {
+    #[default]
+    All,
+    Nothing,
+    Only(BTreeSet<IpAddr>),
+}
+
+impl Claim {
+    /// Whether `vip` is to be claimed (when it forwards at all).
+    pub fn claims(&self, vip: &IpAddr) -> bool {
+        match self {
+            Claim::All => true,
+            Claim::Nothing => false,
+            Claim::Only(vips) => vips.contains(vip),
+        }
+    }
+}
+
 /// What should be, and what of the kernel's state edgelb may change to get there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -65,11 +88,23 @@ pub struct Desired {
 /// drop every connection of the service. Observed entries outside the pools are ignored. Once
 /// applied, planning again from the new observation gives nothing.
 pub fn plan(desired: &Desired, observed: &State) -> Vec<Op> {
-    plan_state(&desired.state, &desired.owned, desired.ruleset.as_ref(), observed)
+    plan_state(
+        &desired.state,
+        &desired.owned,
+        desired.ruleset.as_ref(),
+        observed,
+        &Claim::All,
+    )
 }
 
-/// [`plan`] from the desired state's parts.
-fn plan_state(want: &State, owned: &Ownership, ruleset: Option<&nft::Ruleset>, observed: &State) -> Vec<Op> {
+/// [`plan`] from the desired state's parts, claiming only the VIPs `claim` names.
+fn plan_state(
+    want: &State,
+    owned: &Ownership,
+    ruleset: Option<&nft::Ruleset>,
+    observed: &State,
+    claim: &Claim,
+) -> Vec<Op> {
     let mut plan = Plan::default();
     let keys: BTreeSet<VsKey> = [want, observed]
         .into_iter()
@@ -80,7 +115,7 @@ fn plan_state(want: &State, owned: &Ownership, ruleset: Option<&nft::Ruleset>, o
     }
     if let (Some(want_addrs), Some(have_addrs)) = (&want.addresses, &observed.addresses) {
         for vip in want_addrs.union(have_addrs) {
-            plan.address(*vip, want_addrs, have_addrs, owned);
+            plan.address(*vip, want_addrs, have_addrs, owned, claim);
         }
     }
     let rules = match (ruleset, &observed.rules) {
@@ -133,9 +168,17 @@ impl Plan {
         }
     }
 
-    /// What one VIP address needs. Only owned ones are released.
-    fn address(&mut self, vip: IpAddr, want: &BTreeSet<IpAddr>, have: &BTreeSet<IpAddr>, owned: &Ownership) {
-        match (want.contains(&vip), have.contains(&vip)) {
+    /// What one VIP address needs: claimed while it forwards and `claim` names it. Only owned
+    /// ones are released.
+    fn address(
+        &mut self,
+        vip: IpAddr,
+        want: &BTreeSet<IpAddr>,
+        have: &BTreeSet<IpAddr>,
+        owned: &Ownership,
+        claim: &Claim,
+    ) {
+        match (want.contains(&vip) && claim.claims(&vip), have.contains(&vip)) {
             (true, false) => self.add_addr.push(Op::AddAddress(vip)),
             (false, true) if owned.owns(vip) => self.del_addr.push(Op::DeleteAddress(vip)),
             _ => {}

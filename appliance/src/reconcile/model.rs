@@ -17,7 +17,7 @@ use edgelb_api::{IpFamily, Node, Protocol, SessionAffinity};
 use super::desired::{
     CLOSED, DEFAULT_AFFINITY_TIMEOUT, Drains, HealthInput, HealthPlan, eligible, node_address, target_of, weigh,
 };
-use super::{Desired, Ownership, Plan, plan_state};
+use super::{Claim, Desired, Ownership, Plan, plan_state};
 use crate::config::AllDown;
 use crate::dataplane::nft::{self, IpPrefix};
 use crate::dataplane::{Manages, Op, RealServer, RsSpec, Scheduler, State, VirtualService, VsKey, VsSpec};
@@ -55,6 +55,8 @@ pub struct Model {
     /// to keep the memory of 100,000 targets small.
     by_probe: HashMap<(ProbeKind, u16), Vec<VsKey>>,
     node_lists: NodeLists,
+    /// The VIPs to claim of those that forward (the ownership input).
+    claim: Claim,
 }
 
 /// One shared copy of each list of probed nodes ([`super::desired::Probed::nodes`]). A cache:
@@ -255,9 +257,20 @@ impl Model {
         })
     }
 
+    /// The VIPs to claim, of those that forward.
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
+    /// Claims only the VIPs `claim` names from now on; a plan after a change of claim must be
+    /// a full one ([`Model::plan_full`]).
+    pub fn set_claim(&mut self, claim: Claim) {
+        self.claim = claim;
+    }
+
     /// The operations that bring `observed` to the whole desired state (as [`super::plan`]).
     pub fn plan_full(&self, observed: &State) -> Vec<Op> {
-        plan_state(&self.state, &self.owned, self.ruleset().as_ref(), observed)
+        plan_state(&self.state, &self.owned, self.ruleset().as_ref(), observed, &self.claim)
     }
 
     /// Replaces one Service (`None`: it is gone); see [`replace_all`](Self::replace_all).
@@ -588,7 +601,7 @@ impl Model {
         }
         if let (Some(want_addrs), Some(have_addrs)) = (&self.state.addresses, &observed.addresses) {
             for vip in &touched.vips {
-                plan.address(*vip, want_addrs, have_addrs, &self.owned);
+                plan.address(*vip, want_addrs, have_addrs, &self.owned, &self.claim);
             }
         }
         let mut add_elements = Vec::new();

@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::Claim;
 use super::desired;
 use super::desired::{Drains, HealthInput, HealthView};
 use super::model::{Model, Touched};
@@ -92,6 +93,8 @@ pub struct Reconciler<D> {
     status: watch::Sender<Arc<Published>>,
     memory: Mutex<Memory>,
     health: Option<HealthRuntime>,
+    /// Which VIPs to claim (the ownership input); a change makes a full pass.
+    claim: watch::Receiver<Claim>,
 }
 
 /// What a pass leaves for the next.
@@ -157,6 +160,7 @@ impl<D: Dataplane> Reconciler<D> {
             status,
             memory: Mutex::new(Memory::default()),
             health: None,
+            claim: watch::channel(Claim::All).1,
         }
     }
 
@@ -167,6 +171,13 @@ impl<D: Dataplane> Reconciler<D> {
         self.status
             .send_modify(|p| Arc::make_mut(p).checker = Some(checker.clone()));
         self.health = Some(HealthRuntime { checker, config });
+        self
+    }
+
+    /// Claims the VIPs `claim` says, following its changes (without it, every VIP that
+    /// forwards). Forwarding does not depend on it.
+    pub fn with_claim(mut self, claim: watch::Receiver<Claim>) -> Reconciler<D> {
+        self.claim = claim;
         self
     }
 
@@ -399,7 +410,8 @@ impl<D: Dataplane> Reconciler<D> {
                 None => Drains::seed(&self.status.borrow().observed),
             },
         };
-        let model = Model::build(snap, self.dataplane.manages(), &self.health_input(&drains));
+        let mut model = Model::build(snap, self.dataplane.manages(), &self.health_input(&drains));
+        model.set_claim(self.claim.borrow().clone());
         drop(drains);
         if let (Some(h), Some(defaults)) = (&self.health, self.probe_defaults()) {
             h.checker.set_targets(model.health_plan().probes(defaults));
@@ -432,6 +444,10 @@ impl<D: Dataplane> Reconciler<D> {
         let Some(model) = memory.model.as_mut() else {
             return Ok(None);
         };
+        if *model.claim() != *self.claim.borrow() {
+            // Every VIP's claim may have changed: plan them all.
+            return Ok(None);
+        }
         let none = Drains::default();
         let input = self.health_input(&none);
         let mut touched = Touched::default();
@@ -515,6 +531,10 @@ impl<D: Dataplane> Reconciler<D> {
     pub async fn run(self) {
         let mut changes = self.store.subscribe();
         changes.borrow_and_update();
+        let mut claim = self.claim.clone();
+        claim.borrow_and_update();
+        // Until its sender is gone (never, with no ownership input: the default has none).
+        let mut claim_live = claim.has_changed().is_ok();
         let mut health_changes = self.health.as_ref().map(|h| h.checker.subscribe());
         // Lives as long as this loop: aborting the reconciler's task stops the probes too.
         let _checker = self
@@ -569,6 +589,16 @@ impl<D: Dataplane> Reconciler<D> {
                         if let Some(rx) = &mut health_changes {
                             rx.borrow_and_update();
                         }
+                        break;
+                    }
+                    changed = claim.changed(), if claim_live => {
+                        if changed.is_err() {
+                            claim_live = false;
+                            continue;
+                        }
+                        claim.borrow_and_update();
+                        // Plan every VIP against the kept state, at once.
+                        kind = Pass::Rebuild;
                         break;
                     }
                     changed = changes.changed() => {

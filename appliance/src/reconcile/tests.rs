@@ -624,6 +624,47 @@ async fn rules_and_addresses_follow_the_store_when_the_data_plane_manages_them()
     assert!(s.services.is_empty() && s.addresses == Some(BTreeSet::new()));
 }
 
+/// The ownership input: an appliance that claims nothing still forwards (services, real servers,
+/// rules all programmed), and claiming or releasing its VIPs changes the addresses only, never
+/// the forwarding state (a standby kept hot takes over by claiming).
+#[tokio::test]
+async fn claiming_and_releasing_vips_never_touches_forwarding() {
+    let (_dir, store) = store_with_service().await;
+    let fake = FakeDataplane::full();
+    let (claim, rx) = tokio::sync::watch::channel(Claim::Nothing);
+    let r = Reconciler::new(store.clone(), fake.clone(), fast()).with_claim(rx);
+    let ops = r.pass().await.expect("pass").ops;
+    assert!(!ops.iter().any(|o| matches!(o, Op::AddAddress(_))), "{ops:?}");
+    let forwarding = fake.state();
+    assert_eq!((forwarding.services.len(), forwarding.real_servers.len()), (2, 6));
+    assert_eq!(forwarding.addresses, Some(BTreeSet::new()));
+    let vip: IpAddr = store.list_services(None).await.expect("list")[0].ips[0];
+
+    claim.send(Claim::Only(BTreeSet::from([vip]))).expect("send");
+    let ops = r.pass().await.expect("pass").ops;
+    assert_eq!(ops, [Op::AddAddress(vip)]);
+    claim.send(Claim::Nothing).expect("send");
+    let ops = r.pass().await.expect("pass").ops;
+    assert_eq!(ops, [Op::DeleteAddress(vip)]);
+    let after = fake.state();
+    assert_eq!(
+        (after.services, after.real_servers),
+        (forwarding.services, forwarding.real_servers)
+    );
+
+    // The loop follows the input by itself.
+    let task = tokio::spawn(r.run());
+    claim.send(Claim::All).expect("send");
+    for _ in 0..200 {
+        if fake.state().addresses == Some(BTreeSet::from([vip])) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.state().addresses, Some(BTreeSet::from([vip])));
+    task.abort();
+}
+
 #[tokio::test]
 async fn a_change_is_planned_against_the_kept_state_and_the_resync_dumps_again() {
     let (_dir, store) = store_with_service().await;
