@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use edgelb::config::AllDown;
 use edgelb::dataplane::Protocol;
-use edgelb::dataplane::{Dataplane, LinuxDataplane, LinuxOptions, Manages};
+use edgelb::dataplane::{Forwarder, LinuxDataplane, LinuxOptions, Manages};
 use edgelb::ipam::{IpRange, ServiceKey};
 use edgelb::reconcile::Desired;
 use edgelb::reconcile::desired::{Drains, HealthInput};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::config::{Config, DataplaneMode};
-use crate::dataplane::{DataplaneError, LinuxDataplane, LinuxOptions};
+use crate::config::Config;
+use crate::dataplane::{Backend, DataplaneError, Forwarder};
 use crate::http::{self, AppState, ServerInfo};
 use crate::reconcile::{Reconciler, RunnerOptions};
 use crate::store::{Bootstrap, Store, StoreError};
@@ -77,7 +77,7 @@ pub struct Server {
     local: std::net::SocketAddr,
     bootstrap: Option<Bootstrap>,
     /// Connected and proven usable at bind time, so a misconfigured host fails before serving.
-    dataplane: Option<LinuxDataplane>,
+    dataplane: Option<Backend>,
     /// Why the unconfigured default fell back from `ipvs` to `none`.
     dataplane_fallback: Option<String>,
 }
@@ -98,23 +98,15 @@ impl Server {
         // An explicit `--dataplane ipvs` that cannot work stops the start (production must
         // never run without forwarding unnoticed); the unconfigured default falls back to the
         // control plane only, loudly, so `edgelb serve` starts anywhere.
-        let (dataplane, dataplane_fallback) = match config.dataplane.mode {
-            DataplaneMode::Ipvs => {
-                let options = LinuxOptions {
-                    interface: config.dataplane.interface.clone(),
-                    nat: config.dataplane.nat.mode(),
-                    announce_count: config.dataplane.announce_count,
-                    announce_interval: config.dataplane.announce_interval,
-                    ..LinuxOptions::default()
-                };
-                match LinuxDataplane::connect(options).await {
-                    Ok(d) => (Some(d), None),
-                    Err(e) if config.dataplane.defaulted => (None, Some(e.to_string())),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            DataplaneMode::None => (None, None),
+        let (dataplane, dataplane_fallback) = match crate::dataplane::connect(&config.dataplane).await {
+            Ok(d) => (d, None),
+            Err(e) if config.dataplane.defaulted => (None, Some(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
+        // What the backend offers is what pools and Services may name from now on.
+        if let Some(d) = &dataplane {
+            store.set_capabilities(d.capabilities());
+        }
         let tls = crate::tls::server_config(&config.tls, &config.data_dir, config.listen)
             .await
             .map_err(ServeError::Tls)?;
@@ -164,14 +156,15 @@ impl Server {
             self.store.clone(),
             ServerInfo {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-                dataplane: if self.dataplane.is_some() { "ipvs" } else { "none" }.to_owned(),
+                dataplane: self.dataplane.as_ref().map_or("none", Forwarder::name).to_owned(),
             },
         );
         let reconciler = match self.dataplane {
-            Some(linux) => {
+            Some(backend) => {
+                let name = backend.name();
                 let r = Reconciler::new(
                     self.store.clone(),
-                    linux,
+                    backend,
                     RunnerOptions {
                         resync: dp.resync,
                         ..RunnerOptions::default()
@@ -180,7 +173,7 @@ impl Server {
                 .with_health(self.config.health);
                 state = state.with_dataplane(r.status_feed());
                 info!(
-                    dataplane = "ipvs",
+                    dataplane = name,
                     resync_seconds = dp.resync.as_secs(),
                     defaulted = dp.defaulted,
                     nat = dp.nat.as_str(),

@@ -708,9 +708,11 @@ fn a_flood_of_idle_connections_is_capped_logged_and_timed_out() {
         }
     });
 
+    let flood = std::time::Instant::now();
     let mut idle: Vec<std::net::TcpStream> = (0..IDLE)
         .map(|i| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connection {i}: {e}")))
         .collect();
+    let connected_in = flood.elapsed();
     // The warning comes while the flood is on; give it 20 s on a loaded machine.
     let mut seen = Vec::new();
     let warned = std::iter::from_fn(|| log_rx.recv_timeout(std::time::Duration::from_secs(20)).ok())
@@ -718,7 +720,7 @@ fn a_flood_of_idle_connections_is_capped_logged_and_timed_out() {
         .find(|l| l.contains("connection limit reached"));
     assert!(
         warned.as_deref().is_some_and(|l| l.contains("\"max_connections\":960")),
-        "the cap is logged: {warned:?} in {seen:?}"
+        "the cap is logged: {warned:?} in {seen:?} ({IDLE} connected in {connected_in:?})"
     );
 
     // Every idle connection is closed by the appliance: over the cap at once, the others after

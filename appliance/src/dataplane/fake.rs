@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{Dataplane, DataplaneError, Manages, Op, State};
+use super::{Capabilities, DataplaneError, Forwarder, Manages, Op, State};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -69,18 +69,18 @@ impl FakeDataplane {
     }
 }
 
-impl Dataplane for FakeDataplane {
+impl Forwarder for FakeDataplane {
     fn name(&self) -> &'static str {
         "fake"
     }
 
-    fn manages(&self) -> Manages {
+    fn capabilities(&self) -> Capabilities {
         let inner = self.lock();
-        Manages {
+        Capabilities::ipvs(Manages {
             addresses: inner.state.addresses.is_some(),
             rules: inner.state.rules.is_some(),
             ..Manages::default()
-        }
+        })
     }
 
     async fn observe(&self) -> Result<State, DataplaneError> {

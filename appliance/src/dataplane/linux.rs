@@ -17,10 +17,11 @@ use super::announcer::{Announcer, Layer2};
 use super::ipvs::{self, Destination, DestinationEntry, ForwardMethod, IpvsHandle, IpvsOp, ServiceEntry, ServiceKey};
 use super::nft::{NatMode, NftTable};
 use super::sysctl::{self, Sysctls};
-use super::{Cause, Scheduler, VirtualService, VsKey, VsSpec, cause};
 use super::{
-    Counters, Dataplane, DataplaneError, Forward, Manages, Op, Protocol, RealServer, RealServers, RsSpec, State,
+    Capabilities, Counters, DataplaneError, Forward, Forwarder, Manages, Op, Protocol, RealServer, RealServers, RsSpec,
+    State,
 };
+use super::{Cause, Scheduler, VirtualService, VsKey, VsSpec, cause};
 
 /// How many real-server dumps run at once during an observation.
 const DUMPS_IN_FLIGHT: usize = 16;
@@ -239,17 +240,17 @@ fn ipvs_op(op: &Op) -> Option<IpvsOp> {
     })
 }
 
-impl Dataplane for LinuxDataplane {
+impl Forwarder for LinuxDataplane {
     fn name(&self) -> &'static str {
         "ipvs"
     }
 
-    fn manages(&self) -> Manages {
-        Manages {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ipvs(Manages {
             addresses: self.announcer.is_some(),
             rules: self.nft.is_some(),
             nat: self.options.nat,
-        }
+        })
     }
 
     async fn observe(&self) -> Result<State, DataplaneError> {

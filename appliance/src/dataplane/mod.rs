@@ -1,7 +1,7 @@
 //! The only module that speaks to the kernel: IPVS over generic netlink (`ipvs`), VIP addresses,
 //! announcements and nftables. Wire types never leave this module.
 //!
-//! The reconciler talks to the kernel through the [`Dataplane`] trait, in the terms of [`State`]
+//! The reconciler talks to the kernel through the [`Forwarder`] trait, in the terms of [`State`]
 //! and [`Op`]: virtual services keyed by (VIP, port, protocol) and their real servers. The Linux
 //! implementation ([`LinuxDataplane`]) programs IPVS with pipelined batches; [`FakeDataplane`]
 //! keeps the same state in memory and records every operation, for unit tests. Nothing here
@@ -12,6 +12,7 @@
 pub mod addr;
 pub mod announce;
 pub mod announcer;
+mod backend;
 mod fake;
 pub mod ipvs;
 mod linux;
@@ -22,7 +23,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 
-pub use crate::forwarding::{Counters, Forward, RealServer, RsSpec, Scheduler, VirtualService, VsKey, VsSpec};
+pub use crate::forwarding::{
+    Capabilities, Counters, Forward, Manages, RealServer, RsSpec, Scheduler, VirtualService, VsKey, VsSpec,
+};
+pub use backend::{Backend, connect};
 pub use edgelb_api::Protocol;
 pub use fake::FakeDataplane;
 pub use linux::{LinuxDataplane, LinuxOptions};
@@ -38,17 +42,6 @@ pub struct State {
     /// The content of the appliance's nftables table (full-NAT and source-range sets); `None`
     /// when this data plane does not manage it.
     pub rules: Option<nft::TableState>,
-}
-
-/// What a data plane manages besides IPVS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Manages {
-    /// VIP host addresses on its interface.
-    pub addresses: bool,
-    /// Its own nftables table.
-    pub rules: bool,
-    /// How forwarded traffic is translated (full NAT unless configured otherwise).
-    pub nat: nft::NatMode,
 }
 
 /// The real servers of every virtual service: a map from (virtual service, address), kept as
@@ -475,15 +468,15 @@ impl DataplaneError {
     }
 }
 
-/// The kernel as the reconciler sees it.
-pub trait Dataplane: Send + Sync + 'static {
+/// A forwarding backend as the reconciler sees it: what it holds, applying changes to it, and
+/// what it can do.
+pub trait Forwarder: Send + Sync + 'static {
     /// `ipvs`, `fake`, ... for logs and the API.
     fn name(&self) -> &'static str;
 
-    /// What it manages besides IPVS.
-    fn manages(&self) -> Manages {
-        Manages::default()
-    }
+    /// The schedulers, protocols and forwarding methods it offers, and what it manages besides
+    /// forwarding.
+    fn capabilities(&self) -> Capabilities;
 
     /// Dumps what the kernel holds now, with counters.
     fn observe(&self) -> impl Future<Output = Result<State, DataplaneError>> + Send;

@@ -144,6 +144,49 @@ impl From<&str> for Scheduler {
     }
 }
 
+/// What a forwarding backend manages besides forwarding itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Manages {
+    /// VIP host addresses on its interface (through its announcer).
+    pub addresses: bool,
+    /// Its own nftables table (full NAT and source ranges).
+    pub rules: bool,
+    /// How forwarded traffic is translated (full NAT unless configured otherwise).
+    pub nat: NatMode,
+}
+
+/// What a forwarding backend can do: what the appliance may accept (a scheduler the backend
+/// lacks is refused with the reason) and what the reconciler may plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    pub schedulers: Vec<Scheduler>,
+    pub protocols: Vec<Protocol>,
+    pub methods: Vec<Forward>,
+    pub manages: Manages,
+}
+
+impl Capabilities {
+    /// What Linux IPVS offers: every scheduler of [`SCHEDULERS`], TCP, UDP and SCTP, NAT (the
+    /// method that reaches NodePorts on other hosts; direct routing and tunnels are to come).
+    pub fn ipvs(manages: Manages) -> Capabilities {
+        Capabilities {
+            schedulers: SCHEDULERS.iter().map(|s| Scheduler::from_name(s)).collect(),
+            protocols: vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
+            methods: vec![Forward::Masquerade],
+            manages,
+        }
+    }
+
+    /// Whether the scheduler named `name` is offered; otherwise the error says which are.
+    pub fn check_scheduler(&self, name: &str) -> Result<(), String> {
+        if self.schedulers.iter().any(|s| s.as_str() == name) {
+            return Ok(());
+        }
+        let offered: Vec<&str> = self.schedulers.iter().map(Scheduler::as_str).collect();
+        Err(format!("unknown scheduler '{name}': use one of {}", offered.join(", ")))
+    }
+}
+
 /// How replies from the nodes find their way back to the client.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NatMode {
@@ -335,5 +378,21 @@ mod tests {
         let other = Scheduler::from_name("fastest");
         assert_eq!(other, Scheduler::Other("fastest".into()));
         assert_eq!(other.to_string(), "fastest");
+    }
+
+    #[test]
+    fn a_scheduler_the_backend_lacks_is_refused_naming_the_ones_it_has() {
+        let ipvs = Capabilities::ipvs(Manages::default());
+        assert_eq!(ipvs.check_scheduler("wlc"), Ok(()));
+        let err = ipvs.check_scheduler("WLC").expect_err("names are exact");
+        assert!(err.contains("'WLC'") && err.contains("rr, wrr"), "{err}");
+        let narrow = Capabilities {
+            schedulers: vec![Scheduler::from_name("rr")],
+            ..ipvs
+        };
+        assert_eq!(
+            narrow.check_scheduler("mh"),
+            Err("unknown scheduler 'mh': use one of rr".to_owned())
+        );
     }
 }

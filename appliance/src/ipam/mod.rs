@@ -62,8 +62,6 @@ pub struct PoolDef {
     pub hold_seconds: u64,
 }
 
-pub use edgelb_api::SCHEDULERS;
-
 /// Validates a name of a pool, cluster, token or user: what Kubernetes accepts as a label value
 /// and what is safe in a URL path segment.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -80,14 +78,6 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Err(format!(
             "'{name}' is not a valid name: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
         ))
-    }
-}
-
-pub fn check_scheduler(s: &str) -> Result<(), String> {
-    if SCHEDULERS.contains(&s) {
-        Ok(())
-    } else {
-        Err(format!("unknown scheduler '{s}': use one of {}", SCHEDULERS.join(", ")))
     }
 }
 
@@ -132,9 +122,6 @@ impl PoolDef {
                     format!("'{n}' is not a namespace name (a DNS label of at most 63 characters)"),
                 );
             }
-        }
-        if let Err(m) = check_scheduler(&spec.scheduler) {
-            err("scheduler".into(), m);
         }
         // A year is far past any sensible hold; beyond it is likely a unit mistake.
         if spec.hold_seconds > 366 * 86_400 {

@@ -518,7 +518,6 @@ fn pool_spec_validation_reports_every_problem_with_its_field() {
         ],
         clusters: vec!["prod".into(), "Prod!".into()],
         namespaces: vec!["".into()],
-        scheduler: "fastest".into(),
         hold_seconds: 10_000_000_000,
         ..spec("x", &[])
     };
@@ -533,7 +532,6 @@ fn pool_spec_validation_reports_every_problem_with_its_field() {
             "ranges[3]",
             "clusters[1]",
             "namespaces[0]",
-            "scheduler",
             "hold_seconds"
         ]
     );
@@ -550,7 +548,6 @@ fn pool_spec_validation_reports_every_problem_with_its_field() {
         message("ranges[3]").contains("did you mean '10.0.1.0/24'"),
         "{errors:?}"
     );
-    assert!(message("scheduler").contains("wlc"), "lists the schedulers: {errors:?}");
 
     let empty = PoolDef::from_spec(&spec("empty", &[])).expect_err("no ranges");
     assert_eq!(empty.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["ranges"]);
@@ -572,7 +569,7 @@ fn valid_pool_spec_keeps_its_settings_and_sorts_its_ranges() {
 }
 
 #[test]
-fn names_and_schedulers_are_checked() {
+fn names_are_checked() {
     let (longest, too_long) = ("a".repeat(63), "a".repeat(64));
     for ok in ["a", "public", "pool-1", "0", longest.as_str()] {
         assert!(check_name(ok).is_ok(), "{ok}");
@@ -580,8 +577,6 @@ fn names_and_schedulers_are_checked() {
     for bad in ["", "-a", "a-", "A", "a_b", "a.b", "a/b", too_long.as_str()] {
         assert!(check_name(bad).is_err(), "{bad:?}");
     }
-    assert!(check_scheduler("wlc").is_ok());
-    assert!(check_scheduler("WLC").is_err());
 }
 
 // ---- pool choice and requested addresses (tables) ----

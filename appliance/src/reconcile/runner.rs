@@ -36,7 +36,7 @@ use super::desired::{Drains, HealthInput, HealthView};
 use super::model::{Model, Touched};
 use super::published::Published;
 use crate::config::HealthConfig;
-use crate::dataplane::{Dataplane, DataplaneError, Op, State};
+use crate::dataplane::{DataplaneError, Forwarder, Op, State};
 use crate::error_chain;
 use crate::forwarding::{StatusFeed, StatusView};
 use crate::health::{Checker, Settings, Thresholds};
@@ -150,7 +150,7 @@ struct HealthRuntime {
     config: HealthConfig,
 }
 
-impl<D: Dataplane> Reconciler<D> {
+impl<D: Forwarder> Reconciler<D> {
     pub fn new(store: Store, dataplane: D, options: RunnerOptions) -> Reconciler<D> {
         let (status, _) = watch::channel(Arc::new(Published::new(dataplane.name())));
         Reconciler {
@@ -410,7 +410,7 @@ impl<D: Dataplane> Reconciler<D> {
                 None => Drains::seed(&self.status.borrow().observed),
             },
         };
-        let mut model = Model::build(snap, self.dataplane.manages(), &self.health_input(&drains));
+        let mut model = Model::build(snap, self.dataplane.capabilities().manages, &self.health_input(&drains));
         model.set_claim(self.claim.borrow().clone());
         drop(drains);
         if let (Some(h), Some(defaults)) = (&self.health, self.probe_defaults()) {
@@ -682,7 +682,7 @@ impl Drop for AbortOnDrop {
 
 /// `edgelb dataplane flush`: removes every virtual service (with its real servers) and address
 /// inside the pools, and nothing else. Returns what it removed.
-pub async fn flush<D: Dataplane>(store: &Store, dataplane: &D) -> Result<Vec<Op>, ReconcileError> {
+pub async fn flush<D: Forwarder>(store: &Store, dataplane: &D) -> Result<Vec<Op>, ReconcileError> {
     let snap = store.dataplane_snapshot().await?;
     let owned = desired(&snap, Default::default()).owned;
     let observed = dataplane.observe().await?;

@@ -12,7 +12,7 @@ use edgelb_api::{
 
 use super::*;
 use crate::dataplane::{
-    Dataplane, FakeDataplane, Forward, Manages, RealServer, RsSpec, State, VirtualService, VsKey, VsSpec,
+    FakeDataplane, Forward, Forwarder, Manages, RealServer, RsSpec, State, VirtualService, VsKey, VsSpec,
 };
 use crate::ipam::IpRange;
 use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService, Store};

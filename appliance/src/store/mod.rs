@@ -35,6 +35,7 @@ use sqlx::{Connection, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
+use crate::forwarding::Capabilities;
 use crate::ipam::{Ipam, IpamError};
 
 pub use auth::{Bootstrap, Principal};
@@ -246,6 +247,9 @@ struct Inner {
     /// Bumped before the cache is emptied, so a lookup that read the database before a
     /// revocation cannot put its stale answer back afterwards.
     token_generation: std::sync::atomic::AtomicU64,
+    /// What the forwarding backend offers (see [`Store::set_capabilities`]): the schedulers a
+    /// pool or Service may name.
+    offered: std::sync::RwLock<Arc<Capabilities>>,
 }
 
 /// A handle on the store; cheap to clone.
@@ -276,6 +280,19 @@ fn options(path: &Path) -> SqliteConnectOptions {
 }
 
 impl Store {
+    /// Says what the forwarding backend offers: pools and Services naming a scheduler it lacks
+    /// are refused from now on, with the ones it has. Until this is called (and on an appliance
+    /// that forwards nothing, whose store other appliances' IPVS may serve) it is what Linux IPVS
+    /// offers. What is already stored is never refused on reading.
+    pub fn set_capabilities(&self, capabilities: Capabilities) {
+        *self.inner.offered.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(capabilities);
+    }
+
+    /// What the forwarding backend offers (see [`Store::set_capabilities`]).
+    pub fn capabilities(&self) -> Arc<Capabilities> {
+        self.inner.offered.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Opens (creating if needed) the database in `data_dir`, applies migrations and loads the
     /// allocation state.
     pub async fn open(data_dir: &Path) -> Result<Store> {
@@ -344,6 +361,7 @@ impl Store {
                 path,
                 token_cache: Default::default(),
                 token_generation: Default::default(),
+                offered: std::sync::RwLock::new(Arc::new(Capabilities::ipvs(Default::default()))),
             }),
         };
         tokio::spawn(checkpoint_wal(Arc::downgrade(&store.inner), checkpointer));

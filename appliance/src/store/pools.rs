@@ -7,6 +7,7 @@ use edgelb_api::{FamilyUsage, FieldError, HealthOverrides, IpFamily, Pool, PoolP
 use sqlx::{Row, SqliteConnection};
 
 use super::{Result, Store, StoreError, audit, begin, blob_ip, ip_blob, json_vec, ts};
+use crate::forwarding::Capabilities;
 use crate::ipam::{AddrInfo, Hold, Ipam, PoolDef, ServiceKey, VecMap};
 
 #[derive(sqlx::FromRow)]
@@ -54,24 +55,39 @@ fn def_of(spec: &PoolSpec) -> Result<PoolDef> {
 }
 
 /// Validates a spec as given by a client: every problem of its ranges and names (from the
-/// allocator) and of its health overrides (as `health.interval_ms` and so on), all at once.
-fn checked(spec: &PoolSpec) -> Result<PoolDef> {
-    let health: Vec<FieldError> = spec
-        .health
-        .iter()
-        .flat_map(HealthOverrides::problems)
-        .map(|(field, message)| FieldError {
-            field: format!("health.{field}"),
-            message,
-        })
-        .collect();
-    match PoolDef::from_spec(spec) {
-        Ok(def) if health.is_empty() => Ok(def),
-        Ok(_) => Err(StoreError::Invalid(health)),
-        Err(mut errors) => {
-            errors.extend(health);
-            Err(StoreError::Invalid(errors))
-        }
+/// allocator), of its scheduler (against what the backend offers) and of its health overrides
+/// (as `health.interval_ms` and so on), all at once.
+fn checked(spec: &PoolSpec, offered: &Capabilities) -> Result<PoolDef> {
+    let (def, mut errors) = match PoolDef::from_spec(spec) {
+        Ok(def) => (Some(def), Vec::new()),
+        Err(errors) => (None, errors),
+    };
+    if let Err(message) = offered.check_scheduler(&spec.scheduler) {
+        // In the order of the spec's fields, as the allocator reports the others.
+        let at = errors
+            .iter()
+            .position(|e| e.field == "hold_seconds")
+            .unwrap_or(errors.len());
+        errors.insert(
+            at,
+            FieldError {
+                field: "scheduler".into(),
+                message,
+            },
+        );
+    }
+    errors.extend(
+        spec.health
+            .iter()
+            .flat_map(HealthOverrides::problems)
+            .map(|(field, message)| FieldError {
+                field: format!("health.{field}"),
+                message,
+            }),
+    );
+    match def {
+        Some(def) if errors.is_empty() => Ok(def),
+        _ => Err(StoreError::Invalid(errors)),
     }
 }
 
@@ -197,7 +213,7 @@ impl Store {
     }
 
     pub async fn create_pool(&self, actor: &str, spec: PoolSpec) -> Result<Pool> {
-        let def = checked(&spec)?;
+        let def = checked(&spec, &self.capabilities())?;
         let actor = actor.to_owned();
         let name = spec.name.clone();
         self.write(move |w, now| {
@@ -231,6 +247,7 @@ impl Store {
         let actor = actor.to_owned();
         let name = name.to_owned();
         let name2 = name.clone();
+        let offered = self.capabilities();
         self.write(move |w, now| {
             Box::pin(async move {
                 let mut tx = begin(&mut w.conn).await?;
@@ -257,7 +274,7 @@ impl Store {
                 if new == old {
                     return Ok(());
                 }
-                let def = checked(&new)?;
+                let def = checked(&new, &offered)?;
                 w.ipam.check_pool(&def, Some(&name), now)?;
                 // Expired holds that the new ranges leave out go now: nothing may point outside.
                 let gone: Vec<u128> = w

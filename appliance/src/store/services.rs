@@ -9,6 +9,7 @@ use sqlx::{Row, SqliteConnection};
 use tokio::sync::oneshot;
 
 use super::{Change, Result, Store, StoreError, audit, begin, blob_ip, ip_blob, ts};
+use crate::forwarding::Capabilities;
 use crate::ipam::{self, Assign, Decision, How, Outcome, PortKey, Release, Request, ServiceKey, from_u128};
 
 /// Kubernetes object names: DNS labels (RFC 1123), at most 63 characters.
@@ -43,8 +44,14 @@ fn parse_cidr(s: &str) -> Result<(), String> {
     }
 }
 
-/// Checks a Service spec, collecting every problem.
-pub fn validate_service(namespace: &str, name: &str, spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
+/// Checks a Service spec, collecting every problem; its scheduler against what the backend
+/// offers.
+pub fn validate_service(
+    namespace: &str,
+    name: &str,
+    spec: &ServiceSpec,
+    offered: &Capabilities,
+) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut err = |field: String, message: String| errors.push(FieldError { field, message });
     if let Err(m) = check_k8s_name("namespace", namespace) {
@@ -101,7 +108,7 @@ pub fn validate_service(namespace: &str, name: &str, spec: &ServiceSpec) -> Resu
         }
     }
     if let Some(s) = &spec.scheduler
-        && let Err(m) = ipam::check_scheduler(s)
+        && let Err(m) = offered.check_scheduler(s)
     {
         err("scheduler".into(), m);
     }
@@ -645,7 +652,7 @@ impl Store {
         name: &str,
         spec: ServiceSpec,
     ) -> Result<Service> {
-        validate_service(namespace, name, &spec).map_err(StoreError::Invalid)?;
+        validate_service(namespace, name, &spec, &self.capabilities()).map_err(StoreError::Invalid)?;
         let key = ServiceKey::new(cluster, namespace, name);
         let (put, answered) = PendingPut::new(actor, key, spec)?;
         let start_drainer = {

@@ -197,6 +197,57 @@ async fn pools_round_trip_through_create_list_get_patch_and_delete() {
 }
 
 #[tokio::test]
+async fn schedulers_are_checked_against_what_the_backend_offers_and_stored_ones_stay() {
+    let (_dir, store) = with_pool_and_cluster(&[pool("public", &["203.0.113.0/24"])], "prod").await;
+    let mh = |name: &str| PoolSpec {
+        scheduler: "mh".into(),
+        ..pool(name, &["198.51.100.0/24"])
+    };
+    store.create_pool(ACTOR, mh("maglev")).await.expect("IPVS offers mh");
+    let wlc = crate::forwarding::Capabilities::ipvs(Default::default());
+    store.set_capabilities(crate::forwarding::Capabilities {
+        schedulers: ["rr", "wlc"]
+            .into_iter()
+            .map(crate::forwarding::Scheduler::from_name)
+            .collect(),
+        ..wlc
+    });
+    match store.create_pool(ACTOR, mh("other")).await {
+        Err(StoreError::Invalid(errors)) => {
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].field, "scheduler");
+            assert_eq!(errors[0].message, "unknown scheduler 'mh': use one of rr, wlc");
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    let spec = ServiceSpec {
+        scheduler: Some("sh".into()),
+        ..service("u1", &[80])
+    };
+    match store.put_service(ACTOR, "prod", "default", "web", spec).await {
+        Err(StoreError::Invalid(errors)) => {
+            let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(fields, ["scheduler"], "{errors:?}");
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    // What was stored before stays readable and usable: the pool of a scheduler no longer offered
+    // still lists and hands out addresses.
+    let pools: Vec<String> = store
+        .list_pools()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|p| p.spec.scheduler)
+        .collect();
+    assert!(pools.contains(&"mh".to_owned()), "{pools:?}");
+    assert_eq!(
+        put(&store, "prod", "default", "web", service("u1", &[80])).await.len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn invalid_or_overlapping_pools_are_refused_with_what_to_fix() {
     let (_dir, store) = open().await;
     store

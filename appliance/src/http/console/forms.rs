@@ -12,12 +12,12 @@ use axum::{Extension, Form};
 use edgelb_api::{FieldError, PoolPatch, PoolSpec, Role, TokenSpec};
 
 use super::view::{
-    FieldErrors, Layout, PoolDeletePage, PoolForm, PoolFormPage, PoolRow, SCHEDULERS, TokenForm, TokenRow, TokensPage,
-    UserForm, UserRow, UsersPage, ago, time,
+    FieldErrors, Layout, PoolDeletePage, PoolForm, PoolFormPage, PoolRow, TokenForm, TokenRow, TokensPage, UserForm,
+    UserRow, UsersPage, ago, scheduler_choices, time,
 };
 use super::{Console, ConsoleError, ConsoleUser, Flash, PageResult};
 use crate::http::AppState;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 fn list(text: &str) -> Vec<String> {
     text.split([',', ' ', '\n', '\r', '\t'])
@@ -92,7 +92,13 @@ fn pool_errors(e: StoreError) -> Result<FieldErrors, ConsoleError> {
     Ok(errors)
 }
 
-fn pool_form(user: &ConsoleUser, editing: Option<String>, form: PoolForm, errors: FieldErrors) -> PoolFormPage {
+fn pool_form(
+    store: &Store,
+    user: &ConsoleUser,
+    editing: Option<String>,
+    form: PoolForm,
+    errors: FieldErrors,
+) -> PoolFormPage {
     let title = match &editing {
         Some(n) => format!("Edit pool {n}"),
         None => "New pool".to_owned(),
@@ -102,13 +108,13 @@ fn pool_form(user: &ConsoleUser, editing: Option<String>, form: PoolForm, errors
         editing,
         form,
         errors,
-        schedulers: SCHEDULERS,
+        schedulers: scheduler_choices(&store.capabilities()),
     }
 }
 
-pub async fn new_pool(user: ConsoleUser) -> PageResult {
+pub async fn new_pool(State(s): State<AppState>, user: ConsoleUser) -> PageResult {
     user.require_operate()?;
-    Ok(pool_form(&user, None, PoolForm::new_default(), FieldErrors::default()).into_response())
+    Ok(pool_form(&s.store, &user, None, PoolForm::new_default(), FieldErrors::default()).into_response())
 }
 
 pub async fn create_pool(
@@ -120,7 +126,9 @@ pub async fn create_pool(
     user.require_operate()?;
     let spec = match spec_of(&form) {
         Ok(spec) => spec,
-        Err(errors) => return Ok((StatusCode::BAD_REQUEST, pool_form(&user, None, form, errors)).into_response()),
+        Err(errors) => {
+            return Ok((StatusCode::BAD_REQUEST, pool_form(&s.store, &user, None, form, errors)).into_response());
+        }
     };
     match s.store.create_pool(&user.actor(), spec).await {
         Ok(pool) => {
@@ -136,7 +144,7 @@ pub async fn create_pool(
         }
         Err(e) => {
             let errors = pool_errors(e)?;
-            Ok((StatusCode::BAD_REQUEST, pool_form(&user, None, form, errors)).into_response())
+            Ok((StatusCode::BAD_REQUEST, pool_form(&s.store, &user, None, form, errors)).into_response())
         }
     }
 }
@@ -144,7 +152,14 @@ pub async fn create_pool(
 pub async fn edit_pool(State(s): State<AppState>, user: ConsoleUser, Path(name): Path<String>) -> PageResult {
     user.require_operate()?;
     let pool = s.store.get_pool(&name).await?;
-    Ok(pool_form(&user, Some(name), PoolForm::of(&pool.spec), FieldErrors::default()).into_response())
+    Ok(pool_form(
+        &s.store,
+        &user,
+        Some(name),
+        PoolForm::of(&pool.spec),
+        FieldErrors::default(),
+    )
+    .into_response())
 }
 
 pub async fn update_pool(
@@ -160,7 +175,11 @@ pub async fn update_pool(
     let spec = match spec_of(&form) {
         Ok(spec) => spec,
         Err(errors) => {
-            return Ok((StatusCode::BAD_REQUEST, pool_form(&user, Some(name), form, errors)).into_response());
+            return Ok((
+                StatusCode::BAD_REQUEST,
+                pool_form(&s.store, &user, Some(name), form, errors),
+            )
+                .into_response());
         }
     };
     let patch = PoolPatch {
@@ -189,7 +208,11 @@ pub async fn update_pool(
         Err(StoreError::NotFound(m)) => Err(ConsoleError::new(StatusCode::NOT_FOUND, m)),
         Err(e) => {
             let errors = pool_errors(e)?;
-            Ok((StatusCode::BAD_REQUEST, pool_form(&user, Some(name), form, errors)).into_response())
+            Ok((
+                StatusCode::BAD_REQUEST,
+                pool_form(&s.store, &user, Some(name), form, errors),
+            )
+                .into_response())
         }
     }
 }

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::{ConsoleUser, Flash};
-use crate::forwarding::VsKey;
+use crate::forwarding::{Capabilities, VsKey};
 use crate::http::error::{MAX_FIELD_ERRORS, bounded};
 
 /// What every signed-in page shows around its content.
@@ -372,8 +372,22 @@ impl PoolForm {
     }
 }
 
-/// IPVS schedulers the form offers (the kernel may offer more; the field takes any name).
-pub const SCHEDULERS: &[(&str, &str)] = &[
+/// The schedulers the pool form suggests: those the forwarding backend offers, each with what it
+/// does where we know it.
+pub fn scheduler_choices(offered: &Capabilities) -> Vec<(String, &'static str)> {
+    offered
+        .schedulers
+        .iter()
+        .map(|s| {
+            let name = s.as_str();
+            let what = SCHEDULER_NAMES.iter().find(|(n, _)| *n == name).map_or("", |(_, d)| *d);
+            (name.to_owned(), what)
+        })
+        .collect()
+}
+
+/// What each IPVS scheduler does, in words.
+const SCHEDULER_NAMES: &[(&str, &str)] = &[
     ("rr", "round robin"),
     ("wrr", "weighted round robin"),
     ("lc", "least connection"),
@@ -398,7 +412,7 @@ pub struct PoolFormPage {
     pub editing: Option<String>,
     pub form: PoolForm,
     pub errors: FieldErrors,
-    pub schedulers: &'static [(&'static str, &'static str)],
+    pub schedulers: Vec<(String, &'static str)>,
 }
 
 #[derive(Template, WebTemplate)]
