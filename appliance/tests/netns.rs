@@ -18,7 +18,7 @@ mod common;
 use common::netns::{Netns, veth};
 use edgelb::dataplane::addr::{AddrError, VipAddresses};
 use edgelb::dataplane::announce::{self, ArpForm, gratuitous_arp, unsolicited_na};
-use edgelb::dataplane::nft::{self, Forward, IpPrefix, NatMode, NftTable, Ruleset, SnatSource};
+use edgelb::dataplane::nft::{self, IpPrefix, NatMode, NftTable, PortRules, Ruleset, SnatSource};
 use edgelb::dataplane::sysctl::{self, Outcome, Sysctls};
 use edgelb_api::Protocol;
 use serde_json::Value;
@@ -313,8 +313,8 @@ fn prefix(s: &str) -> IpPrefix {
     s.parse().expect("prefix literal")
 }
 
-fn fwd(vip: IpAddr, port: u16, protocol: Protocol, mode: NatMode) -> Forward {
-    Forward {
+fn fwd(vip: IpAddr, port: u16, protocol: Protocol, mode: NatMode) -> PortRules {
+    PortRules {
         vip,
         port,
         protocol,

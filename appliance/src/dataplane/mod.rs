@@ -24,7 +24,8 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 
 pub use crate::forwarding::{
-    Capabilities, Counters, Forward, Manages, RealServer, RsSpec, Scheduler, VirtualService, VsKey, VsSpec,
+    Capabilities, Counters, Forward, Manages, RealServer, RsSpec, Rule, Ruleset, Scheduler, VirtualService, VsKey,
+    VsSpec,
 };
 pub use backend::{Backend, connect};
 pub use edgelb_api::Protocol;
@@ -184,8 +185,9 @@ impl State {
     /// while those operations were applied: it may have seen each of them or not, and `kept`
     /// is the state after them.
     pub fn overlay(&mut self, kept: &State, ops: &[Op]) {
-        let take_element = |mine: &mut Option<nft::TableState>, (set, e): &nft::Element| {
+        let take_element = |mine: &mut Option<nft::TableState>, rule: &Rule| {
             let Some(mine) = mine else { return };
+            let (set, e) = &nft::element(rule);
             let wanted = kept
                 .rules
                 .as_ref()
@@ -234,6 +236,20 @@ impl State {
         }
     }
 
+    /// Whether the filter and translation this holds express `rule`; `None` when they are not
+    /// managed.
+    pub fn holds_rule(&self, rule: &Rule) -> Option<bool> {
+        let rules = self.rules.as_ref()?;
+        let (set, e) = nft::element(rule);
+        Some(rules.sets.get(set).is_some_and(|s| s.contains(&e)))
+    }
+
+    /// Whether the filter and translation this holds are exactly `ruleset` (nothing more, nothing
+    /// changed by hand); `None` when they are not managed.
+    pub fn holds_ruleset(&self, ruleset: &Ruleset) -> Option<bool> {
+        self.rules.as_ref().map(|have| nft::expected_state(ruleset) == *have)
+    }
+
     /// The real servers of one virtual service, in address order.
     pub fn real_servers_of(&self, key: VsKey) -> impl Iterator<Item = (SocketAddr, &RealServer)> {
         self.real_servers.of(key).iter().map(|(a, rs)| (*a, rs))
@@ -254,13 +270,13 @@ impl State {
             },
             Op::PatchElements { delete, add } => match &mut state.rules {
                 Some(rules) => {
-                    for (set, e) in delete {
-                        if !rules.sets.get_mut(*set).is_some_and(|s| s.remove(e)) {
+                    for (set, e) in delete.iter().map(nft::element) {
+                        if !rules.sets.get_mut(set).is_some_and(|s| s.remove(&e)) {
                             return Err(format!("element {e} not in set {set}"));
                         }
                     }
-                    for (set, e) in add {
-                        rules.sets.entry((*set).to_owned()).or_default().insert(e.clone());
+                    for (set, e) in add.iter().map(nft::element) {
+                        rules.sets.entry(set.to_owned()).or_default().insert(e);
                     }
                     Ok(())
                 }
@@ -268,8 +284,8 @@ impl State {
             },
             Op::DeleteElements(elements) => match &mut state.rules {
                 Some(rules) => {
-                    for (set, e) in elements {
-                        if !rules.sets.get_mut(*set).is_some_and(|s| s.remove(e)) {
+                    for (set, e) in elements.iter().map(nft::element) {
+                        if !rules.sets.get_mut(set).is_some_and(|s| s.remove(&e)) {
                             return Err(format!("element {e} not in set {set}"));
                         }
                     }
@@ -357,17 +373,16 @@ impl State {
 /// real server that is not there yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Replace the appliance's nftables table with this content (one atomic `nft -f`).
-    SetRules(Box<nft::Ruleset>),
-    /// Change the table's sets in one transaction, deletions first (one Service's change,
-    /// without rewriting the table). Deleting first lets a source range be replaced by one
-    /// that overlaps it: the kernel refuses overlapping elements in an interval set.
-    PatchElements {
-        delete: Vec<nft::Element>,
-        add: Vec<nft::Element>,
-    },
-    /// Delete elements from the table's sets.
-    DeleteElements(Vec<nft::Element>),
+    /// Replace the filter and translation with this content (for nftables, one atomic `nft -f`
+    /// of the appliance's table).
+    SetRules(Box<Ruleset>),
+    /// Delete and add rules in one transaction, deletions first (one Service's change, without
+    /// rewriting everything; in nftables, set elements). Deleting first lets a source range be
+    /// replaced by one that overlaps it: the kernel refuses overlapping elements in an interval
+    /// set.
+    PatchElements { delete: Vec<Rule>, add: Vec<Rule> },
+    /// Delete rules.
+    DeleteElements(Vec<Rule>),
     /// Claim a VIP on the interface and announce it.
     AddAddress(IpAddr),
     /// `ipvsadm -A`.

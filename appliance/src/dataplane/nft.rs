@@ -1,9 +1,9 @@
 //! The appliance's own nftables table (`table inet edgelb`): source NAT of the traffic IPVS
 //! forwards to nodes (full NAT) and the `loadBalancerSourceRanges` filter in front of IPVS.
 //!
-//! It renders the whole table from a desired [`Ruleset`] (a pure function), applies it in one
-//! atomic `nft -f -` transaction, reads it back with `nft -j list table` to compare, and deletes
-//! it on an explicit flush. It must never touch another table: every command it sends names its
+//! It renders the whole table from a desired [`Ruleset`] (a pure function; each [`Rule`] of it is
+//! one set element, see [`element`]), applies it in one atomic `nft -f -` transaction, reads it
+//! back with `nft -j list table` to compare, and deletes it on an explicit flush. It must never touch another table: every command it sends names its
 //! own table, and it never lists or flushes the whole ruleset.
 //!
 //! The table has a fixed shape whatever the number of services; only set elements grow, so
@@ -26,11 +26,8 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use crate::forwarding::{IpPrefix, NatMode};
-pub use ruleset::{
-    ChainState, Element, Forward, Ruleset, SnatSource, TableState, expected_state, forward_elements, fullnat_element,
-    parse_listing, render, render_patch, source_elements,
-};
+pub use crate::forwarding::{IpPrefix, NatMode, PortRules, Rule, Ruleset, SnatSource};
+pub use ruleset::{ChainState, Element, TableState, element, expected_state, parse_listing, render, render_patch};
 pub use table::NftTable;
 
 /// The table the appliance owns unless configured otherwise.

@@ -1,7 +1,8 @@
 //! What the appliance forwards, in terms no backend owns: virtual services keyed by (VIP,
 //! port, protocol) with their scheduler and persistence, real servers with their weight and
 //! forwarding method, traffic counters, address prefixes (source ranges) and how replies find
-//! their way back ([`NatMode`]). The data plane (IPVS and nftables today) programs these; the
+//! their way back ([`NatMode`]), and what filtering and address translation must hold around
+//! forwarding ([`Ruleset`], [`Rule`]). The data plane (IPVS and nftables today) programs these; the
 //! reconciler plans in them; the HTTP layer reads the forwarding status through [`StatusView`]
 //! only. Nothing here speaks to the kernel.
 
@@ -12,6 +13,9 @@ use std::sync::Arc;
 
 pub use edgelb_api::Protocol;
 use edgelb_api::{DataplaneStatus, SCHEDULERS, VirtualServiceStatus};
+
+mod rules;
+pub use rules::{PortRules, Rule, Ruleset, SnatSource};
 
 /// A virtual service's identity: what a client connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use edgelb_api::{HealthOverrides, IpFamily, Node, Protocol, ServicePort, ServiceSpec, TrafficPolicy};
 
 use crate::config::AllDown;
-use crate::dataplane::nft::IpPrefix;
 use crate::dataplane::{State, VsKey};
+use crate::forwarding::IpPrefix;
 use crate::health::{Settings, Target, TargetState};
 use crate::store::SnapshotService;
 

@@ -19,7 +19,8 @@ mod tests;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::dataplane::{Op, State, VsKey, nft};
+use crate::dataplane::{Op, State, VsKey};
+use crate::forwarding::Ruleset;
 use crate::ipam::{IpRange, to_u128};
 
 pub use model::{desired, desired_with};
@@ -72,13 +73,13 @@ impl Claim {
 pub struct Desired {
     pub state: State,
     pub owned: Ownership,
-    /// The nftables table's content, when the data plane manages it.
-    pub ruleset: Option<nft::Ruleset>,
+    /// The filter and translation, when the data plane manages them.
+    pub ruleset: Option<Ruleset>,
 }
 
 /// The operations that turn `observed` into `desired`, in a safe order:
 ///
-/// 1. the nftables table (full NAT, source ranges) set before anything can use it, addresses
+/// 1. filtering and translation (full NAT, source ranges) set before anything can use it, addresses
 ///    claimed, then services added, then edited, then real servers added, then edited
 ///    (so a new real server is there before an old one leaves);
 /// 2. real servers removed, then services, then addresses (destinations before their service,
@@ -98,13 +99,7 @@ pub fn plan(desired: &Desired, observed: &State) -> Vec<Op> {
 }
 
 /// [`plan`] from the desired state's parts, claiming only the VIPs `claim` names.
-fn plan_state(
-    want: &State,
-    owned: &Ownership,
-    ruleset: Option<&nft::Ruleset>,
-    observed: &State,
-    claim: &Claim,
-) -> Vec<Op> {
+fn plan_state(want: &State, owned: &Ownership, ruleset: Option<&Ruleset>, observed: &State, claim: &Claim) -> Vec<Op> {
     let mut plan = Plan::default();
     let keys: BTreeSet<VsKey> = [want, observed]
         .into_iter()
@@ -118,12 +113,9 @@ fn plan_state(
             plan.address(*vip, want_addrs, have_addrs, owned, claim);
         }
     }
-    let rules = match (ruleset, &observed.rules) {
-        (Some(ruleset), Some(have)) if nft::expected_state(ruleset) != *have => {
-            Some(Op::SetRules(Box::new(ruleset.clone())))
-        }
-        _ => None,
-    };
+    let rules = ruleset
+        .filter(|r| observed.holds_ruleset(r) == Some(false))
+        .map(|r| Op::SetRules(Box::new(r.clone())));
     plan.into_ops(rules, None)
 }
 
@@ -185,7 +177,7 @@ impl Plan {
         }
     }
 
-    /// The operations in order: `first` (the nftables table or its new set elements), then
+    /// The operations in order: `first` (the whole ruleset or its new rules), then
     /// addresses claimed, services added and edited, real servers added, edited and removed,
     /// services removed, `before_release` (set elements removed), addresses released.
     fn into_ops(self, first: Option<Op>, before_release: Option<Op>) -> Vec<Op> {

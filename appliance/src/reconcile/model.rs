@@ -3,7 +3,7 @@
 //! a change to one Service costs the same with 10 Services or 10,000.
 //!
 //! Besides the desired [`State`] it remembers what each Service contributed (its virtual
-//! services and VIPs), how many forwarded ports need each nftables set element and each VIP
+//! services and VIPs), how many forwarded ports need each source-range [`Rule`] and each VIP
 //! (two Services may share an address), and which real servers use each probed target. A
 //! replacement reports what it [`Touched`], and [`Model::plan_touched`] compares only that with
 //! the kernel. A full build and a series of replacements give the same model (tested).
@@ -19,8 +19,8 @@ use super::desired::{
 };
 use super::{Claim, Desired, Ownership, Plan, plan_state};
 use crate::config::AllDown;
-use crate::dataplane::nft::{self, IpPrefix};
 use crate::dataplane::{Manages, Op, RealServer, RsSpec, Scheduler, State, VirtualService, VsKey, VsSpec};
+use crate::forwarding::{IpPrefix, NatMode, PortRules, Rule, Ruleset};
 use crate::health::{ProbeKind, Settings, Target};
 use crate::ipam::ServiceKey;
 use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService};
@@ -34,16 +34,16 @@ pub struct Model {
     nodes: BTreeMap<String, Vec<Node>>,
     /// Desired virtual services, real servers and addresses.
     state: State,
-    /// The nftables side of each virtual service (only when the table is managed).
-    /// Their `backends` stay empty here: they are the virtual service's real servers in
-    /// `state`, filled in when a ruleset is built.
-    forwards: BTreeMap<VsKey, nft::Forward>,
-    /// How many forwards need each source-range set element.
-    elements: HashMap<nft::Element, u32>,
+    /// The filter and translation side of each virtual service (only when the data plane
+    /// manages them). Their `backends` stay empty here: they are the virtual service's real
+    /// servers in `state`, filled in when a ruleset is built.
+    forwards: BTreeMap<VsKey, PortRules>,
+    /// How many forwards need each source-range rule.
+    elements: HashMap<Rule, u32>,
     /// The virtual services with real servers at each (protocol, NodePort), in key order: a
-    /// full-NAT element (one per real server) is wanted while one of them has that real
-    /// server. An index per virtual service instead of a count per element keeps 100,000
-    /// elements out of memory.
+    /// full-NAT rule (one per real server) is wanted while one of them has that real server.
+    /// An index per virtual service instead of a count per rule keeps 100,000 rules out of
+    /// memory.
     by_port: HashMap<(Protocol, u16), Vec<VsKey>>,
     /// How many Services forward on each VIP.
     vips: BTreeMap<IpAddr, u32>,
@@ -102,9 +102,9 @@ struct Part {
 pub struct Touched {
     pub services: BTreeSet<VsKey>,
     pub vips: BTreeSet<IpAddr>,
-    /// Source-range set elements.
-    pub elements: BTreeSet<nft::Element>,
-    /// Real servers whose full-NAT element may have to change.
+    /// Source-range rules.
+    pub elements: BTreeSet<Rule>,
+    /// Real servers whose full-NAT rule may have to change.
     pub backends: BTreeSet<(Protocol, SocketAddr)>,
     pub targets: BTreeSet<Target>,
 }
@@ -242,14 +242,14 @@ impl Model {
             .collect()
     }
 
-    /// The nftables table's content, when the data plane manages it.
-    fn ruleset(&self) -> Option<nft::Ruleset> {
-        self.manages.rules.then(|| nft::Ruleset {
+    /// The filter and translation, when the data plane manages them.
+    fn ruleset(&self) -> Option<Ruleset> {
+        self.manages.rules.then(|| Ruleset {
             snat: Default::default(),
             forwards: self
                 .forwards
                 .iter()
-                .map(|(k, f)| nft::Forward {
+                .map(|(k, f)| PortRules {
                     backends: self.state.real_servers_of(*k).map(|(a, _)| a).collect(),
                     ..f.clone()
                 })
@@ -344,7 +344,7 @@ impl Model {
                 drains.leaving.insert(k, l);
             }
             if let Some(f) = self.forwards.remove(&k) {
-                for e in nft::source_elements(&f) {
+                for e in f.source_rules() {
                     if let Some(n) = self.elements.get_mut(&e) {
                         *n -= 1;
                         if *n == 0 {
@@ -492,7 +492,7 @@ impl Model {
                     }
                 }
                 if self.manages.rules {
-                    let f = nft::Forward {
+                    let f = PortRules {
                         vip,
                         port: port.port,
                         protocol: port.protocol,
@@ -502,8 +502,8 @@ impl Model {
                         backends: Vec::new(),
                         source_ranges: source_ranges.clone(),
                     };
-                    for e in nft::source_elements(&f) {
-                        *self.elements.entry(e.clone()).or_default() += 1;
+                    for e in f.source_rules() {
+                        *self.elements.entry(e).or_default() += 1;
                         if let Some(t) = touched.as_deref_mut() {
                             t.elements.insert(e);
                         }
@@ -553,7 +553,7 @@ impl Model {
     /// Whether a real server's full-NAT element is wanted: full NAT is on and some virtual
     /// service of that protocol has that real server.
     fn wants_fullnat(&self, protocol: Protocol, backend: SocketAddr) -> bool {
-        self.manages.nat == nft::NatMode::FullNat
+        self.manages.nat == NatMode::FullNat
             && self.by_port.get(&(protocol, backend.port())).is_some_and(|users| {
                 users
                     .iter()
@@ -561,17 +561,10 @@ impl Model {
             })
     }
 
-    /// Whether `e` is an allowed source of a VIP port that stays restricted (its `restricted_*`
-    /// element is still wanted).
-    fn stays_restricted(&self, e: &nft::Element) -> bool {
-        let restricted = match e.0 {
-            "allowed_v4" => "restricted_v4",
-            "allowed_v6" => "restricted_v6",
-            _ => return false,
-        };
-        // `VIP . proto . port . prefix`: the restricted element is the part before the prefix.
-        e.1.rsplit_once(" . ")
-            .is_some_and(|(key, _)| self.elements.contains_key(&(restricted, key.to_owned())))
+    /// Whether `e` is an allowed source of a VIP port that stays restricted (its restriction
+    /// is still wanted).
+    fn stays_restricted(&self, e: &Rule) -> bool {
+        e.restriction().is_some_and(|r| self.elements.contains_key(&r))
     }
 
     /// The settings each touched target is now probed with; `None` for one no longer used.
@@ -609,10 +602,10 @@ impl Model {
         // as the additions, deletions first (a new range may overlap an old one).
         let mut replaced = Vec::new();
         let mut del_elements = Vec::new();
-        if let (true, Some(have)) = (self.manages.rules, &observed.rules) {
+        if self.manages.rules && observed.rules.is_some() {
             for (protocol, backend) in &touched.backends {
-                let e = nft::fullnat_element(*backend, *protocol);
-                let present = have.sets.get(e.0).is_some_and(|s| s.contains(&e.1));
+                let e = Rule::full_nat(*backend, *protocol);
+                let present = observed.holds_rule(&e) == Some(true);
                 match (self.wants_fullnat(*protocol, *backend), present) {
                     (true, false) => add_elements.push(e),
                     (false, true) => del_elements.push(e),
@@ -620,11 +613,11 @@ impl Model {
                 }
             }
             for e in &touched.elements {
-                let present = have.sets.get(e.0).is_some_and(|s| s.contains(&e.1));
+                let present = observed.holds_rule(e) == Some(true);
                 match (self.elements.contains_key(e), present) {
-                    (true, false) => add_elements.push(e.clone()),
-                    (false, true) if self.stays_restricted(e) => replaced.push(e.clone()),
-                    (false, true) => del_elements.push(e.clone()),
+                    (true, false) => add_elements.push(*e),
+                    (false, true) if self.stays_restricted(e) => replaced.push(*e),
+                    (false, true) => del_elements.push(*e),
                     _ => {}
                 }
             }
@@ -647,8 +640,8 @@ fn ports_of(backends: &[SocketAddr]) -> Vec<u16> {
 }
 
 /// Builds the desired state. `manages` says what the data plane handles besides IPVS: VIP
-/// addresses (every VIP that forwards is wanted on the interface) and its nftables table (full
-/// NAT to every real server, and each Service's source ranges).
+/// addresses (every VIP that forwards is wanted on the interface) and filtering and translation
+/// (full NAT to every real server, and each Service's source ranges, as a [`Ruleset`]).
 pub fn desired(snap: &DataplaneSnapshot, manages: Manages) -> Desired {
     let none = HashMap::new();
     let drains = Drains::default();

@@ -4,42 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 
 use edgelb_api::Protocol;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{FAMILY, IpPrefix, NatMode};
-
-/// The source address full-NAT traffic leaves with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SnatSource {
-    /// `None`: masquerade, the primary address of the interface towards the node.
-    pub v4: Option<Ipv4Addr>,
-    pub v6: Option<Ipv6Addr>,
-}
-
-/// One `VIP:port/protocol` forwarded by IPVS, as far as nftables needs to know it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
-    pub vip: IpAddr,
-    pub port: u16,
-    pub protocol: Protocol,
-    pub mode: NatMode,
-    /// The real servers: node addresses and NodePorts.
-    pub backends: Vec<SocketAddr>,
-    /// Who may connect (`loadBalancerSourceRanges`); empty means everyone. Prefixes of the other
-    /// address family than the VIP's can never match its traffic and are left out.
-    pub source_ranges: Vec<IpPrefix>,
-}
-
-/// Everything the appliance's table must express.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Ruleset {
-    pub snat: SnatSource,
-    pub forwards: Vec<Forward>,
-}
+use super::{FAMILY, IpPrefix, PortRules, Rule, Ruleset, SnatSource};
 
 /// What the table holds, in a form that compares equal between what was rendered and what
 /// `nft -j list table` reports: set elements as nft prints them, chains with their hook and the
@@ -189,50 +160,40 @@ fn proto_name(protocol: Protocol) -> &'static str {
 /// One element of one of the table's sets, as nft prints it: (`fullnat_v4`, `10.0.0.1 . tcp . 80`).
 pub type Element = (&'static str, String);
 
-/// The set elements one forwarded port needs.
-pub fn forward_elements(f: &Forward) -> Vec<Element> {
-    let mut out = Vec::new();
-    if f.mode == NatMode::FullNat {
-        out.extend(f.backends.iter().map(|b| fullnat_element(*b, f.protocol)));
+/// The set element that expresses one rule.
+pub fn element(rule: &Rule) -> Element {
+    match *rule {
+        Rule::FullNat { backend, protocol } => {
+            let set = if backend.is_ipv4() { "fullnat_v4" } else { "fullnat_v6" };
+            (
+                set,
+                format!("{} . {} . {}", backend.ip(), proto_name(protocol), backend.port()),
+            )
+        }
+        Rule::Restricted { vip, protocol, port } => {
+            let set = if vip.is_ipv4() {
+                "restricted_v4"
+            } else {
+                "restricted_v6"
+            };
+            (set, format!("{vip} . {} . {port}", proto_name(protocol)))
+        }
+        Rule::Allowed {
+            vip,
+            protocol,
+            port,
+            prefix,
+        } => {
+            let set = if vip.is_ipv4() { "allowed_v4" } else { "allowed_v6" };
+            (set, format!("{vip} . {} . {port} . {prefix}", proto_name(protocol)))
+        }
     }
-    out.extend(source_elements(f));
-    out
-}
-
-/// The full-NAT element of one real server: its traffic is translated to the appliance's
-/// address.
-pub fn fullnat_element(backend: SocketAddr, protocol: Protocol) -> Element {
-    let set = if backend.is_ipv4() { "fullnat_v4" } else { "fullnat_v6" };
-    (
-        set,
-        format!("{} . {} . {}", backend.ip(), proto_name(protocol), backend.port()),
-    )
-}
-
-/// The elements of one forwarded port's source ranges (none when everyone may connect).
-pub fn source_elements(f: &Forward) -> Vec<Element> {
-    let mut out = Vec::new();
-    let proto = proto_name(f.protocol);
-    // No ranges means everyone may connect (Kubernetes' meaning of an empty list).
-    if f.source_ranges.is_empty() {
-        return out;
-    }
-    let (restricted, allowed) = match f.vip {
-        IpAddr::V4(_) => ("restricted_v4", "allowed_v4"),
-        IpAddr::V6(_) => ("restricted_v6", "allowed_v6"),
-    };
-    let key = format!("{} . {proto} . {}", f.vip, f.port);
-    for range in significant_ranges(&f.vip, &f.source_ranges) {
-        out.push((allowed, format!("{key} . {range}")));
-    }
-    out.push((restricted, key));
-    out
 }
 
 /// The elements of every set, as nft prints them (`10.0.0.1 . tcp . 80`).
 fn elements(ruleset: &Ruleset) -> BTreeMap<&'static str, BTreeSet<String>> {
     let mut sets: BTreeMap<&'static str, BTreeSet<String>> = SETS.iter().map(|s| (s.name, BTreeSet::new())).collect();
-    for (set, element) in ruleset.forwards.iter().flat_map(forward_elements) {
+    for (set, element) in ruleset.forwards.iter().flat_map(PortRules::rules).map(|r| element(&r)) {
         if let Some(elements) = sets.get_mut(set) {
             elements.insert(element);
         }
@@ -245,11 +206,11 @@ fn elements(ruleset: &Ruleset) -> BTreeMap<&'static str, BTreeSet<String>> {
 /// replaced by one that overlaps it (a source range widened or narrowed): the kernel refuses an
 /// interval element that overlaps a live one. Deleting an element that is not there fails the
 /// transaction.
-pub fn render_patch(table: &str, add: &[Element], delete: &[Element]) -> String {
+pub fn render_patch(table: &str, add: &[Rule], delete: &[Rule]) -> String {
     let mut out = String::new();
-    for (verb, elements) in [("delete", delete), ("add", add)] {
-        let mut by_set: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (set, e) in elements {
+    for (verb, rules) in [("delete", delete), ("add", add)] {
+        let mut by_set: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (set, e) in rules.iter().map(element) {
             by_set.entry(set).or_default().push(e);
         }
         for (set, es) in by_set {
@@ -257,21 +218,6 @@ pub fn render_patch(table: &str, add: &[Element], delete: &[Element]) -> String 
         }
     }
     out
-}
-
-/// The VIP's family's prefixes without those inside another: the kernel's concatenated interval
-/// sets refuse overlapping elements on some versions, and a covered prefix adds nothing.
-fn significant_ranges(vip: &IpAddr, ranges: &[IpPrefix]) -> Vec<IpPrefix> {
-    let same_family: BTreeSet<IpPrefix> = ranges
-        .iter()
-        .filter(|r| r.addr().is_ipv4() == vip.is_ipv4())
-        .copied()
-        .collect();
-    same_family
-        .iter()
-        .filter(|r| !same_family.iter().any(|o| o != *r && o.contains(r)))
-        .copied()
-        .collect()
 }
 
 /// Renders the complete table as one `nft -f` transaction that replaces whatever the table held

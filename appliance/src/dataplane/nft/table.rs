@@ -10,7 +10,7 @@ use tokio::process::Command;
 use tracing::{debug, info};
 
 use super::{
-    DEFAULT_TABLE, Element, FAMILY, NftError, Ruleset, TableState, expected_state, parse_listing, render, render_patch,
+    DEFAULT_TABLE, FAMILY, NftError, Rule, Ruleset, TableState, expected_state, parse_listing, render, render_patch,
 };
 
 /// The appliance's nftables table, driven through the `nft` program.
@@ -70,7 +70,7 @@ impl NftTable {
     }
 
     /// Deletes and adds set elements in one transaction ([`render_patch`]).
-    pub async fn patch(&self, add: &[Element], delete: &[Element]) -> Result<(), NftError> {
+    pub async fn patch(&self, add: &[Rule], delete: &[Rule]) -> Result<(), NftError> {
         if add.is_empty() && delete.is_empty() {
             return Ok(());
         }

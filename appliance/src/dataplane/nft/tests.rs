@@ -22,8 +22,8 @@ fn prefix(s: &str) -> IpPrefix {
     s.parse().expect("prefix literal")
 }
 
-fn forward(vip: IpAddr, port: u16, protocol: Protocol, mode: NatMode) -> Forward {
-    Forward {
+fn forward(vip: IpAddr, port: u16, protocol: Protocol, mode: NatMode) -> PortRules {
+    PortRules {
         vip,
         port,
         protocol,
@@ -331,4 +331,37 @@ async fn a_missing_nft_program_names_the_debian_package() {
     let err = table.observe().await.expect_err("no program");
     assert!(matches!(err, NftError::NotInstalled));
     assert!(err.to_string().contains("Debian package `nftables`"), "{err}");
+}
+
+/// A source range replaced by one that overlaps it: the old element goes first in the same
+/// transaction (the kernel refuses an interval element overlapping a live one).
+#[test]
+fn a_patch_deletes_before_it_adds_and_names_each_rule_as_its_set_element() {
+    let allowed = |p: &str| Rule::Allowed {
+        vip: "203.0.113.5".parse().expect("vip"),
+        protocol: Protocol::Tcp,
+        port: 80,
+        prefix: p.parse().expect("prefix"),
+    };
+    assert_eq!(
+        element(&allowed("10.0.0.0/8")),
+        ("allowed_v4", "203.0.113.5 . tcp . 80 . 10.0.0.0/8".to_owned())
+    );
+    let restricted = allowed("10.0.0.0/8")
+        .restriction()
+        .expect("an allowed source restricts");
+    assert_eq!(
+        element(&restricted),
+        ("restricted_v4", "203.0.113.5 . tcp . 80".to_owned())
+    );
+    let backend: SocketAddr = "[2001:db8::11]:30080".parse().expect("backend");
+    assert_eq!(
+        element(&Rule::full_nat(backend, Protocol::Udp)),
+        ("fullnat_v6", "2001:db8::11 . udp . 30080".to_owned())
+    );
+    assert_eq!(
+        render_patch("edgelb", &[allowed("10.0.0.0/8")], &[allowed("10.0.0.0/16")]),
+        "delete element inet edgelb allowed_v4 { 203.0.113.5 . tcp . 80 . 10.0.0.0/16 }\n\
+         add element inet edgelb allowed_v4 { 203.0.113.5 . tcp . 80 . 10.0.0.0/8 }\n"
+    );
 }
