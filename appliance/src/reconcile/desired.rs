@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime};
 use edgelb_api::{HealthOverrides, IpFamily, Node, Protocol, ServicePort, ServiceSpec, TrafficPolicy};
 
 use crate::config::AllDown;
-use crate::dataplane::{State, VsKey};
+use crate::dataplane::State;
 use crate::forwarding::IpPrefix;
+use crate::forwarding::VsKey;
 use crate::health::{Settings, Target, TargetState};
 use crate::store::SnapshotService;
 

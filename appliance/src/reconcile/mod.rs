@@ -19,8 +19,8 @@ mod tests;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::dataplane::{Op, State, VsKey};
-use crate::forwarding::Ruleset;
+use crate::dataplane::{Op, State};
+use crate::forwarding::{Ruleset, VsKey};
 use crate::ipam::{IpRange, to_u128};
 
 pub use model::{desired, desired_with};

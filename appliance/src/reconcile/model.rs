@@ -19,8 +19,10 @@ use super::desired::{
 };
 use super::{Claim, Desired, Ownership, Plan, plan_state};
 use crate::config::AllDown;
-use crate::dataplane::{Manages, Op, RealServer, RsSpec, Scheduler, State, VirtualService, VsKey, VsSpec};
-use crate::forwarding::{IpPrefix, NatMode, PortRules, Rule, Ruleset};
+use crate::dataplane::{Op, State};
+use crate::forwarding::{
+    IpPrefix, Manages, NatMode, PortRules, RealServer, RsSpec, Rule, Ruleset, Scheduler, VirtualService, VsKey, VsSpec,
+};
 use crate::health::{ProbeKind, Settings, Target};
 use crate::ipam::ServiceKey;
 use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService};

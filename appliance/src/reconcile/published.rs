@@ -14,8 +14,9 @@ use edgelb_api::{
 use time::OffsetDateTime;
 
 use super::Ownership;
-use crate::dataplane::{Counters, State, VirtualService, VsKey};
+use crate::dataplane::State;
 use crate::forwarding::StatusView;
+use crate::forwarding::{Counters, VirtualService, VsKey};
 use crate::health::{Checker, Health, Target, TargetState};
 
 /// The reconciler's published view (see the module's documentation).
