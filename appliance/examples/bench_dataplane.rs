@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use edgelb::config::AllDown;
 use edgelb::dataplane::Protocol;
 use edgelb::dataplane::{Forwarder, LinuxDataplane, LinuxOptions, Manages};
+use edgelb::forwarding::ParsedService;
 use edgelb::ipam::{IpRange, ServiceKey};
 use edgelb::reconcile::Desired;
 use edgelb::reconcile::desired::{Drains, HealthInput};
@@ -34,10 +35,13 @@ fn service(i: u32, node_port: u16) -> SnapshotService {
         cluster: "bench".into(),
         namespace: "default".into(),
         name: format!("svc-{i}"),
-        spec: Some(ServiceSpec::new(
-            format!("uid-{i}"),
-            vec![ServicePort::new(Protocol::Tcp, 80, node_port)],
-        )),
+        spec: Some(
+            ParsedService::parse(ServiceSpec::new(
+                format!("uid-{i}"),
+                vec![ServicePort::new(Protocol::Tcp, 80, node_port)],
+            ))
+            .expect("a valid spec"),
+        ),
         addresses: vec![AssignedIp {
             ip: vip,
             pool: "bench".into(),

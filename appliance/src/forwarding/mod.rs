@@ -15,7 +15,9 @@ pub use edgelb_api::Protocol;
 use edgelb_api::{DataplaneStatus, SCHEDULERS, VirtualServiceStatus};
 
 mod rules;
+mod service;
 pub use rules::{PortRules, Rule, Ruleset, SnatSource};
+pub use service::{DEFAULT_AFFINITY_TIMEOUT, DEFAULT_SCHEDULER, ParsedService, admits, persistence_of, scheduler_of};
 
 /// A virtual service's identity: what a client connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -211,12 +213,6 @@ pub struct IpPrefix {
 }
 
 impl IpPrefix {
-    /// `0.0.0.0/32`: an address no client sends from.
-    pub const V4_UNSPECIFIED_HOST: IpPrefix = IpPrefix {
-        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        len: 32,
-    };
-
     /// The prefix of `len` bits containing `addr`; host bits are cleared. `None` if `len` is
     /// longer than the address.
     pub fn new(addr: IpAddr, len: u8) -> Option<Self> {

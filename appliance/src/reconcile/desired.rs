@@ -16,16 +16,8 @@ use edgelb_api::{HealthOverrides, IpFamily, Node, Protocol, ServicePort, Service
 
 use crate::config::AllDown;
 use crate::dataplane::State;
-use crate::forwarding::IpPrefix;
 use crate::forwarding::VsKey;
 use crate::health::{Settings, Target, TargetState};
-use crate::store::SnapshotService;
-
-/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
-pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
-
-/// Stands in for a source range that does not parse: `0.0.0.0/32` is no client's address.
-pub(super) const CLOSED: IpPrefix = IpPrefix::V4_UNSPECIFIED_HOST;
 
 /// The weight of a healthy real server. Health checking lowers it to 0 to drain.
 pub const WEIGHT: u32 = 1;
@@ -289,22 +281,6 @@ pub(super) fn weigh(
         out.drains.leaving.insert(key, leaving);
     }
     weights
-}
-
-/// Whether a node may receive a Service's traffic at all: Ready, schedulable, and not labelled
-/// `node.kubernetes.io/exclude-from-external-load-balancers`; for `externalTrafficPolicy: Local`
-/// also one of the nodes the agent reported with local endpoints (when it reported them).
-pub(super) fn eligible(node: &Node, svc: &SnapshotService) -> bool {
-    if !node.ready || !node.schedulable || node.excluded {
-        return false;
-    }
-    match svc.spec.as_ref() {
-        Some(spec) if spec.external_traffic_policy == TrafficPolicy::Local => match &spec.local_nodes {
-            Some(local) => local.contains(&node.name),
-            None => true,
-        },
-        _ => true,
-    }
 }
 
 /// The node's first address of the VIP's family, in the order the agent gave.

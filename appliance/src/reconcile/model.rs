@@ -12,17 +12,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use edgelb_api::{IpFamily, Node, Protocol, SessionAffinity};
+use edgelb_api::{IpFamily, Node, Protocol};
 
-use super::desired::{
-    CLOSED, DEFAULT_AFFINITY_TIMEOUT, Drains, HealthInput, HealthPlan, eligible, node_address, target_of, weigh,
-};
+use super::desired::{Drains, HealthInput, HealthPlan, node_address, target_of, weigh};
 use super::{Claim, Desired, Ownership, Plan, plan_state};
 use crate::config::AllDown;
 use crate::dataplane::{Op, State};
-use crate::forwarding::{
-    IpPrefix, Manages, NatMode, PortRules, RealServer, RsSpec, Rule, Ruleset, Scheduler, VirtualService, VsKey, VsSpec,
-};
+use crate::forwarding::{Manages, NatMode, PortRules, RealServer, RsSpec, Rule, Ruleset, VirtualService, VsKey};
 use crate::health::{ProbeKind, Settings, Target};
 use crate::ipam::ServiceKey;
 use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService};
@@ -412,38 +408,13 @@ impl Model {
                 continue;
             }
             let pool = self.pools.iter().find(|p| p.name == assigned.pool);
-            let vs_spec = VsSpec {
-                scheduler: Scheduler::from_name(
-                    spec.scheduler
-                        .as_deref()
-                        .or_else(|| pool.map(|p| p.scheduler.as_str()))
-                        .unwrap_or("wlc"),
-                ),
-                persistence: (spec.session_affinity == SessionAffinity::ClientIp).then(|| {
-                    spec.session_affinity_timeout_seconds
-                        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-                }),
-            };
+            let vs_spec = spec.vs_spec(pool.map(|p| p.scheduler.as_str()));
             let overrides = super::overrides::effective(spec.health, pool.and_then(|p| p.health));
             let family = IpFamily::of(&vip);
-            // All the ranges, of both families: a non-empty list restricts the VIP, and the
-            // renderer allows only the VIP's family's prefixes. Filtering by family here would
-            // turn `["10.0.0.0/8"]` into an empty list, which means "everyone", for the IPv6 VIP
-            // of a dual-stack Service. The store validated them; should one still not parse, it
-            // becomes a prefix no client has, so the VIP stays closed rather than open.
-            let source_ranges: Vec<IpPrefix> = spec
-                .source_ranges
-                .iter()
-                .map(|r| {
-                    r.parse::<IpPrefix>().unwrap_or_else(|_| {
-                        tracing::error!(range = %r, "unparsable source range: the VIP stays closed to it");
-                        CLOSED
-                    })
-                })
-                .collect();
+            let source_ranges = spec.source_ranges().to_vec();
             let backends: Vec<IpAddr> = nodes
                 .iter()
-                .filter(|n| eligible(n, &svc))
+                .filter(|n| spec.admits(n))
                 .filter_map(|n| node_address(n, family))
                 .collect();
             for port in &spec.ports {

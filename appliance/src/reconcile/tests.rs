@@ -14,9 +14,14 @@ use super::*;
 use crate::dataplane::{
     FakeDataplane, Forward, Forwarder, Manages, RealServer, RsSpec, State, VirtualService, VsKey, VsSpec,
 };
-use crate::forwarding::Rule;
+use crate::forwarding::{ParsedService, Rule};
 use crate::ipam::IpRange;
 use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService, Store};
+
+/// A test spec as the store's snapshot gives it.
+fn parsed(spec: ServiceSpec) -> ParsedService {
+    ParsedService::parse(spec).unwrap_or_else(|e| panic!("test spec: {e}"))
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
@@ -270,7 +275,7 @@ fn snapshot(spec: ServiceSpec, vips: &[&str], nodes: Vec<Node>) -> DataplaneSnap
             cluster: "prod".into(),
             namespace: "default".into(),
             name: "web".into(),
-            spec: Some(spec),
+            spec: Some(parsed(spec)),
             addresses: vips
                 .iter()
                 .map(|v| AssignedIp {
@@ -343,7 +348,7 @@ fn desired_state_takes_service_scheduler_affinity_and_local_nodes() {
         d.state.services[&web].spec,
         VsSpec {
             scheduler: "sh".into(),
-            persistence: Some(desired::DEFAULT_AFFINITY_TIMEOUT)
+            persistence: Some(crate::forwarding::DEFAULT_AFFINITY_TIMEOUT)
         }
     );
     assert_eq!(backends(&d.state, web), ["10.1.0.12:30080"]);
@@ -1480,7 +1485,7 @@ fn random_service(rng: &mut Rng, i: u16) -> SnapshotService {
         cluster: "prod".into(),
         namespace: "default".into(),
         name: format!("svc-{i}"),
-        spec: Some(s),
+        spec: Some(parsed(s)),
         addresses,
     }
 }
@@ -1731,7 +1736,7 @@ fn with_node_check(down: &[u8], all_down: AllDown) -> (Desired, HealthPlan) {
     let mut snap = snapshot(spec(&[(Protocol::Tcp, 80, 30080)]), &["203.0.113.5"], three_nodes());
     let mut udp = snap.services[0].clone();
     udp.name = "dns".into();
-    udp.spec = Some(spec(&[(Protocol::Udp, 53, 30053)]));
+    udp.spec = Some(parsed(spec(&[(Protocol::Udp, 53, 30053)])));
     udp.addresses[0].ip = ip("203.0.113.6");
     snap.services.push(udp);
     let targets: HashMap<Target, TargetState> = down
@@ -1807,7 +1812,7 @@ fn shared_vip_service(name: &str, ports: &[(Protocol, u16, u16)], ranges: &[&str
         cluster: "prod".into(),
         namespace: "default".into(),
         name: name.into(),
-        spec: Some(s),
+        spec: Some(parsed(s)),
         addresses: vec![AssignedIp {
             ip: ip("203.0.113.5"),
             pool: "public".into(),

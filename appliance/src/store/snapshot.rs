@@ -9,6 +9,7 @@ use edgelb_api::{AssignedIp, HealthOverrides, Node, ServiceSpec};
 use sqlx::Row;
 
 use super::{Result, Store, StoreError, blob_ip, json_vec};
+use crate::forwarding::ParsedService;
 use crate::ipam::{IpRange, ServiceKey, from_u128};
 
 /// A pool as the data plane sees it.
@@ -30,7 +31,7 @@ pub struct SnapshotService {
     pub namespace: String,
     pub name: String,
     /// `None` while only reserved by a sync.
-    pub spec: Option<ServiceSpec>,
+    pub spec: Option<ParsedService>,
     pub addresses: Vec<AssignedIp>,
 }
 
@@ -172,7 +173,13 @@ impl Store {
 }
 
 /// A stored spec column: `NULL` while the Service is only reserved by a sync.
-fn stored_spec(text: Option<String>) -> Result<Option<ServiceSpec>> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("service spec: {e}"))))
-        .transpose()
+/// A stored spec, parsed for forwarding. Specs are validated on writing, so one that does not
+/// read back is corruption, as unreadable JSON is.
+fn stored_spec(text: Option<String>) -> Result<Option<ParsedService>> {
+    text.map(|t| {
+        let spec: ServiceSpec =
+            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("service spec: {e}")))?;
+        ParsedService::parse(spec).map_err(|e| StoreError::Corrupt(format!("service spec: {e}")))
+    })
+    .transpose()
 }

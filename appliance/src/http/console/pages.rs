@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
-use edgelb_api::{AllocationState, Node, TrafficPolicy};
+use edgelb_api::{AllocationState, Node};
 
 use super::view::{
     AllocationQuery, AllocationRow, AllocationsPage, AuditPage, AuditQuery, AuditRow, ClusterRow, ClustersPage,
@@ -16,7 +16,7 @@ use super::view::{
     bytes, query, sock, time,
 };
 use super::{Console, ConsoleUser, PageResult};
-use crate::forwarding::{StatusView, VsKey};
+use crate::forwarding::{self, StatusView, VsKey};
 use crate::http::AppState;
 use crate::store::{AllocationFilter, AuditFilter};
 
@@ -177,18 +177,6 @@ pub struct ServicesQuery {
     page: String,
 }
 
-/// The nodes that would receive a Service's traffic, from the agent's node list.
-fn eligible<'n>(nodes: &'n [Node], policy: TrafficPolicy, local: Option<&[String]>) -> Vec<&'n Node> {
-    nodes
-        .iter()
-        .filter(|n| n.ready && n.schedulable && !n.excluded)
-        .filter(|n| match (policy, local) {
-            (TrafficPolicy::Local, Some(local)) => local.contains(&n.name),
-            _ => true,
-        })
-        .collect()
-}
-
 pub async fn services(
     State(s): State<AppState>,
     Extension(console): Extension<Arc<Console>>,
@@ -266,7 +254,7 @@ pub async fn services(
                 .filter_map(|(ip, port, protocol)| status.virtual_service(VsKey::new(ip, port, protocol)))
                 .collect();
             let (real_servers, connections, bytes_total) = if programmed.is_empty() {
-                let chosen = eligible(cluster_nodes, spec.external_traffic_policy, spec.local_nodes.as_deref());
+                let chosen = cluster_nodes.iter().filter(|n| forwarding::admits(spec, n));
                 let node_ports = spec
                     .ports
                     .iter()
@@ -274,7 +262,6 @@ pub async fn services(
                     .collect::<Vec<_>>()
                     .join(" ");
                 let rs = chosen
-                    .iter()
                     .filter_map(|n| {
                         Some(RealServer {
                             node: n.name.clone(),
@@ -312,11 +299,8 @@ pub async fn services(
                 }
                 (rs, conns.to_string(), bytes(total))
             };
-            let scheduler = spec
-                .scheduler
-                .clone()
-                .or_else(|| svc.pool.as_ref().and_then(|p| schedulers.get(p).cloned()))
-                .unwrap_or_default();
+            let pool_scheduler = svc.pool.as_ref().and_then(|p| schedulers.get(p)).map(String::as_str);
+            let scheduler = forwarding::scheduler_of(spec, pool_scheduler).to_string();
             ServiceRow {
                 key: format!("{}/{}", svc.namespace, svc.name),
                 cluster: svc.cluster.clone(),
@@ -328,12 +312,9 @@ pub async fn services(
                     .collect(),
                 scheduler,
                 policy: format!("{:?}", spec.external_traffic_policy),
-                affinity: match spec.session_affinity {
-                    edgelb_api::SessionAffinity::None => "none".to_owned(),
-                    edgelb_api::SessionAffinity::ClientIp => format!(
-                        "client IP, {} s",
-                        spec.session_affinity_timeout_seconds.unwrap_or(10800)
-                    ),
+                affinity: match forwarding::persistence_of(spec) {
+                    None => "none".to_owned(),
+                    Some(seconds) => format!("client IP, {seconds} s"),
                 },
                 real_servers,
                 pending: false,
@@ -480,27 +461,5 @@ mod tests {
         assert_eq!(parse_local("1970-01-01T00:01"), Some(60));
         assert_eq!(parse_local("1970-01-01T00:01:05"), Some(65));
         assert_eq!(parse_local("yesterday"), None);
-    }
-
-    #[test]
-    fn only_ready_schedulable_included_nodes_are_eligible() {
-        let node = |name: &str, ready, schedulable, excluded| Node {
-            name: name.into(),
-            addresses: vec!["10.0.0.1".parse().expect("ip")],
-            ready,
-            schedulable,
-            excluded,
-        };
-        let nodes = vec![
-            node("a", true, true, false),
-            node("b", false, true, false),
-            node("c", true, false, false),
-            node("d", true, true, true),
-            node("e", true, true, false),
-        ];
-        let names = |v: Vec<&Node>| v.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(eligible(&nodes, TrafficPolicy::Cluster, None)), ["a", "e"]);
-        let local = vec!["e".to_owned()];
-        assert_eq!(names(eligible(&nodes, TrafficPolicy::Local, Some(&local))), ["e"]);
     }
 }
