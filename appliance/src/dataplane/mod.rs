@@ -244,6 +244,19 @@ impl State {
         Some(rules.sets.get(set).is_some_and(|s| s.contains(&e)))
     }
 
+    /// Every rule the filter and translation hold, read back from what the kernel reported (an
+    /// element of no rule, one added by hand, is left out); `None` when they are not managed.
+    pub fn held_rules(&self) -> Option<BTreeSet<Rule>> {
+        let rules = self.rules.as_ref()?;
+        Some(
+            rules
+                .sets
+                .iter()
+                .flat_map(|(set, elements)| elements.iter().filter_map(|e| nft::rule_of(set, e)))
+                .collect(),
+        )
+    }
+
     /// Whether the filter and translation this holds are exactly `ruleset` (nothing more, nothing
     /// changed by hand); `None` when they are not managed.
     pub fn holds_ruleset(&self, ruleset: &Ruleset) -> Option<bool> {

@@ -27,7 +27,9 @@ mod table;
 mod tests;
 
 pub use crate::forwarding::{IpPrefix, NatMode, PortRules, Rule, Ruleset, SnatSource};
-pub use ruleset::{ChainState, Element, TableState, element, expected_state, parse_listing, render, render_patch};
+pub use ruleset::{
+    ChainState, Element, TableState, element, expected_state, parse_listing, render, render_patch, rule_of,
+};
 pub use table::NftTable;
 
 /// The table the appliance owns unless configured otherwise.

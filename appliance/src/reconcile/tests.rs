@@ -1619,13 +1619,16 @@ fn model_equivalence(node_port: Option<u16>) {
     }
     assert_eq!(kinds.len(), 3, "creates, updates and deletes were all exercised");
     assert!(!services.is_empty());
-    let rules = kernel.rules.as_ref().expect("rules");
+    let rules = kernel.held_rules().expect("rules");
+    let kinds = [
+        |r: &Rule| matches!(r, Rule::FullNat { backend, .. } if backend.is_ipv4()),
+        |r: &Rule| matches!(r, Rule::FullNat { backend, .. } if backend.is_ipv6()),
+        |r: &Rule| matches!(r, Rule::Restricted { vip, .. } if vip.is_ipv4()),
+        |r: &Rule| matches!(r, Rule::Allowed { vip, .. } if vip.is_ipv6()),
+    ];
     assert!(
-        ["fullnat_v4", "fullnat_v6", "restricted_v4", "allowed_v6"]
-            .iter()
-            .all(|set| rules.sets.get(*set).is_some_and(|s| !s.is_empty())),
-        "the sequence exercised every kind of set element: {:?}",
-        rules.sets.keys()
+        kinds.iter().all(|kind| rules.iter().any(kind)),
+        "the sequence exercised every kind of rule: {rules:?}"
     );
 }
 
@@ -1698,14 +1701,20 @@ async fn a_change_to_some_services_touches_only_them_and_leaves_what_a_full_pass
         !ops.iter().any(|op| matches!(op, Op::SetRules(_))),
         "the table is patched, not rewritten: {ops:?}"
     );
-    let rules = fake.state().rules.expect("rules");
+    let rules = fake.state().held_rules().expect("rules");
     assert!(
-        rules.sets["restricted_v4"].contains(&format!("{s7} . udp . 53")),
+        rules.contains(&Rule::Restricted {
+            vip: s7,
+            protocol: Protocol::Udp,
+            port: 53
+        }),
         "{rules:?}"
     );
     assert!(
-        !rules.sets["fullnat_v4"].iter().any(|e| e.ends_with(". 31008")),
-        "s8's elements are gone"
+        !rules
+            .iter()
+            .any(|r| matches!(r, Rule::FullNat { backend, .. } if backend.port() == 31008)),
+        "s8's rules are gone"
     );
 
     // The kernel now holds exactly what a full pass wants, and the status shows it.
@@ -1990,13 +1999,18 @@ async fn a_change_during_a_slow_resync_reaches_the_kernel_before_the_dump_ends_a
     assert_eq!(report.ops, Vec::new());
     fake.slow_observe(Duration::ZERO);
     assert_eq!(r.pass().await.expect("a full pass").ops, Vec::new());
-    let rules = fake.state().rules.expect("rules");
+    let prefix: crate::forwarding::IpPrefix = "192.0.2.0/24".parse().expect("prefix");
+    let rules = fake.state().held_rules().expect("rules");
     assert!(
-        rules.sets["allowed_v4"].iter().any(|e| e.ends_with("192.0.2.0/24")),
+        rules
+            .iter()
+            .any(|r| matches!(r, Rule::Allowed { prefix: p, .. } if *p == prefix)),
         "{rules:?}"
     );
     assert!(
-        !rules.sets["fullnat_v4"].iter().any(|e| e.ends_with(". 30080")),
+        !rules
+            .iter()
+            .any(|r| matches!(r, Rule::FullNat { backend, .. } if backend.is_ipv4() && backend.port() == 30080)),
         "{rules:?}"
     );
 }

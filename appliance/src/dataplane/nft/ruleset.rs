@@ -190,6 +190,37 @@ pub fn element(rule: &Rule) -> Element {
     }
 }
 
+/// The rule a set element expresses, read back from its set's name and its text as nft prints it
+/// ([`element`]'s inverse); `None` for an element of no rule (one added by hand, say).
+pub fn rule_of(set: &str, text: &str) -> Option<Rule> {
+    let parts: Vec<&str> = text.split(" . ").collect();
+    let protocol = match *parts.get(1)? {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "sctp" => Protocol::Sctp,
+        _ => return None,
+    };
+    let addr: IpAddr = parts.first()?.parse().ok()?;
+    let port: u16 = parts.get(2)?.parse().ok()?;
+    let v4 = addr.is_ipv4();
+    let rule = match (set, parts.len()) {
+        ("fullnat_v4" | "fullnat_v6", 3) => Rule::full_nat(std::net::SocketAddr::new(addr, port), protocol),
+        ("restricted_v4" | "restricted_v6", 3) => Rule::Restricted {
+            vip: addr,
+            protocol,
+            port,
+        },
+        ("allowed_v4" | "allowed_v6", 4) => Rule::Allowed {
+            vip: addr,
+            protocol,
+            port,
+            prefix: parts[3].parse().ok()?,
+        },
+        _ => return None,
+    };
+    (set.ends_with("_v4") == v4).then_some(rule)
+}
+
 /// The elements of every set, as nft prints them (`10.0.0.1 . tcp . 80`).
 fn elements(ruleset: &Ruleset) -> BTreeMap<&'static str, BTreeSet<String>> {
     let mut sets: BTreeMap<&'static str, BTreeSet<String>> = SETS.iter().map(|s| (s.name, BTreeSet::new())).collect();

@@ -354,10 +354,24 @@ fn a_patch_deletes_before_it_adds_and_names_each_rule_as_its_set_element() {
         element(&restricted),
         ("restricted_v4", "203.0.113.5 . tcp . 80".to_owned())
     );
+    for rule in [allowed("10.0.0.0/8"), restricted] {
+        let (set, text) = element(&rule);
+        assert_eq!(rule_of(set, &text), Some(rule), "read back: {set} {text}");
+    }
+    assert_eq!(
+        rule_of("allowed_v6", "203.0.113.5 . tcp . 80 . 10.0.0.0/8"),
+        None,
+        "wrong family"
+    );
+    assert_eq!(rule_of("fullnat_v4", "10.0.0.1 . icmp . 80"), None);
     let backend: SocketAddr = "[2001:db8::11]:30080".parse().expect("backend");
     assert_eq!(
         element(&Rule::full_nat(backend, Protocol::Udp)),
         ("fullnat_v6", "2001:db8::11 . udp . 30080".to_owned())
+    );
+    assert_eq!(
+        rule_of("fullnat_v6", "2001:db8::11 . udp . 30080"),
+        Some(Rule::full_nat(backend, Protocol::Udp))
     );
     assert_eq!(
         render_patch("edgelb", &[allowed("10.0.0.0/8")], &[allowed("10.0.0.0/16")]),
