@@ -3,8 +3,9 @@
 //!
 //! It renders the whole table from a desired [`Ruleset`] (a pure function; each [`Rule`] of it is
 //! one set element, see [`element`]), applies it in one atomic `nft -f -` transaction, reads it
-//! back with `nft -j list table` to compare, and deletes it on an explicit flush. It must never touch another table: every command it sends names its
-//! own table, and it never lists or flushes the whole ruleset.
+//! back with `nft -j list table` to compare, and deletes it on an explicit flush. It must never
+//! touch another table: every command it sends names its own table, and it never lists or
+//! flushes the whole ruleset.
 //!
 //! The table has a fixed shape whatever the number of services; only set elements grow, so
 //! 10,000 VIPs are a few sets, not 10,000 rules:

@@ -82,8 +82,13 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl PoolDef {
-    /// Validates a spec, collecting every problem with the field it concerns.
-    pub fn from_spec(spec: &PoolSpec) -> Result<PoolDef, Vec<FieldError>> {
+    /// Validates a spec, collecting every problem with the field it concerns, in the spec's
+    /// order. Which schedulers exist is not the allocator's to know: `check_scheduler` says
+    /// (the store asks the forwarding backend's capabilities).
+    pub fn from_spec(
+        spec: &PoolSpec,
+        check_scheduler: impl Fn(&str) -> Result<(), String>,
+    ) -> Result<PoolDef, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut err = |field: String, message: String| errors.push(FieldError { field, message });
         if let Err(m) = check_name(&spec.name) {
@@ -122,6 +127,9 @@ impl PoolDef {
                     format!("'{n}' is not a namespace name (a DNS label of at most 63 characters)"),
                 );
             }
+        }
+        if let Err(m) = check_scheduler(&spec.scheduler) {
+            err("scheduler".into(), m);
         }
         // A year is far past any sensible hold; beyond it is likely a unit mistake.
         if spec.hold_seconds > 366 * 86_400 {

@@ -17,6 +17,11 @@ const V6: IpFamily = IpFamily::Ipv6;
 // ---- fixtures ----
 
 /// A pool spec with the API's defaults (auto-assign, no restriction, hold 600 s).
+/// Schedulers are the store's to check, against the backend: here every name passes.
+fn any_scheduler(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
 fn spec(name: &str, ranges: &[&str]) -> PoolSpec {
     PoolSpec {
         name: name.to_owned(),
@@ -38,7 +43,7 @@ fn with(mut s: PoolSpec, f: impl FnOnce(&mut PoolSpec)) -> PoolSpec {
 }
 
 fn def(s: &PoolSpec) -> PoolDef {
-    PoolDef::from_spec(s).unwrap_or_else(|e| panic!("test pool '{}' is invalid: {e:?}", s.name))
+    PoolDef::from_spec(s, any_scheduler).unwrap_or_else(|e| panic!("test pool '{}' is invalid: {e:?}", s.name))
 }
 
 /// An allocation state holding the pools, each checked as the store would.
@@ -521,7 +526,7 @@ fn pool_spec_validation_reports_every_problem_with_its_field() {
         hold_seconds: 10_000_000_000,
         ..spec("x", &[])
     };
-    let errors = PoolDef::from_spec(&bad).expect_err("invalid");
+    let errors = PoolDef::from_spec(&bad, any_scheduler).expect_err("invalid");
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(
         fields,
@@ -549,7 +554,7 @@ fn pool_spec_validation_reports_every_problem_with_its_field() {
         "{errors:?}"
     );
 
-    let empty = PoolDef::from_spec(&spec("empty", &[])).expect_err("no ranges");
+    let empty = PoolDef::from_spec(&spec("empty", &[]), any_scheduler).expect_err("no ranges");
     assert_eq!(empty.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["ranges"]);
 }
 

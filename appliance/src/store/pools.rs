@@ -51,43 +51,30 @@ pub(super) fn health_of(pool: &str, text: Option<&str>) -> Result<Option<HealthO
 }
 
 fn def_of(spec: &PoolSpec) -> Result<PoolDef> {
-    PoolDef::from_spec(spec).map_err(|e| StoreError::Corrupt(format!("pool '{}': {e:?}", spec.name)))
+    // A stored pool is never refused for its scheduler: it was offered when it was written.
+    PoolDef::from_spec(spec, |_| Ok(())).map_err(|e| StoreError::Corrupt(format!("pool '{}': {e:?}", spec.name)))
 }
 
 /// Validates a spec as given by a client: every problem of its ranges and names (from the
 /// allocator), of its scheduler (against what the backend offers) and of its health overrides
 /// (as `health.interval_ms` and so on), all at once.
 fn checked(spec: &PoolSpec, offered: &Capabilities) -> Result<PoolDef> {
-    let (def, mut errors) = match PoolDef::from_spec(spec) {
-        Ok(def) => (Some(def), Vec::new()),
-        Err(errors) => (None, errors),
-    };
-    if let Err(message) = offered.check_scheduler(&spec.scheduler) {
-        // In the order of the spec's fields, as the allocator reports the others.
-        let at = errors
-            .iter()
-            .position(|e| e.field == "hold_seconds")
-            .unwrap_or(errors.len());
-        errors.insert(
-            at,
-            FieldError {
-                field: "scheduler".into(),
-                message,
-            },
-        );
-    }
-    errors.extend(
-        spec.health
-            .iter()
-            .flat_map(HealthOverrides::problems)
-            .map(|(field, message)| FieldError {
-                field: format!("health.{field}"),
-                message,
-            }),
-    );
-    match def {
-        Some(def) if errors.is_empty() => Ok(def),
-        _ => Err(StoreError::Invalid(errors)),
+    let health: Vec<FieldError> = spec
+        .health
+        .iter()
+        .flat_map(HealthOverrides::problems)
+        .map(|(field, message)| FieldError {
+            field: format!("health.{field}"),
+            message,
+        })
+        .collect();
+    match PoolDef::from_spec(spec, |s| offered.check_scheduler(s)) {
+        Ok(def) if health.is_empty() => Ok(def),
+        Ok(_) => Err(StoreError::Invalid(health)),
+        Err(mut errors) => {
+            errors.extend(health);
+            Err(StoreError::Invalid(errors))
+        }
     }
 }
 
