@@ -808,6 +808,12 @@ pub struct DataplaneStatus {
     pub last_error: Option<String>,
     /// Passes run since start.
     pub passes: u64,
+    /// Of the passes that succeeded, those that rebuilt the whole desired state from a store
+    /// snapshot (at start, on every resync, after a failure, and for a change too large to
+    /// redo Service by Service); the others redid only the Services a store change or a
+    /// health change named.
+    #[serde(default)]
+    pub full_builds: u64,
     /// Operations applied since start.
     pub operations: u64,
     /// The virtual services edgelb owns, as last observed.

@@ -3,7 +3,8 @@
 //! and the reconciler (with health checking, probes 1 h apart so none runs) over the fake data
 //! plane, whose own copy of the "kernel" is counted too. Prints the resident size after each
 //! step (after `malloc_trim`, so it is what is live, not what glibc keeps) and the time of a
-//! pass for a one-Service change (p50 / max of 20).
+//! pass for a one-Service change (p50 / max of 20), and of the pass a health verdict on one
+//! real server causes (p50 / max of 40 flaps), against a full build for the same flaps.
 //!
 //! Usage: `cargo run --release -p edgelb --example bench_memory [N]` (default 10000). The
 //! appliance's own resident size in the real kernel is measured by the kernel-lab scenario
@@ -59,7 +60,11 @@ async fn run(n: u32) -> Result<(), String> {
     let nodes = (0..10u8)
         .map(|r| Node {
             name: format!("n{r}"),
-            addresses: vec![std::net::IpAddr::from([10, 1, 0, 10 + r])],
+            // n0 and n1 on loopback, for the health flap.
+            addresses: vec![match r {
+                0 | 1 => std::net::IpAddr::from([127, 0, 0, 1 + r]),
+                _ => std::net::IpAddr::from([10, 1, 0, 10 + r]),
+            }],
             ready: true,
             schedulable: true,
             excluded: false,
@@ -130,11 +135,113 @@ async fn run(n: u32) -> Result<(), String> {
         puts[puts.len() - 1].as_micros(),
         rss_mib()
     );
+    flap(&store, &r, n).await?;
     let resync = r.pass().await.map_err(|e| e.to_string())?;
     println!(
         "BENCH name=memory step=resync services={n} ms={} rss_mib={:.1}",
         resync.elapsed.as_millis(),
         rss_mib()
+    );
+    Ok(())
+}
+
+/// A health flap: one real server of one Service (`s7` on node `n0`, 127.0.0.1) stops and
+/// starts answering its probe, 20 times each way. Each verdict is followed by the pass the
+/// appliance runs for it, which redoes the Services depending on that target; then the same
+/// flaps followed by a full build against the kept state, which is what a verdict cost before.
+/// Both in one run, so their ratio is what to read on a noisy machine.
+async fn flap(store: &Store, r: &Reconciler<FakeDataplane>, n: u32) -> Result<(), String> {
+    use edgelb::health::{Health, Target};
+    // s7 probed every 100 ms and decided on one probe; n1 (127.0.0.2) keeps answering, so the
+    // Service is never all down (which would serve every real server again).
+    // A listener that accepts (and closes) what the probes open, until dropped.
+    struct Listening(tokio::task::JoinHandle<()>);
+    impl Drop for Listening {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let listen = |ip: [u8; 4]| async move {
+        let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), 20_007))
+            .await
+            .map_err(|e| format!("{ip:?}:20007: {e}"))?;
+        Ok::<_, String>(Listening(tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        })))
+    };
+    let _steady = listen([127, 0, 0, 2]).await?;
+    let mut fast = spec(7, None);
+    fast.health = Some(edgelb_api::HealthOverrides {
+        interval_ms: Some(100),
+        timeout_ms: Some(100),
+        rise: Some(1),
+        fall: Some(1),
+        ..Default::default()
+    });
+    store
+        .put_service("bench", "c", "default", "s7", fast)
+        .await
+        .map_err(|e| e.to_string())?;
+    r.pass_for_change().await.map_err(|e| e.to_string())?;
+    let checker = r.checker().ok_or("health checking is on")?.clone();
+    let probes = tokio::spawn(checker.clone().run());
+    let target = Target::tcp([127, 0, 0, 1].into(), 20_007);
+    let until = |health: Health| {
+        let (checker, target) = (checker.clone(), target.clone());
+        async move {
+            for _ in 0..500 {
+                if checker.state(&target).is_some_and(|s| s.health == health) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(format!("{target} did not become {health:?}"))
+        }
+    };
+    // The other eight nodes' probes of s7 fail at once and stay down: one pass takes them in.
+    until(Health::Down).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.pass_for_health().await.map_err(|e| e.to_string())?;
+    let mut results = Vec::new();
+    for rebuild in [false, true] {
+        let before = r.status().borrow().summary.full_builds;
+        let (mut samples, mut ops) = (Vec::new(), 0);
+        let mut listener = None;
+        for up in (0..40).map(|i| i % 2 == 0) {
+            // Up: answer the probe; down: stop answering it.
+            listener = match up {
+                true => Some(listen([127, 0, 0, 1]).await?),
+                false => None,
+            };
+            until(if up { Health::Up } else { Health::Down }).await?;
+            let pass = match rebuild {
+                false => r.pass_for_health().await,
+                true => r.pass_rebuild().await,
+            }
+            .map_err(|e| e.to_string())?;
+            if pass.ops.len() != 1 {
+                return Err(format!("a flap is one weight change, not {:?}", pass.ops));
+            }
+            ops += pass.ops.len();
+            samples.push(pass.elapsed);
+        }
+        drop(listener);
+        samples.sort();
+        let builds = r.status().borrow().summary.full_builds - before;
+        results.push((samples[samples.len() / 2], samples[samples.len() - 1], builds, ops));
+    }
+    probes.abort();
+    let ((p50, max, builds, ops), (rp50, rmax, rbuilds, _)) = (results[0], results[1]);
+    println!(
+        "BENCH name=health-flap services={n} flaps=40 ops={ops} pass_p50_us={} pass_max_us={} full_builds={builds} \
+         rebuild_p50_us={} rebuild_max_us={} rebuild_full_builds={rbuilds} ratio_p50={:.0}",
+        p50.as_micros(),
+        max.as_micros(),
+        rp50.as_micros(),
+        rmax.as_micros(),
+        rp50.as_secs_f64() / p50.as_secs_f64().max(1e-9)
     );
     Ok(())
 }

@@ -155,6 +155,8 @@ struct Shared {
     /// How late probes started (for metrics), a bounded reservoir of recent values.
     lateness: Vec<Duration>,
     probes: u64,
+    /// Targets whose serving state changed since the reconciler last took them.
+    changed: std::collections::HashSet<Target>,
 }
 
 /// The health checker. Cheap to clone; [`Checker::run`] drives it.
@@ -264,9 +266,22 @@ impl Checker {
         all
     }
 
-    /// Bumped on every health change.
+    /// Bumped whenever a target starts or stops serving (not when an unknown one comes up).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// The targets whose serving state changed since the last call, in no order (each once
+    /// however often it flapped). The change is recorded before subscribers are woken, so a
+    /// reader woken by [`subscribe`](Self::subscribe) finds it here.
+    pub fn take_changed(&self) -> Vec<Target> {
+        let mut sh = self.lock();
+        if sh.changed.capacity() > 2 * sh.changed.len() + 1024 {
+            // After a mass change (a node down under 10,000 Services): give the room back.
+            std::mem::take(&mut sh.changed).into_iter().collect()
+        } else {
+            sh.changed.drain().collect()
+        }
     }
 
     /// Probes done so far and recent lateness values (sorted), for metrics and benchmarks.
@@ -351,16 +366,24 @@ impl Checker {
             let i = (sh.probes as usize) % LATENESS_SAMPLES;
             sh.lateness[i] = late;
         }
+        let served = sh.targets.get(target).is_none_or(|s| s.serves());
         let Some(h) = sh.targets.observe(slot, outcome, latency, SystemTime::now()) else {
             return;
         };
         let reason = (h == Health::Down).then(|| sh.targets.reason(slot.0).to_owned());
+        // Unknown to up changes nothing that is forwarded: no pass for it.
+        let serving_changed = served != (h != Health::Down);
+        if serving_changed {
+            sh.changed.insert(target.clone());
+        }
         drop(sh);
         match reason {
             Some(reason) => tracing::warn!(target = %target, reason = %reason, "backend unhealthy"),
             None => tracing::info!(target = %target, "backend healthy"),
         }
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        if serving_changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 }
 

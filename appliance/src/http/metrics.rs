@@ -224,6 +224,13 @@ impl Collector for DataplaneCollector {
             None,
             passes.metric_type(),
         )?)?;
+        let builds = ConstCounter::new(status.full_builds);
+        builds.encode(encoder.encode_descriptor(
+            "dataplane_full_builds",
+            "Reconcile passes that rebuilt the whole desired state from a store snapshot",
+            None,
+            builds.metric_type(),
+        )?)?;
         let ops = ConstCounter::new(status.operations);
         ops.encode(encoder.encode_descriptor(
             "dataplane_operations",

@@ -45,7 +45,9 @@ pub struct Model {
     by_port: HashMap<(Protocol, u16), Vec<VsKey>>,
     /// How many Services forward on each VIP.
     vips: BTreeMap<IpAddr, u32>,
-    parts: HashMap<ServiceKey, Part>,
+    parts: HashMap<std::sync::Arc<ServiceKey>, Part>,
+    /// The Service of each virtual service (the key its part is kept under, shared).
+    owner: HashMap<VsKey, std::sync::Arc<ServiceKey>>,
     hp: HealthPlan,
     /// The virtual services probed with each kind of probe on each port, in key order: a
     /// target's users are those of its kind and port that probe its node, and the first of
@@ -200,6 +202,7 @@ impl Model {
         cmp_map!(by_port);
         cmp_map!(vips);
         cmp_map!(parts);
+        cmp_map!(owner);
         cmp_map!(hp.targets);
         cmp_map!(hp.overrides);
         cmp_map!(hp.nodes);
@@ -318,6 +321,7 @@ impl Model {
             return drains;
         };
         for k in part.keys {
+            self.owner.remove(&k);
             touched.services.insert(k);
             self.state.services.remove(&k);
             let present = self.present(k);
@@ -398,7 +402,7 @@ impl Model {
     fn insert(&mut self, svc: SnapshotService, health: &HealthInput<'_>, mut touched: Option<&mut Touched>) -> bool {
         let Some(spec) = &svc.spec else { return true };
         let mut consistent = true;
-        let key = ServiceKey::new(&svc.cluster, &svc.namespace, &svc.name);
+        let key = std::sync::Arc::new(ServiceKey::new(&svc.cluster, &svc.namespace, &svc.name));
         let mut part = Part::default();
         let nodes = self.nodes.get(&svc.cluster).map(Vec::as_slice).unwrap_or_default();
         let listed: BTreeSet<IpAddr> = nodes.iter().flat_map(|n| n.addresses.iter().copied()).collect();
@@ -425,6 +429,7 @@ impl Model {
                     continue;
                 }
                 part.keys.push(k);
+                self.owner.insert(k, key.clone());
                 if let Some(t) = touched.as_deref_mut() {
                     t.services.insert(k);
                 }
@@ -538,6 +543,45 @@ impl Model {
     /// is still wanted).
     fn stays_restricted(&self, e: &Rule) -> bool {
         e.restriction().is_some_and(|r| self.elements.contains_key(&r))
+    }
+
+    /// The Services whose real servers depend on some of `targets` (their own probe or, with
+    /// the node-level check on, their node's): what a pass must redo when those targets change
+    /// health. `None` when more than `max` do (a node that went down under thousands of
+    /// Services): a full build is then as cheap.
+    pub fn services_depending_on(&self, targets: &[Target], max: usize) -> Option<BTreeSet<ServiceKey>> {
+        let mut out = BTreeSet::new();
+        let mut nodes = std::collections::HashSet::new();
+        for t in targets {
+            if self.hp.nodes.contains_key(t) {
+                nodes.insert(t.addr);
+            }
+            for k in self.by_probe.get(&(t.kind, t.port)).into_iter().flatten() {
+                if self.hp.targets.get(k).is_some_and(|p| p.target(t.addr).is_some())
+                    && let Some(owner) = self.owner.get(k)
+                    && !out.contains(&**owner)
+                {
+                    if out.len() == max {
+                        return None;
+                    }
+                    out.insert(ServiceKey::clone(owner));
+                }
+            }
+        }
+        if nodes.is_empty() {
+            return Some(out);
+        }
+        // A node's check: every Service with a real server on that node (usually most of a
+        // cluster's, so this seldom ends within the bound).
+        for (key, part) in &self.parts {
+            if !out.contains(&**key) && part.nodes.iter().any(|n| nodes.contains(n)) {
+                if out.len() == max {
+                    return None;
+                }
+                out.insert(ServiceKey::clone(key));
+            }
+        }
+        Some(out)
     }
 
     /// The settings each touched target is now probed with; `None` for one no longer used.

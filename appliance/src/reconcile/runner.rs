@@ -121,6 +121,16 @@ enum Pass {
     Rebuild,
     /// Redo only the Services the store's journal names, when it names only Services.
     Change,
+    /// Redo only the Services whose real servers' targets changed health (with what the
+    /// journal names, as [`Pass::Change`]), when they are few.
+    Health,
+}
+
+impl Pass {
+    /// Whether the pass redoes only some Services when it can.
+    fn partial(self) -> bool {
+        matches!(self, Pass::Change | Pass::Health)
+    }
 }
 
 /// A change naming more Services than this rebuilds the model from one snapshot instead.
@@ -213,6 +223,20 @@ impl<D: Forwarder> Reconciler<D> {
         self.pass_with(Pass::Change, None).await
     }
 
+    /// A pass for health changes: redoes only the Services whose real servers depend on a
+    /// target that started or stopped serving since the last pass (with what the store's
+    /// journal names), when they are few; else a full build against the kept state.
+    pub async fn pass_for_health(&self) -> Result<PassReport, ReconcileError> {
+        self.pass_with(Pass::Health, None).await
+    }
+
+    /// A full build against the kept state, without dumping the kernel: what a change of claim
+    /// or a drain's end costs (and what a health change cost before it redid only the Services
+    /// that depend on it).
+    pub async fn pass_rebuild(&self) -> Result<PassReport, ReconcileError> {
+        self.pass_with(Pass::Rebuild, None).await
+    }
+
     /// A full pass that dumps the kernel while it goes on answering store changes: a dump of
     /// 100,000 real servers takes about a second on a host (tens under emulation), and a change
     /// should not wait for it. What those changes applied is taken from the kept state into
@@ -297,7 +321,7 @@ impl<D: Forwarder> Reconciler<D> {
             }
         };
         *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = memory;
-        if kind != Pass::Change || report.as_ref().is_ok_and(|r| r.ops.len() > INCREMENTAL_MAX) {
+        if !kind.partial() || report.as_ref().is_ok_and(|r| r.ops.len() > INCREMENTAL_MAX) {
             release_free_memory();
         }
         report
@@ -309,6 +333,7 @@ impl<D: Forwarder> Reconciler<D> {
         self.status.send_modify(|p| {
             let p = Arc::make_mut(p);
             p.summary.passes += 1;
+            p.summary.full_builds += u64::from(out.touched.is_none());
             p.summary.operations += out.ops.len() as u64;
             p.summary.last_sync = Some(OffsetDateTime::now_utc());
             p.summary.last_error = None;
@@ -383,13 +408,26 @@ impl<D: Forwarder> Reconciler<D> {
         dumped: Option<Result<State, DataplaneError>>,
         memory: &mut Memory,
     ) -> Result<Outcome, ReconcileError> {
-        let (generation, dirty) = self.store.changes_since(memory.generation);
-        let incremental = kind == Pass::Change
+        let (generation, mut dirty) = self.store.changes_since(memory.generation);
+        // The targets that changed health since the last pass, taken before anything reads
+        // health: a partial pass redoes the Services that depend on them, a full build reads
+        // every target anyway.
+        let health_changed = self
+            .health
+            .as_ref()
+            .map(|h| h.checker.take_changed())
+            .unwrap_or_default();
+        let incremental = kind.partial()
             && dumped.is_none()
-            && memory.model.is_some()
             && memory.kept
             && !dirty.all
             && dirty.nodes.is_empty()
+            && memory.model.as_ref().is_some_and(|model| {
+                model
+                    .services_depending_on(&health_changed, INCREMENTAL_MAX)
+                    .map(|keys| dirty.services.extend(keys))
+                    .is_some()
+            })
             && dirty.services.len() <= INCREMENTAL_MAX;
         if incremental && let Some(out) = self.pass_incremental(memory, generation, &dirty.services).await? {
             return Ok(out);
@@ -554,7 +592,7 @@ impl<D: Forwarder> Reconciler<D> {
                 Pass::Dump => self.pass_answering(&mut changes).await,
                 _ => self.pass_with(kind, None).await,
             };
-            if kind == Pass::Change {
+            if kind.partial() {
                 untrimmed = true;
                 if last_trim.elapsed() >= TRIM_EVERY {
                     release_free_memory();
@@ -582,12 +620,17 @@ impl<D: Forwarder> Reconciler<D> {
             loop {
                 tokio::select! {
                     Some(()) = health_changed(&mut health_changes) => {
-                        // A target changed health: rebuild against the kept state, at once
-                        // (the checker's rise/fall already damped it; the debounce gathers
-                        // targets that go down together, as when a node dies).
+                        // A target changed health: redo the Services that depend on it, at
+                        // once (the checker's rise/fall already damped it; the debounce
+                        // gathers targets that go down together, as when a node dies, which
+                        // takes a full build against the kept state). After a failure the
+                        // pass dumps anyway.
                         tokio::time::sleep(self.options.debounce).await;
                         if let Some(rx) = &mut health_changes {
                             rx.borrow_and_update();
+                        }
+                        if kind != Pass::Dump {
+                            kind = Pass::Health;
                         }
                         break;
                     }

@@ -1207,10 +1207,19 @@ async fn a_health_change_reaches_the_data_plane_without_waiting_for_the_resync()
             .map(|(_, rs)| rs.spec.weight)
     };
     eventually(5, "both nodes are programmed", || fake.state().real_servers.len() == 2).await;
+    eventually(5, "the first pass is published", || status.borrow().summary.passes >= 1).await;
     assert_eq!(weight_of_n2(), Some(1));
+    let summary = || status.borrow().summary.clone();
+    let before = summary();
 
     drop(l2);
     eventually(5, "n2 is drained (weight 0)", || weight_of_n2() == Some(0)).await;
+    eventually(5, "the pass is published", || summary().passes > before.passes).await;
+    assert_eq!(
+        summary().full_builds,
+        before.full_builds,
+        "a health change redoes the Service that depends on the target, not everything"
+    );
     let rs_status = || {
         status
             .borrow()
@@ -1235,6 +1244,7 @@ async fn a_health_change_reaches_the_data_plane_without_waiting_for_the_resync()
 
     let _l2 = std::net::TcpListener::bind(n2).expect("rebind");
     eventually(5, "n2 is back at full weight", || weight_of_n2() == Some(1)).await;
+    assert_eq!(summary().full_builds, before.full_builds, "and so does its return");
     task.abort();
     drop(l1);
 }
@@ -1629,6 +1639,112 @@ fn model_equivalence(node_port: Option<u16>) {
     assert!(
         kinds.iter().all(|kind| rules.iter().any(kind)),
         "the sequence exercised every kind of rule: {rules:?}"
+    );
+}
+
+#[test]
+fn redoing_the_services_that_depend_on_a_changed_target_equals_a_full_build() {
+    health_change_equivalence(None);
+}
+
+#[test]
+fn the_same_holds_for_node_level_targets() {
+    health_change_equivalence(Some(10256));
+}
+
+/// Targets go down and come back one at a time; after each, the Services that
+/// [`Model::services_depending_on`] names are replaced, and the model is the one a full build
+/// with the new health gives, its plan reaching the kernel that build wants.
+fn health_change_equivalence(node_port: Option<u16>) {
+    use super::model::{Model, Touched};
+    let manages = Manages {
+        addresses: true,
+        rules: true,
+        ..Manages::default()
+    };
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let services: BTreeMap<u16, SnapshotService> = (0..24).map(|i| (i, random_service(&mut rng, i))).collect();
+    let snap = model_snapshot(&services);
+    let mut health: HashMap<crate::health::Target, TargetState> = HashMap::new();
+    let drains = Drains::default();
+    fn input<'a>(
+        now: i64,
+        health: &'a HashMap<crate::health::Target, TargetState>,
+        drains: &'a Drains,
+        node_port: Option<u16>,
+    ) -> HealthInput<'a> {
+        HealthInput {
+            now: at(now),
+            drain_timeout: Duration::from_secs(300),
+            all_down: AllDown::FailOpen,
+            targets: health,
+            drains,
+            node_port,
+        }
+    }
+    let mut model = Model::build(snap.clone(), manages, &input(0, &health, &drains, node_port));
+    let mut kernel = State {
+        addresses: Some(BTreeSet::new()),
+        rules: Some(Default::default()),
+        ..State::default()
+    };
+    kernel = applied(&kernel, &model.plan_full(&kernel));
+    let mut targets: Vec<_> = model
+        .health_plan()
+        .probes(crate::health::Settings::default())
+        .into_keys()
+        .collect();
+    targets.sort();
+    let node_targets = targets
+        .iter()
+        .filter(|t| model.health_plan().nodes.contains_key(t))
+        .count();
+    assert_eq!(
+        node_targets > 0,
+        node_port.is_some(),
+        "node-level targets only with the check on"
+    );
+    let (mut redone, mut some_drained) = (0, false);
+    for step in 1..120 {
+        let t = targets[rng.below(targets.len() as u64) as usize].clone();
+        let serves = health.get(&t).is_none_or(|s| s.serves());
+        let next = if serves { Health::Down } else { Health::Up };
+        health.insert(t.clone(), target_state(next, step));
+        let keys = model
+            .services_depending_on(std::slice::from_ref(&t), usize::MAX)
+            .expect("no bound");
+        redone += keys.len();
+        let before = model.drains();
+        let mut touched = Touched::default();
+        let fresh = keys
+            .iter()
+            .map(|k| {
+                let svc = services
+                    .values()
+                    .find(|s| crate::ipam::ServiceKey::new(&s.cluster, &s.namespace, &s.name) == *k)
+                    .cloned();
+                (k.clone(), svc)
+            })
+            .collect();
+        let none = Drains::default();
+        assert!(model.replace_all(fresh, &input(step, &health, &none, node_port), &mut touched));
+        let whole = Model::build(snap.clone(), manages, &input(step, &health, &before, node_port));
+        assert_eq!(model.differences(&whole), Vec::<String>::new(), "step {step}: {t}");
+        kernel = applied(&kernel, &model.plan_touched(&kernel, &touched));
+        assert_eq!(whole.plan_full(&kernel), Vec::new(), "step {step}: {t}");
+        some_drained |= kernel.real_servers.iter().any(|(_, rs)| rs.spec.weight == 0);
+        // Bounded: more dependants than the bound is no answer.
+        if keys.len() > 1 {
+            assert_eq!(
+                model.services_depending_on(std::slice::from_ref(&t), keys.len() - 1),
+                None
+            );
+        }
+    }
+    assert!(some_drained, "targets went down and drained real servers");
+    assert!(
+        redone < 119 * services.len() / 2,
+        "a change redoes a few Services, not all: {redone}"
     );
 }
 
