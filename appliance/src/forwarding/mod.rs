@@ -191,6 +191,18 @@ impl Capabilities {
         let offered: Vec<&str> = self.schedulers.iter().map(Scheduler::as_str).collect();
         Err(format!("unknown scheduler '{name}': use one of {}", offered.join(", ")))
     }
+
+    /// Whether the backend forwards `protocol`; otherwise the error says which it does.
+    pub fn check_protocol(&self, protocol: Protocol) -> Result<(), String> {
+        if self.protocols.contains(&protocol) {
+            return Ok(());
+        }
+        let offered: Vec<String> = self.protocols.iter().map(Protocol::to_string).collect();
+        Err(format!(
+            "this appliance's data plane does not forward {protocol}: it forwards {}",
+            offered.join(", ")
+        ))
+    }
 }
 
 /// How replies from the nodes find their way back to the client.
@@ -393,6 +405,22 @@ mod tests {
         assert_eq!(
             narrow.check_scheduler("mh"),
             Err("unknown scheduler 'mh': use one of rr".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_protocol_the_backend_lacks_is_refused_naming_the_ones_it_has() {
+        let ipvs = Capabilities::ipvs(Manages::default());
+        for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+            assert_eq!(ipvs.check_protocol(p), Ok(()), "IPVS forwards {p}");
+        }
+        let narrow = Capabilities {
+            protocols: vec![Protocol::Tcp, Protocol::Udp],
+            ..ipvs
+        };
+        assert_eq!(
+            narrow.check_protocol(Protocol::Sctp),
+            Err("this appliance's data plane does not forward SCTP: it forwards TCP, UDP".to_owned())
         );
     }
 }

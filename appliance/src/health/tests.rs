@@ -93,6 +93,10 @@ async fn the_checker_drains_and_restores_a_backend_with_damping() {
 
     assert!(checker.serves(&target), "unknown serves");
     wait_for(&checker, &target, Health::Up).await;
+    assert!(
+        !changes.has_changed().expect("sender alive") && checker.take_changed().is_empty(),
+        "unknown to up changes nothing that is forwarded"
+    );
     status.store(503, Ordering::SeqCst);
     let down = wait_for(&checker, &target, Health::Down).await;
     assert!(!checker.serves(&target));
@@ -101,10 +105,13 @@ async fn the_checker_drains_and_restores_a_backend_with_damping() {
         changes.has_changed().expect("sender alive"),
         "a health change is signalled"
     );
+    assert_eq!(checker.take_changed(), std::slice::from_ref(&target), "and recorded");
+    assert!(checker.take_changed().is_empty(), "once");
     changes.borrow_and_update();
     status.store(200, Ordering::SeqCst);
     wait_for(&checker, &target, Health::Up).await;
     assert!(changes.has_changed().expect("sender alive"));
+    assert_eq!(checker.take_changed(), std::slice::from_ref(&target));
     task.abort();
 }
 

@@ -81,6 +81,9 @@ pub fn validate_service(
                     .into(),
             );
         }
+        if let Err(m) = offered.check_protocol(p.protocol) {
+            err(format!("ports[{i}].protocol"), m);
+        }
         if !seen.insert((p.protocol, p.port)) {
             err(
                 format!("ports[{i}]"),

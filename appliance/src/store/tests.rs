@@ -210,6 +210,7 @@ async fn schedulers_are_checked_against_what_the_backend_offers_and_stored_ones_
             .into_iter()
             .map(crate::forwarding::Scheduler::from_name)
             .collect(),
+        protocols: vec![edgelb_api::Protocol::Tcp, edgelb_api::Protocol::Udp],
         ..wlc
     });
     match store.create_pool(ACTOR, mh("other")).await {
@@ -228,6 +229,20 @@ async fn schedulers_are_checked_against_what_the_backend_offers_and_stored_ones_
         Err(StoreError::Invalid(errors)) => {
             let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
             assert_eq!(fields, ["scheduler"], "{errors:?}");
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    // So are protocols.
+    let mut sctp = service("u1", &[80, 443]);
+    sctp.ports[1].protocol = edgelb_api::Protocol::Sctp;
+    match store.put_service(ACTOR, "prod", "default", "web", sctp).await {
+        Err(StoreError::Invalid(errors)) => {
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].field, "ports[1].protocol");
+            assert_eq!(
+                errors[0].message,
+                "this appliance's data plane does not forward SCTP: it forwards TCP, UDP"
+            );
         }
         other => panic!("expected invalid, got {other:?}"),
     }
