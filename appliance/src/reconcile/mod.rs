@@ -179,7 +179,7 @@ impl Plan {
 
     /// The operations in order: `first` (the whole ruleset or its new rules), then
     /// addresses claimed, services added and edited, real servers added, edited and removed,
-    /// services removed, `before_release` (set elements removed), addresses released.
+    /// services removed, `before_release` (rules removed), addresses released.
     fn into_ops(self, first: Option<Op>, before_release: Option<Op>) -> Vec<Op> {
         let mut ops: Vec<Op> = first.into_iter().collect();
         for part in [

@@ -602,7 +602,7 @@ impl Model {
     }
 
     /// The operations that bring what `touched` names in `observed` to the desired state, in
-    /// the same safe order as [`super::plan`]: set elements added first, then addresses,
+    /// the same safe order as [`super::plan`]: rules added first, then addresses,
     /// services, real servers; removals after, elements and addresses last.
     pub fn plan_touched(&self, observed: &State, touched: &Touched) -> Vec<Op> {
         let mut plan = Plan::default();

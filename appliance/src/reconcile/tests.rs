@@ -1807,7 +1807,7 @@ async fn a_change_to_some_services_touches_only_them_and_leaves_what_a_full_pass
     );
     assert!(
         matches!(ops.first(), Some(Op::PatchElements { .. })),
-        "set elements first: {ops:?}"
+        "rules first: {ops:?}"
     );
     assert!(
         matches!(ops.last(), Some(Op::DeleteAddress(a)) if *a == s8),
@@ -2086,7 +2086,7 @@ async fn a_change_during_a_slow_resync_reaches_the_kernel_before_the_dump_ends_a
     let resync = r.pass_answering(&mut changes);
     tokio::pin!(resync);
     // While it dumps: `web` goes, `api` comes with a source range (an address, IPVS entries and
-    // set elements each way).
+    // rules each way).
     let change = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         store
