@@ -603,7 +603,7 @@ impl Model {
 
     /// The operations that bring what `touched` names in `observed` to the desired state, in
     /// the same safe order as [`super::plan`]: rules added first, then addresses,
-    /// services, real servers; removals after, elements and addresses last.
+    /// services, real servers; removals after, rules and addresses last.
     pub fn plan_touched(&self, observed: &State, touched: &Touched) -> Vec<Op> {
         let mut plan = Plan::default();
         for k in &touched.services {
