@@ -15,6 +15,8 @@ pub const ANNOTATION_IPS: &str = "edgelb.io/load-balancer-ips";
 pub const ANNOTATION_SHARED: &str = "edgelb.io/allow-shared-ip";
 /// Annotation with the IPVS scheduler.
 pub const ANNOTATION_SCHEDULER: &str = "edgelb.io/scheduler";
+/// Annotation with the forwarding method: `fullnat`, `nat`, `direct` or `tunnel`.
+pub const ANNOTATION_FORWARDING: &str = "edgelb.io/forwarding";
 /// Annotation with the time between two health probes of each node (`2s`, `500ms`, `1m`).
 pub const ANNOTATION_HEALTH_INTERVAL: &str = "edgelb.io/health-interval";
 /// Annotation with the time a health probe may take (`1s`, `300ms`).
@@ -368,6 +370,12 @@ pub fn desired_spec(svc: &Service, local_nodes: &[String]) -> Result<ServiceSpec
         scheduler: annotation(svc, ANNOTATION_SCHEDULER).map(str::to_owned),
         local_nodes: local.then(|| local_nodes.to_vec()),
         health: health_overrides(svc)?,
+        forwarding: annotation(svc, ANNOTATION_FORWARDING)
+            .map(|v| {
+                v.parse()
+                    .map_err(|e| SpecError(format!("{ANNOTATION_FORWARDING}: {e}")))
+            })
+            .transpose()?,
     })
 }
 

@@ -63,6 +63,66 @@ pub enum SessionAffinity {
     ClientIp,
 }
 
+/// How a VIP's traffic reaches the nodes (per pool, and per Service over its pool's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// IPVS NAT to the NodePort, and source NAT to the appliance's address: works whatever the
+    /// nodes' routes are; the pod sees the appliance, not the client.
+    Fullnat,
+    /// IPVS NAT to the NodePort without source NAT: the pod sees the client's address, and the
+    /// appliance must be the nodes' route back to the clients.
+    Nat,
+    /// IPVS direct routing to `nodeIP:port` (the packet keeps `VIP:port` and goes to the node's
+    /// MAC address): nodes on the appliance's network segment. The pod sees the client, and
+    /// replies go from the node straight to the client.
+    Direct,
+    /// IPVS IP-in-IP to `nodeIP:port` (IPv4 in IPv4, IPv6 in IPv6): nodes behind routers, with
+    /// a tunnel device up. The pod sees the client, and replies go straight to the client.
+    Tunnel,
+}
+
+impl Forwarding {
+    pub const ALL: [Forwarding; 4] = [
+        Forwarding::Fullnat,
+        Forwarding::Nat,
+        Forwarding::Direct,
+        Forwarding::Tunnel,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forwarding::Fullnat => "fullnat",
+            Forwarding::Nat => "nat",
+            Forwarding::Direct => "direct",
+            Forwarding::Tunnel => "tunnel",
+        }
+    }
+
+    /// Whether the packets keep `VIP:port` and reach the node's own address at the Service's
+    /// port (direct routing, tunnel), rather than its NodePort.
+    pub fn keeps_vip(self) -> bool {
+        matches!(self, Forwarding::Direct | Forwarding::Tunnel)
+    }
+}
+
+impl std::fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Forwarding {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Forwarding, String> {
+        Forwarding::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown forwarding method '{s}': use fullnat, nat, direct or tunnel"))
+    }
+}
+
 /// IP family, as in a Service's `ipFamilies`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub enum IpFamily {
@@ -190,6 +250,10 @@ pub struct PoolSpec {
     #[serde(default)]
     #[serde(deserialize_with = "objects::option")]
     pub health: Option<HealthOverrides>,
+    /// How its Services' traffic reaches the nodes; `null` takes the appliance's default
+    /// (`--nat`: `fullnat` unless set to plain, `nat`). A Service's own `forwarding` wins.
+    #[serde(default)]
+    pub forwarding: Option<Forwarding>,
 }
 
 /// A partial update of a pool (`PATCH /api/v1/pools/{name}`); absent fields stay as they are.
@@ -218,6 +282,19 @@ pub struct PoolPatch {
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<HealthOverrides>)]
     pub health: Option<Option<HealthOverrides>>,
+    /// Absent: unchanged; `null`: back to the appliance's default; a method: that one.
+    #[serde(default, deserialize_with = "present_value", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Forwarding>)]
+    pub forwarding: Option<Option<Forwarding>>,
+}
+
+/// [`present`] for a field whose value is not an object.
+fn present_value<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Deserializes a field that is present (`null` included) as `Some`, so a PATCH can tell
@@ -370,6 +447,9 @@ pub struct ServiceSpec {
     #[serde(default)]
     #[serde(deserialize_with = "objects::option")]
     pub health: Option<HealthOverrides>,
+    /// How its traffic reaches the nodes (`edgelb.io/forwarding`); `null` takes its pool's.
+    #[serde(default)]
+    pub forwarding: Option<Forwarding>,
 }
 
 impl ServicePort {
@@ -404,6 +484,7 @@ impl ServiceSpec {
             scheduler: None,
             local_nodes: None,
             health: None,
+            forwarding: None,
         }
     }
 }

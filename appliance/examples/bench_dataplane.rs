@@ -69,6 +69,7 @@ fn snapshot(n: u32) -> DataplaneSnapshot {
             ranges: vec![IpRange::parse("10.100.0.0/16").unwrap_or_else(|e| panic!("{e}"))],
             scheduler: "wlc".into(),
             health: None,
+            forwarding: None,
         }],
         services: (0..n).map(|i| service(i, node_port(i))).collect(),
         nodes: BTreeMap::from([("bench".to_owned(), nodes)]),

@@ -44,6 +44,7 @@ async fn fill(store: &Store) {
                     scheduler: "wlc".into(),
                     hold_seconds: 600,
                     health: None,
+                    forwarding: None,
                 },
             )
             .await

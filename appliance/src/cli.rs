@@ -301,6 +301,7 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
             namespaces,
             scheduler,
             hold_seconds,
+            forwarding,
             client,
         } => {
             let c = Client::new(&client)?;
@@ -315,6 +316,7 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
                 scheduler,
                 hold_seconds,
                 health: None,
+                forwarding,
             };
             let p: Option<Pool> = c
                 .send(c.http.post(format!("{}/api/v1/pools", c.base)).json(&spec))

@@ -329,6 +329,10 @@ pub enum PoolCommand {
         scheduler: String,
         #[arg(long, default_value_t = 600)]
         hold_seconds: u64,
+        /// How its Services' traffic reaches the nodes: fullnat, nat, direct or tunnel (default:
+        /// the appliance's `--nat`).
+        #[arg(long)]
+        forwarding: Option<edgelb_api::Forwarding>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -82,6 +82,14 @@ fn annotations_and_fields_map_to_the_spec() {
             |s| s.scheduler.as_deref() == Some("rr"),
         ),
         (
+            "forwarding",
+            annotate(service("d", "a"), ANNOTATION_FORWARDING, "direct"),
+            |s| s.forwarding == Some(edgelb_api::Forwarding::Direct),
+        ),
+        ("no forwarding annotation: the pool's", service("d", "a"), |s| {
+            s.forwarding.is_none()
+        }),
+        (
             "sharing key",
             annotate(service("d", "a"), ANNOTATION_SHARED, "k1"),
             |s| s.sharing_key.as_deref() == Some("k1"),
@@ -242,6 +250,11 @@ fn invalid_services_are_refused_with_a_reason() {
                 s.ip_family_policy = Some("RequireDualStack".into())
             }),
             "RequireDualStack",
+        ),
+        (
+            "unknown forwarding method",
+            annotate(service("d", "a"), ANNOTATION_FORWARDING, "dsr"),
+            "edgelb.io/forwarding: unknown forwarding method 'dsr': use fullnat, nat, direct or tunnel",
         ),
     ];
     for (name, svc, want) in cases {

@@ -17,7 +17,9 @@ use edgelb_api::{DataplaneStatus, SCHEDULERS, VirtualServiceStatus};
 mod rules;
 mod service;
 pub use rules::{PortRules, Rule, Ruleset, SnatSource};
-pub use service::{DEFAULT_AFFINITY_TIMEOUT, DEFAULT_SCHEDULER, ParsedService, admits, persistence_of, scheduler_of};
+pub use service::{
+    DEFAULT_AFFINITY_TIMEOUT, DEFAULT_SCHEDULER, ParsedService, admits, forwarding_of, persistence_of, scheduler_of,
+};
 
 /// A virtual service's identity: what a client connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +60,18 @@ pub enum Forward {
     Tunnel,
     /// Local node or bypass: never set by edgelb, seen only in foreign state.
     Other,
+}
+
+impl Forward {
+    /// The IPVS method a forwarding setting uses: both NAT settings masquerade (they differ in
+    /// the source NAT around it).
+    pub fn of(forwarding: edgelb_api::Forwarding) -> Forward {
+        match forwarding {
+            edgelb_api::Forwarding::Fullnat | edgelb_api::Forwarding::Nat => Forward::Masquerade,
+            edgelb_api::Forwarding::Direct => Forward::Route,
+            edgelb_api::Forwarding::Tunnel => Forward::Tunnel,
+        }
+    }
 }
 
 /// A real server's settings: what an in-place edit can change.
@@ -173,12 +187,12 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// What Linux IPVS offers: every scheduler of [`SCHEDULERS`], TCP, UDP and SCTP, NAT (the
-    /// method that reaches NodePorts on other hosts; direct routing and tunnels are to come).
+    /// method that reaches NodePorts on other hosts), direct routing and IP-in-IP tunnels.
     pub fn ipvs(manages: Manages) -> Capabilities {
         Capabilities {
             schedulers: SCHEDULERS.iter().map(|s| Scheduler::from_name(s)).collect(),
             protocols: vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
-            methods: vec![Forward::Masquerade],
+            methods: vec![Forward::Masquerade, Forward::Route, Forward::Tunnel],
             manages,
         }
     }
@@ -190,6 +204,23 @@ impl Capabilities {
         }
         let offered: Vec<&str> = self.schedulers.iter().map(Scheduler::as_str).collect();
         Err(format!("unknown scheduler '{name}': use one of {}", offered.join(", ")))
+    }
+
+    /// Whether the backend offers the method a forwarding setting needs; otherwise the error
+    /// says which settings it offers.
+    pub fn check_forwarding(&self, forwarding: edgelb_api::Forwarding) -> Result<(), String> {
+        let offered: Vec<&str> = edgelb_api::Forwarding::ALL
+            .into_iter()
+            .filter(|f| self.methods.contains(&Forward::of(*f)))
+            .map(edgelb_api::Forwarding::as_str)
+            .collect();
+        if offered.contains(&forwarding.as_str()) {
+            return Ok(());
+        }
+        Err(format!(
+            "this appliance's data plane cannot forward with '{forwarding}': use one of {}",
+            offered.join(", ")
+        ))
     }
 
     /// Whether the backend forwards `protocol`; otherwise the error says which it does.
@@ -408,6 +439,12 @@ mod tests {
         );
     }
 
+    fn ipvs_forwarding(c: &Capabilities) -> Result<(), String> {
+        edgelb_api::Forwarding::ALL
+            .into_iter()
+            .try_for_each(|f| c.check_forwarding(f))
+    }
+
     #[test]
     fn a_protocol_the_backend_lacks_is_refused_naming_the_ones_it_has() {
         let ipvs = Capabilities::ipvs(Manages::default());
@@ -418,6 +455,15 @@ mod tests {
             protocols: vec![Protocol::Tcp, Protocol::Udp],
             ..ipvs
         };
+        let masquerade_only = Capabilities {
+            methods: vec![Forward::Masquerade],
+            ..narrow.clone()
+        };
+        assert_eq!(ipvs_forwarding(&narrow), Ok(()));
+        assert_eq!(
+            masquerade_only.check_forwarding(edgelb_api::Forwarding::Tunnel),
+            Err("this appliance's data plane cannot forward with 'tunnel': use one of fullnat, nat".to_owned())
+        );
         assert_eq!(
             narrow.check_protocol(Protocol::Sctp),
             Err("this appliance's data plane does not forward SCTP: it forwards TCP, UDP".to_owned())

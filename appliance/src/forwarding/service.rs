@@ -6,9 +6,9 @@
 
 use std::ops::Deref;
 
-use edgelb_api::{Node, ServiceSpec, SessionAffinity, TrafficPolicy};
+use edgelb_api::{Forwarding, Node, ServiceSpec, SessionAffinity, TrafficPolicy};
 
-use super::{IpPrefix, Scheduler, VsSpec};
+use super::{IpPrefix, NatMode, Scheduler, VsSpec};
 
 /// The scheduler of a Service whose pool names none (a pool always does; a test may not).
 pub const DEFAULT_SCHEDULER: &str = "wlc";
@@ -68,10 +68,24 @@ impl ParsedService {
         }
     }
 
+    /// How its traffic reaches the nodes ([`forwarding_of`]).
+    pub fn forwarding(&self, pool: Option<Forwarding>, default: NatMode) -> Forwarding {
+        forwarding_of(&self.spec, pool, default)
+    }
+
     /// Whether a node may receive its traffic ([`admits`]).
     pub fn admits(&self, node: &Node) -> bool {
         admits(&self.spec, node)
     }
+}
+
+/// How a Service's traffic reaches the nodes: its own method, else its pool's, else the
+/// appliance's NAT mode (`--nat`: full, or plain).
+pub fn forwarding_of(spec: &ServiceSpec, pool: Option<Forwarding>, default: NatMode) -> Forwarding {
+    spec.forwarding.or(pool).unwrap_or(match default {
+        NatMode::FullNat => Forwarding::Fullnat,
+        NatMode::PlainNat => Forwarding::Nat,
+    })
 }
 
 /// The scheduler of a Service's virtual services: its own, else its pool's, else the default.

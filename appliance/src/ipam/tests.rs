@@ -34,6 +34,7 @@ fn spec(name: &str, ranges: &[&str]) -> PoolSpec {
         scheduler: "wlc".to_owned(),
         hold_seconds: 600,
         health: None,
+        forwarding: None,
     }
 }
 

@@ -12,13 +12,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use edgelb_api::{IpFamily, Node, Protocol};
+use edgelb_api::{Forwarding, IpFamily, Node, Protocol};
 
 use super::desired::{Drains, HealthInput, HealthPlan, node_address, target_of, weigh};
 use super::{Claim, Desired, Ownership, Plan, plan_state};
 use crate::config::AllDown;
 use crate::dataplane::{Op, State};
-use crate::forwarding::{Manages, NatMode, PortRules, RealServer, RsSpec, Rule, Ruleset, VirtualService, VsKey};
+use crate::forwarding::{
+    Forward, Manages, NatMode, PortRules, RealServer, RsSpec, Rule, Ruleset, VirtualService, VsKey,
+};
 use crate::health::{ProbeKind, Settings, Target};
 use crate::ipam::ServiceKey;
 use crate::store::{DataplaneSnapshot, SnapshotPool, SnapshotService};
@@ -413,6 +415,13 @@ impl Model {
             }
             let pool = self.pools.iter().find(|p| p.name == assigned.pool);
             let vs_spec = spec.vs_spec(pool.map(|p| p.scheduler.as_str()));
+            let forwarding = spec.forwarding(pool.and_then(|p| p.forwarding), self.manages.nat);
+            let method = Forward::of(forwarding);
+            // Only full NAT translates the source; the others keep the client's address.
+            let mode = match forwarding {
+                Forwarding::Fullnat => NatMode::FullNat,
+                _ => NatMode::PlainNat,
+            };
             let overrides = super::overrides::effective(spec.health, pool.and_then(|p| p.health));
             let family = IpFamily::of(&vip);
             let source_ranges = spec.source_ranges().to_vec();
@@ -440,9 +449,16 @@ impl Model {
                         counters: Default::default(),
                     },
                 );
+                // Direct routing and tunnels deliver `VIP:port` to the node itself (kube-proxy
+                // takes it from there); NAT goes to the NodePort. Probed the same way either way.
+                let rs_port = if forwarding.keeps_vip() {
+                    port.port
+                } else {
+                    port.node_port
+                };
                 let eligible: Vec<(SocketAddr, Option<Target>)> = backends
                     .iter()
-                    .map(|a| (SocketAddr::new(*a, port.node_port), target_of(spec, *a, port)))
+                    .map(|a| (SocketAddr::new(*a, rs_port), target_of(spec, *a, port)))
                     .collect();
                 let mut weights = weigh(k, &eligible, &listed, overrides, health, &mut self.hp);
                 if let Some(port) = self.hp.node_port {
@@ -474,7 +490,7 @@ impl Model {
                         vip,
                         port: port.port,
                         protocol: port.protocol,
-                        mode: self.manages.nat,
+                        mode,
                         // The real servers, drained ones too (their open connections still
                         // need the source NAT): filled in from `state` when needed.
                         backends: Vec::new(),
@@ -487,7 +503,13 @@ impl Model {
                         }
                     }
                     let backends: Vec<SocketAddr> = weights.iter().map(|(a, _)| *a).collect();
-                    for port in ports_of(&backends) {
+                    // Indexed only where a full-NAT rule is wanted.
+                    let fullnat = if mode == NatMode::FullNat {
+                        backends.as_slice()
+                    } else {
+                        &[]
+                    };
+                    for port in ports_of(fullnat) {
                         let users = self.by_port.entry((k.protocol, port)).or_default();
                         if let Err(at) = users.binary_search(&k) {
                             users.insert(at, k);
@@ -502,7 +524,10 @@ impl Model {
                     .into_iter()
                     .map(|(addr, weight)| {
                         let rs = RealServer {
-                            spec: RsSpec::masquerade(weight),
+                            spec: RsSpec {
+                                weight,
+                                forward: method,
+                            },
                             counters: Default::default(),
                         };
                         (addr, rs)
@@ -528,15 +553,14 @@ impl Model {
         consistent
     }
 
-    /// Whether a real server's full-NAT element is wanted: full NAT is on and some virtual
-    /// service of that protocol has that real server.
+    /// Whether a real server's full-NAT element is wanted: some full-NAT virtual service of
+    /// that protocol has that real server.
     fn wants_fullnat(&self, protocol: Protocol, backend: SocketAddr) -> bool {
-        self.manages.nat == NatMode::FullNat
-            && self.by_port.get(&(protocol, backend.port())).is_some_and(|users| {
-                users
-                    .iter()
-                    .any(|k| self.state.real_servers.contains_key(&(*k, backend)))
-            })
+        self.by_port.get(&(protocol, backend.port())).is_some_and(|users| {
+            users
+                .iter()
+                .any(|k| self.state.real_servers.contains_key(&(*k, backend)))
+        })
     }
 
     /// Whether `e` is an allowed source of a VIP port that stays restricted (its restriction

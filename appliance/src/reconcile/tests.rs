@@ -270,6 +270,7 @@ fn snapshot(spec: ServiceSpec, vips: &[&str], nodes: Vec<Node>) -> DataplaneSnap
             ],
             scheduler: "wlc".into(),
             health: None,
+            forwarding: None,
         }],
         services: vec![SnapshotService {
             cluster: "prod".into(),
@@ -408,6 +409,78 @@ fn source_ranges_of_one_family_close_the_other_familys_vip() {
         .find(|f| f.vip == ip("203.0.113.5"))
         .expect("IPv4 forward");
     assert_eq!(v4.source_ranges, vec!["10.0.0.0/8".parse().expect("prefix")]);
+}
+
+#[test]
+fn direct_and_tunnel_forward_to_the_nodes_service_port_without_source_nat_and_keep_source_ranges() {
+    use crate::forwarding::Forward;
+    use edgelb_api::Forwarding;
+    let manages = Manages {
+        addresses: false,
+        rules: true,
+        ..Manages::default()
+    };
+    let nodes = || vec![node("n1", &["10.1.0.11"]), node("n2", &["10.1.0.12"])];
+    for (own, pool, want) in [
+        (Some(Forwarding::Direct), None, Forward::Route),
+        (None, Some(Forwarding::Tunnel), Forward::Tunnel),
+        (Some(Forwarding::Tunnel), Some(Forwarding::Direct), Forward::Tunnel),
+        (Some(Forwarding::Nat), Some(Forwarding::Direct), Forward::Masquerade),
+    ] {
+        let mut s = spec(&[(Protocol::Tcp, 443, 30443)]);
+        s.source_ranges = vec!["198.51.100.0/24".into()];
+        s.forwarding = own;
+        let mut snap = snapshot(s, &["203.0.113.5"], nodes());
+        snap.pools[0].forwarding = pool;
+        let d = desired(&snap, manages);
+        let key = VsKey::new(ip("203.0.113.5"), 443, Protocol::Tcp);
+        let servers: Vec<(SocketAddr, Forward)> = d
+            .state
+            .real_servers_of(key)
+            .map(|(a, rs)| (a, rs.spec.forward))
+            .collect();
+        let port = if want == Forward::Masquerade { 30443 } else { 443 };
+        assert_eq!(
+            servers,
+            [
+                (SocketAddr::new(ip("10.1.0.11"), port), want),
+                (SocketAddr::new(ip("10.1.0.12"), port), want)
+            ],
+            "{own:?} over the pool's {pool:?}"
+        );
+        let rules: Vec<Rule> = d
+            .ruleset
+            .expect("rules")
+            .forwards
+            .iter()
+            .flat_map(|f| f.rules())
+            .collect();
+        assert!(
+            !rules.iter().any(|r| matches!(r, Rule::FullNat { .. })),
+            "no source NAT: {rules:?}"
+        );
+        assert!(
+            rules.contains(&Rule::Restricted {
+                vip: ip("203.0.113.5"),
+                protocol: Protocol::Tcp,
+                port: 443
+            }),
+            "the source ranges stay enforced at the appliance: {rules:?}"
+        );
+    }
+    // Neither set: the appliance's default, full NAT to the NodePort.
+    let d = desired(
+        &snapshot(spec(&[(Protocol::Tcp, 443, 30443)]), &["203.0.113.5"], nodes()),
+        manages,
+    );
+    let rules: Vec<Rule> = d
+        .ruleset
+        .expect("rules")
+        .forwards
+        .iter()
+        .flat_map(|f| f.rules())
+        .collect();
+    assert!(rules.contains(&Rule::full_nat(SocketAddr::new(ip("10.1.0.11"), 30443), Protocol::Tcp)));
 }
 
 #[test]
@@ -1470,6 +1543,12 @@ fn random_service(rng: &mut Rng, i: u16) -> SnapshotService {
     if rng.below(4) == 0 {
         s.session_affinity = SessionAffinity::ClientIp;
     }
+    s.forwarding = match rng.below(6) {
+        0 => Some(edgelb_api::Forwarding::Tunnel),
+        1 => Some(edgelb_api::Forwarding::Nat),
+        2 => Some(edgelb_api::Forwarding::Fullnat),
+        _ => None,
+    };
     if rng.below(4) == 0 {
         s.health = Some(edgelb_api::HealthOverrides {
             interval_ms: Some(500 + u32::from(i)),
@@ -1510,6 +1589,8 @@ fn model_snapshot(services: &BTreeMap<u16, SnapshotService>) -> DataplaneSnapsho
             rise: Some(5),
             ..Default::default()
         }),
+        // Its Services route directly unless they say otherwise.
+        forwarding: Some(edgelb_api::Forwarding::Direct),
     });
     let mut n4 = node("n4", &["10.1.0.14", "fd00::14"]);
     n4.ready = false;

@@ -23,6 +23,8 @@ struct PoolRow {
     hold_seconds: i64,
     /// JSON `HealthOverrides`; NULL when the pool overrides nothing.
     health: Option<String>,
+    /// NULL: the appliance's default.
+    forwarding: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -40,8 +42,18 @@ impl PoolRow {
             scheduler: self.scheduler.clone(),
             hold_seconds: u64::try_from(self.hold_seconds).map_err(|_| StoreError::Corrupt("hold_seconds".into()))?,
             health: health_of(&self.name, self.health.as_deref())?,
+            forwarding: forwarding_of(&self.name, self.forwarding.as_deref())?,
         })
     }
+}
+
+/// A pool's stored forwarding method.
+pub(super) fn forwarding_of(pool: &str, text: Option<&str>) -> Result<Option<edgelb_api::Forwarding>> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|e| StoreError::Corrupt(format!("pool '{pool}': forwarding: {e}")))
+    })
+    .transpose()
 }
 
 /// A pool's stored health overrides.
@@ -67,6 +79,14 @@ fn checked(spec: &PoolSpec, offered: &Capabilities) -> Result<PoolDef> {
             field: format!("health.{field}"),
             message,
         })
+        .chain(
+            spec.forwarding
+                .and_then(|f| offered.check_forwarding(f).err())
+                .map(|message| FieldError {
+                    field: "forwarding".into(),
+                    message,
+                }),
+        )
         .collect();
     match PoolDef::from_spec(spec, |s| offered.check_scheduler(s)) {
         Ok(def) if health.is_empty() => Ok(def),
@@ -83,7 +103,7 @@ fn to_json(spec: &PoolSpec) -> serde_json::Value {
 }
 
 const SELECT_POOL: &str = "SELECT name, ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, \
-     scheduler, hold_seconds, health, created_at, updated_at FROM pools";
+     scheduler, hold_seconds, health, forwarding, created_at, updated_at FROM pools";
 
 /// Reads every pool and address into a fresh allocation state.
 pub(super) async fn load_ipam(conn: &mut SqliteConnection) -> Result<Ipam> {
@@ -257,6 +277,7 @@ impl Store {
                     hold_seconds: patch.hold_seconds.unwrap_or(old.hold_seconds),
                     // `Some(None)` is an explicit `null`: the overrides go.
                     health: patch.health.unwrap_or(old.health),
+                    forwarding: patch.forwarding.unwrap_or(old.forwarding),
                 };
                 if new == old {
                     return Ok(());
@@ -345,10 +366,12 @@ impl Store {
 async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64, insert: bool) -> Result<()> {
     let sql = if insert {
         "INSERT INTO pools (ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, scheduler, \
-         hold_seconds, name, created_at, updated_at, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10, ?11)"
+         hold_seconds, name, created_at, updated_at, health, forwarding) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10, ?11, ?12)"
     } else {
         "UPDATE pools SET ranges = ?, auto_assign = ?, avoid_buggy_ips = ?, priority = ?, clusters = ?, \
-         namespaces = ?, scheduler = ?, hold_seconds = ?, updated_at = ?10, health = ?11 WHERE name = ?9"
+         namespaces = ?, scheduler = ?, hold_seconds = ?, updated_at = ?10, health = ?11, forwarding = ?12 \
+         WHERE name = ?9"
     };
     let health = spec
         .health
@@ -368,6 +391,7 @@ async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64
         .bind(&spec.name)
         .bind(now)
         .bind(health)
+        .bind(spec.forwarding.map(edgelb_api::Forwarding::as_str))
         .execute(conn)
         .await
         .map_err(|e| StoreError::on_unique(e, || format!("pool '{}' already exists", spec.name)))?;

@@ -115,6 +115,11 @@ pub fn validate_service(
     {
         err("scheduler".into(), m);
     }
+    if let Some(f) = spec.forwarding
+        && let Err(m) = offered.check_forwarding(f)
+    {
+        err("forwarding".into(), m);
+    }
     if let Some(k) = &spec.sharing_key
         && (k.is_empty() || k.len() > 253)
     {

@@ -22,6 +22,9 @@ pub struct SnapshotPool {
     /// Health-check settings of its Services, below each Service's own
     /// (`reconcile::overrides::effective`); `None` when the pool overrides nothing.
     pub health: Option<HealthOverrides>,
+    /// How its Services' traffic reaches the nodes, below each Service's own; `None`: the
+    /// appliance's default.
+    pub forwarding: Option<edgelb_api::Forwarding>,
 }
 
 /// A Service with its allocated addresses.
@@ -51,7 +54,7 @@ impl Store {
         let mut tx = self.read().begin().await?;
 
         let mut pools = Vec::new();
-        for row in sqlx::query("SELECT name, ranges, scheduler, health FROM pools ORDER BY name")
+        for row in sqlx::query("SELECT name, ranges, scheduler, health, forwarding FROM pools ORDER BY name")
             .fetch_all(&mut *tx)
             .await?
         {
@@ -61,11 +64,13 @@ impl Store {
                 .map(|r| IpRange::parse(r).map_err(|e| StoreError::Corrupt(format!("pool '{name}': {e}"))))
                 .collect::<Result<Vec<_>>>()?;
             let health = super::pools::health_of(&name, row.try_get::<Option<&str>, _>(3)?)?;
+            let forwarding = super::pools::forwarding_of(&name, row.try_get::<Option<&str>, _>(4)?)?;
             pools.push(SnapshotPool {
                 name,
                 ranges,
                 scheduler: row.try_get(2)?,
                 health,
+                forwarding,
             });
         }
 

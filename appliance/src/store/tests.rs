@@ -36,6 +36,7 @@ pub(super) fn pool(name: &str, ranges: &[&str]) -> PoolSpec {
         scheduler: "wlc".to_owned(),
         hold_seconds: 600,
         health: None,
+        forwarding: None,
     }
 }
 
@@ -260,6 +261,82 @@ async fn schedulers_are_checked_against_what_the_backend_offers_and_stored_ones_
         put(&store, "prod", "default", "web", service("u1", &[80])).await.len(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_pools_forwarding_method_is_stored_patched_and_checked_against_the_backend() {
+    use edgelb_api::Forwarding;
+    let (dir, store) = open().await;
+    let tunnel = PoolSpec {
+        forwarding: Some(Forwarding::Tunnel),
+        ..pool("remote", &["198.51.100.0/24"])
+    };
+    store.create_pool(ACTOR, tunnel).await.expect("create");
+    let snap = store.dataplane_snapshot().await.expect("snapshot");
+    assert_eq!(snap.pools[0].forwarding, Some(Forwarding::Tunnel));
+    // Absent in a PATCH: kept; `null`: back to the appliance's default.
+    let kept: PoolPatch = serde_json::from_value(serde_json::json!({"priority": 3})).expect("patch");
+    let p = store.patch_pool(ACTOR, "remote", kept).await.expect("patch");
+    assert_eq!(p.spec.forwarding, Some(Forwarding::Tunnel));
+    let cleared: PoolPatch = serde_json::from_value(serde_json::json!({"forwarding": null})).expect("patch");
+    let p = store.patch_pool(ACTOR, "remote", cleared).await.expect("patch");
+    assert_eq!(p.spec.forwarding, None);
+    let direct: PoolPatch = serde_json::from_value(serde_json::json!({"forwarding": "direct"})).expect("patch");
+    store.patch_pool(ACTOR, "remote", direct).await.expect("patch");
+    // Kept across a restart.
+    drop(store);
+    let store = Store::open(dir.path()).await.expect("reopen");
+    assert_eq!(
+        store.get_pool("remote").await.expect("get").spec.forwarding,
+        Some(Forwarding::Direct)
+    );
+    // A backend without tunnels refuses them, in a pool and in a Service, and says what it has.
+    let ipvs = crate::forwarding::Capabilities::ipvs(Default::default());
+    store.set_capabilities(crate::forwarding::Capabilities {
+        methods: vec![
+            crate::forwarding::Forward::Masquerade,
+            crate::forwarding::Forward::Route,
+        ],
+        ..ipvs
+    });
+    let want = "this appliance's data plane cannot forward with 'tunnel': use one of fullnat, nat, direct";
+    let other = PoolSpec {
+        forwarding: Some(Forwarding::Tunnel),
+        ..pool("other", &["203.0.113.0/24"])
+    };
+    match store.create_pool(ACTOR, other).await {
+        Err(StoreError::Invalid(errors)) => {
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(
+                (errors[0].field.as_str(), errors[0].message.as_str()),
+                ("forwarding", want)
+            );
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    store
+        .create_cluster(
+            ACTOR,
+            ClusterSpec {
+                name: "prod".into(),
+                description: String::new(),
+            },
+        )
+        .await
+        .expect("cluster");
+    let spec = ServiceSpec {
+        forwarding: Some(Forwarding::Tunnel),
+        ..service("u1", &[80])
+    };
+    match store.put_service(ACTOR, "prod", "default", "web", spec).await {
+        Err(StoreError::Invalid(errors)) => {
+            assert_eq!(
+                (errors[0].field.as_str(), errors[0].message.as_str()),
+                ("forwarding", want)
+            );
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -2103,6 +2180,7 @@ async fn a_database_from_before_pool_health_upgrades_without_losing_its_pools() 
             scheduler: "rr".into(),
             hold_seconds: 900,
             health: None,
+            forwarding: None,
         }
     );
     assert_eq!(p.usage.held, 1, "the hold survived");

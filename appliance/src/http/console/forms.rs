@@ -38,6 +38,10 @@ fn spec_of(f: &PoolForm) -> Result<PoolSpec, FieldErrors> {
         errors.add("hold_seconds", "a number of seconds, e.g. 600");
         0
     });
+    let forwarding = match f.forwarding.trim() {
+        "" => None,
+        m => m.parse().map_err(|e: String| errors.add("forwarding", e)).ok(),
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -57,6 +61,7 @@ fn spec_of(f: &PoolForm) -> Result<PoolSpec, FieldErrors> {
         namespaces: list(&f.namespaces),
         scheduler: f.scheduler.trim().to_owned(),
         hold_seconds,
+        forwarding,
         // Not on the form: set with the API (`PATCH /api/v1/pools/{name}`), shown on the pool page.
         health: None,
     })
@@ -193,6 +198,7 @@ pub async fn update_pool(
         hold_seconds: Some(spec.hold_seconds),
         // The form has no health fields: an edit keeps the pool's overrides.
         health: None,
+        forwarding: Some(spec.forwarding),
     };
     match s.store.patch_pool(&user.actor(), &name, patch).await {
         Ok(_) => {

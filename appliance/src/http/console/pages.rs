@@ -208,13 +208,14 @@ pub async fn services(
         }
     }
     let total = total as usize;
-    let schedulers: BTreeMap<String, String> = s
+    let pools: BTreeMap<String, (String, Option<edgelb_api::Forwarding>)> = s
         .store
         .list_pools()
         .await?
         .into_iter()
-        .map(|p| (p.spec.name, p.spec.scheduler))
+        .map(|p| (p.spec.name, (p.spec.scheduler, p.spec.forwarding)))
         .collect();
+    let default_nat = s.store.capabilities().manages.nat;
     let mut nodes: BTreeMap<String, Vec<Node>> = BTreeMap::new();
     for svc in &shown {
         if !nodes.contains_key(&svc.cluster) {
@@ -233,6 +234,7 @@ pub async fn services(
                     vips: svc.ips.iter().map(ToString::to_string).collect(),
                     ports: Vec::new(),
                     scheduler: String::new(),
+                    forwarding: "",
                     policy: String::new(),
                     affinity: String::new(),
                     real_servers: Vec::new(),
@@ -299,8 +301,9 @@ pub async fn services(
                 }
                 (rs, conns.to_string(), bytes(total))
             };
-            let pool_scheduler = svc.pool.as_ref().and_then(|p| schedulers.get(p)).map(String::as_str);
-            let scheduler = forwarding::scheduler_of(spec, pool_scheduler).to_string();
+            let pool = svc.pool.as_ref().and_then(|p| pools.get(p));
+            let scheduler = forwarding::scheduler_of(spec, pool.map(|(s, _)| s.as_str())).to_string();
+            let method = forwarding::forwarding_of(spec, pool.and_then(|(_, f)| *f), default_nat);
             ServiceRow {
                 key: format!("{}/{}", svc.namespace, svc.name),
                 cluster: svc.cluster.clone(),
@@ -311,6 +314,7 @@ pub async fn services(
                     .map(|p| format!("{}/{} → node port {}", p.port, p.protocol, p.node_port))
                     .collect(),
                 scheduler,
+                forwarding: method.as_str(),
                 policy: format!("{:?}", spec.external_traffic_policy),
                 affinity: match forwarding::persistence_of(spec) {
                     None => "none".to_owned(),

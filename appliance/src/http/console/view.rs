@@ -344,9 +344,26 @@ pub struct PoolForm {
     pub namespaces: String,
     pub scheduler: String,
     pub hold_seconds: String,
+    /// A method's name, or empty for the appliance's default.
+    pub forwarding: String,
 }
 
 impl PoolForm {
+    /// The forwarding choices: (value, label, selected).
+    pub fn forwarding_choices(&self) -> Vec<(&'static str, &'static str, bool)> {
+        let mut out = vec![("", "the appliance's default", self.forwarding.is_empty())];
+        out.extend(edgelb_api::Forwarding::ALL.into_iter().map(|f| {
+            let label = match f {
+                edgelb_api::Forwarding::Fullnat => "fullnat: source NAT, any node route",
+                edgelb_api::Forwarding::Nat => "nat: client IP kept, appliance is the nodes' route",
+                edgelb_api::Forwarding::Direct => "direct: client IP kept, nodes on this segment",
+                edgelb_api::Forwarding::Tunnel => "tunnel: client IP kept, IP-in-IP to the nodes",
+            };
+            (f.as_str(), label, self.forwarding == f.as_str())
+        }));
+        out
+    }
+
     pub fn of(spec: &PoolSpec) -> PoolForm {
         PoolForm {
             name: spec.name.clone(),
@@ -358,6 +375,7 @@ impl PoolForm {
             namespaces: spec.namespaces.join(", "),
             scheduler: spec.scheduler.clone(),
             hold_seconds: spec.hold_seconds.to_string(),
+            forwarding: spec.forwarding.map(|f| f.as_str().to_owned()).unwrap_or_default(),
         }
     }
 
@@ -457,6 +475,8 @@ pub struct ServiceRow {
     pub vips: Vec<String>,
     pub ports: Vec<String>,
     pub scheduler: String,
+    /// `fullnat`, `nat`, `direct` or `tunnel`; empty while only reserved.
+    pub forwarding: &'static str,
     pub policy: String,
     pub affinity: String,
     pub real_servers: Vec<RealServer>,
