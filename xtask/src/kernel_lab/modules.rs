@@ -32,6 +32,9 @@ pub const BASE: &[&str] = &[
     "nft_hash",
     // Conntrack flushing over netlink, used when real servers go away.
     "nf_conntrack_netlink",
+    // Nodes that take IPVS tunnel traffic (`forwarding: tunnel`): IPv4 and IPv6 in IP.
+    "ipip",
+    "ip6_tunnel",
 ];
 
 /// `modules.dep`, indexed by module name.

@@ -1,0 +1,149 @@
+# shellcheck shell=sh disable=SC2317 # check functions run through wait_until
+# lab/scenarios/edgelb-dsr.sh: `direct` and `tunnel` forwarding keep the client's address, and the
+# replies go from the node straight to the client, not through the appliance.
+#
+# The nodes get a second interface on the clients' segment: that is their route back to the
+# client (the appliance is not on it). On each node an nftables DNAT of VIP:80 to the node's own
+# server on 30080 stands in for what kube-proxy does for a Service's load-balancer IP (`ipMode:
+# VIP`): it takes the packet addressed to the VIP and hands it to a local endpoint, and the reply
+# leaves with the VIP as its source. For `tunnel`, ipip's `tunl0` is up on every node; rp_filter
+# is loose on the nodes' interfaces and off on tunl0, as docs/operations.md asks. One Service goes direct -> tunnel -> fullnat
+# and answers after each switch. Needs `--ship target/release/edgelb --ship /usr/bin/curl
+# --ship /usr/bin/socat`.
+
+# shellcheck source=SCRIPTDIR/../lib.sh
+. /lab/lib.sh
+
+VIP=$LAB_VIP
+export NO_COLOR=1
+PEER_URL="http://$VIP/cgi-bin/peer"
+
+lab_topology
+for _n in $LAB_NODES; do
+    # 10.0.0.11-13: the node on the clients' segment, its route back to them.
+    lab_plug "$_n" eth1 "$_n-eth1" br-front "10.0.0.1${_n#n}/$LAB_FRONT_PREFIX"
+    # Loose on the interfaces (a request comes in on eth0, its client is reached through eth1);
+    # off on tunl0, which has no address, and any reverse-path check fails on such a device (the
+    # kernel uses the larger of `all` and the device's value, so `all` is 0).
+    for _if in eth0 eth1; do
+        must in_ns "$_n" sysctl -q -w "net.ipv4.conf.$_if.rp_filter=2"
+    done
+    must in_ns "$_n" sysctl -q -w net.ipv4.conf.all.rp_filter=0
+    must "$IP" -n "$_n" link set tunl0 up
+    must in_ns "$_n" sysctl -q -w net.ipv4.conf.tunl0.rp_filter=0
+    must in_ns "$_n" nft -f - <<NFT
+table ip kube_proxy_emulation {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr $VIP tcp dport 80 dnat to $(node_addr "$_n"):$LAB_NODEPORT
+        ip daddr $VIP udp dport 53 dnat to $(node_addr "$_n"):5353
+    }
+}
+NFT
+    # UDP: answers with the address the request came from.
+    # Bound to the node's address, so that its replies leave from the address the DNAT chose
+    # (from any other, conntrack would not turn them back into the VIP's).
+    in_ns "$_n" socat "UDP4-RECVFROM:5353,bind=$(node_addr "$_n"),fork" SYSTEM:"echo node=$_n peer=\$SOCAT_PEERADDR" &
+done
+lab_nodes_serve_peer "$LAB_NODEPORT"
+
+# three_real_servers METHOD PORT: IPVS forwards the VIP to the three nodes at PORT with METHOD.
+three_real_servers() {
+    [ "$(in_ns appliance ipvsadm -Ln -t "$VIP:80" | grep -Ec "10\.1\.0\.1[1-3]:$2 +$1 ")" = 3 ]
+}
+# packets IN|OUT: what IPVS counted for the VIP's TCP port, from the clients or towards them
+# (replies it carried). Its estimator folds the counters in every 2 s: wait for it.
+packets() {
+    sleep 2.5
+    in_ns appliance ipvsadm -Ln --stats --exact -t "$VIP:80" | awk -v c="$1" '$1 == "TCP" {print (c == "IN" ? $4 : $5)}'
+}
+# no_reply_through_appliance WHAT: the requests of `peers WHAT` came in through the appliance,
+# and not one packet went back out through it.
+no_reply_through_appliance() {
+    _in=$(packets IN)
+    _out=$(packets OUT)
+    peers "$1" >/dev/null
+    assert_ok "$1: the requests came in through the appliance" [ "$(packets IN)" -gt "$_in" ]
+    assert_eq "$1: no reply went back out through it" "$_out" "$(packets OUT)"
+}
+# peers WHAT: six requests to the VIP; prints the distinct "peer=" values seen, fails a check if
+# a request gets no answer.
+peers() {
+    _seen=
+    for _i in 1 2 3 4 5 6; do
+        _body=$(http_get "$PEER_URL") || {
+            fail "$1: request $_i to $PEER_URL failed"
+            continue
+        }
+        echo "$1: $_body" >&2
+        _seen="$_seen ${_body#* }"
+    done
+    echo "$_seen" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//'
+}
+# udp_peer: one UDP request to VIP:53; prints the "peer=" the node saw (its address, not port).
+udp_peer() {
+    echo ask | in_ns client timeout "$LAB_HTTP_TIMEOUT" socat -T 2 - "UDP4:$VIP:53" | sed -n 's/.* peer=\([^:]*\).*/peer=\1/p'
+}
+
+# dsr_dump: the nodes' side, for the log when a check failed.
+dsr_dump() {
+    in_ns appliance ipvsadm -Ln --stats --exact
+    for _n in $LAB_NODES; do
+        echo "--- $_n ---"
+        "$IP" -n "$_n" -s link show tunl0
+        in_ns "$_n" nft list ruleset
+        in_ns "$_n" cat /proc/net/snmp | grep -E '^(Ip|Tcp|Udp):'
+        # Nonzero counters only: reverse-path drops, checksum errors and the like.
+        in_ns "$_n" cat /proc/net/netstat | awk '{ if (NR % 2) { split($0, k) } else { for (i = 2; i <= NF; i++) if ($i != 0) printf "%s=%s ", k[i], $i; print "" } }'
+    done
+}
+# The UDP server answers on the node itself (without IPVS).
+assert_eq "the nodes' UDP server answers" "node=n1 peer=10.1.0.1" \
+    "$(echo ask | in_ns appliance timeout 5 socat -T 2 - UDP4:10.1.0.11:5353 | sed 's/:[0-9]*$//')"
+
+edgelb_start --dataplane ipvs --interface front --resync-seconds 2
+must edgelb_api POST /api/v1/pools '{"name":"lab","ranges":["10.0.0.100/32"],"scheduler":"rr","forwarding":"direct"}' >/dev/null
+must edgelb_api POST /api/v1/clusters '{"name":"lab"}' >/dev/null
+must edgelb_api PUT /api/v1/clusters/lab/nodes '{"nodes":[{"name":"n1","addresses":["10.1.0.11"]},
+ {"name":"n2","addresses":["10.1.0.12"]},{"name":"n3","addresses":["10.1.0.13"]}]}' >/dev/null
+# service FORWARDING: the Service, with that method of its own ("null": the pool's).
+service() {
+    must edgelb_api PUT /api/v1/clusters/lab/services/default/web "{\"uid\":\"u-web\",\"forwarding\":$1,
+     \"ports\":[{\"name\":\"http\",\"protocol\":\"TCP\",\"port\":80,\"node_port\":$LAB_NODEPORT},
+               {\"name\":\"dns\",\"protocol\":\"UDP\",\"port\":53,\"node_port\":30053}]}" >/dev/null
+}
+
+service null
+wait_until 10 "direct (the pool's): IPVS routes the VIP to the three nodes' port 80" three_real_servers Route 80
+lab_bench direct-programmed
+assert_eq "direct: every node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(peers direct)"
+no_reply_through_appliance direct
+assert_eq "direct, UDP: the node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(udp_peer)"
+
+service '"tunnel"'
+wait_until 10 "tunnel (the Service's own): IPVS tunnels the VIP to the three nodes' port 80" three_real_servers Tunnel 80
+lab_bench tunnel-programmed
+assert_eq "tunnel: every node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(peers tunnel)"
+no_reply_through_appliance tunnel
+assert_eq "tunnel, UDP: the node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(udp_peer)"
+
+service '"fullnat"'
+wait_until 10 "fullnat: IPVS masquerades to the three NodePorts" three_real_servers Masq "$LAB_NODEPORT"
+assert_eq "fullnat after tunnel: the Service still answers, the nodes see the appliance" \
+    "peer=$LAB_BACK_ADDR" "$(peers fullnat)"
+_out=$(packets OUT)
+peers fullnat >/dev/null
+assert_ok "fullnat: the replies come back through the appliance" [ "$(packets OUT)" -gt "$_out" ]
+
+service '"direct"'
+wait_until 10 "and back to direct" three_real_servers Route 80
+assert_eq "direct after fullnat: the Service answers at once with the client's address" \
+    "peer=$LAB_CLIENT_ADDR" "$(peers "direct again")"
+
+edgelb_stop
+[ "$LAB_FAILURES" -eq 0 ] || {
+    lab_dump
+    dsr_dump
+    cat "$EDGELB_LOG"
+}
+lab_done
