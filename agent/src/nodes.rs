@@ -10,6 +10,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Nodes with this label receive no load balancer traffic.
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// Annotation by which a node's operator says whether it takes IPVS tunnel traffic (`"false"`: it
+/// does not; anything else, or none: it does).
+pub const TUNNEL_ANNOTATION: &str = "edgelb.io/tunnel";
 /// The label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -73,12 +76,20 @@ pub fn node_entry(node: &Node, pref: AddressPreference) -> Option<edgelb_api::No
         .labels
         .as_ref()
         .is_some_and(|l| l.contains_key(EXCLUDE_LABEL));
+    // Set by the node's operator: whether it has a tunnel device up for IPVS's IP-in-IP.
+    let no_tunnel = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TUNNEL_ANNOTATION))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
     Some(edgelb_api::Node {
         name,
         addresses,
         ready,
         schedulable,
         excluded,
+        no_tunnel,
     })
 }
 
@@ -178,6 +189,19 @@ mod tests {
             let got = node_entry(&n, pref).map(|e| (e.addresses, e.ready, e.schedulable, e.excluded));
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_node_annotated_without_a_tunnel_says_so_and_any_other_value_takes_tunnels() {
+        let annotated = |v: Option<&str>| {
+            let mut n = node("n1", "10.0.0.1", None);
+            n.metadata.annotations = v.map(|v| BTreeMap::from([(TUNNEL_ANNOTATION.to_owned(), v.to_owned())]));
+            node_entry(&n, AddressPreference::InternalIp).expect("entry").no_tunnel
+        };
+        assert!(annotated(Some("false")));
+        assert!(annotated(Some(" False ")));
+        assert!(!annotated(Some("true")));
+        assert!(!annotated(None));
     }
 
     #[test]

@@ -599,6 +599,10 @@ pub struct Node {
     /// Labelled `node.kubernetes.io/exclude-from-external-load-balancers`.
     #[serde(default)]
     pub excluded: bool,
+    /// The node says it cannot take IP-in-IP tunnel traffic (annotated `edgelb.io/tunnel:
+    /// "false"` by its operator): Services with `forwarding: tunnel` send it none.
+    #[serde(default)]
+    pub no_tunnel: bool,
 }
 
 /// A cluster's whole node list (`PUT|GET /api/v1/clusters/{cluster}/nodes`).
@@ -916,6 +920,10 @@ pub struct ServiceStatus {
     pub last_error: Option<String>,
     /// One per address and port of the Service.
     pub virtual_services: Vec<VirtualServiceStatus>,
+    /// Why some nodes get none of its traffic, where the appliance knows a reason beyond
+    /// eligibility and health (a node that cannot take tunnel traffic, say).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ fn snapshot(n: u32) -> DataplaneSnapshot {
             ready: true,
             schedulable: true,
             excluded: false,
+            no_tunnel: false,
         })
         .collect();
     DataplaneSnapshot {

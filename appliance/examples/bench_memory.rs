@@ -68,6 +68,7 @@ async fn run(n: u32) -> Result<(), String> {
             ready: true,
             schedulable: true,
             excluded: false,
+            no_tunnel: false,
         })
         .collect();
     store.put_nodes("bench", "c", NodeList { nodes }).await.map_err(e)?;

@@ -69,6 +69,7 @@ async fn fill(store: &Store) {
                 ready: true,
                 schedulable: true,
                 excluded: false,
+                no_tunnel: false,
             })
             .collect();
         store

@@ -48,6 +48,7 @@ async fn service_status_and_metrics_show_real_servers_with_weights_and_counters(
         ready: true,
         schedulable: true,
         excluded: false,
+        no_tunnel: false,
     };
     store
         .put_nodes(
@@ -144,6 +145,8 @@ async fn service_status_and_metrics_show_real_servers_with_weights_and_counters(
         assert!(body.contains(line), "{line} missing from:\n{body}");
     }
 
+    assert!(st.notes.is_empty(), "{:?}", st.notes);
+
     // The status of a Service that does not exist is a 404 problem.
     let (code, _) = call(&router, "/api/v1/clusters/prod/services/default/nope/status", &token).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
@@ -161,6 +164,46 @@ async fn service_status_and_metrics_show_real_servers_with_weights_and_counters(
         .expect("nodes");
     let ops = r.pass().await.expect("pass").ops;
     assert!(matches!(ops.as_slice(), [Op::DeleteRealServer(..)]), "{ops:?}");
+
+    // Tunnelled, with n2 saying it has no tunnel: n2 gets no traffic, and the status says why.
+    let mut n2 = node("n2", "10.1.0.12");
+    n2.no_tunnel = true;
+    store
+        .put_nodes(
+            "test",
+            "prod",
+            NodeList {
+                nodes: vec![node("n1", "10.1.0.11"), n2],
+            },
+        )
+        .await
+        .expect("nodes");
+    let tunnel: ServiceSpec = serde_json::from_value(serde_json::json!({
+        "uid": "u1", "ports": [{"protocol": "TCP", "port": 80, "node_port": 30080}], "forwarding": "tunnel"
+    }))
+    .expect("spec");
+    store
+        .put_service("test", "prod", "default", "web", tunnel)
+        .await
+        .expect("service");
+    r.pass().await.expect("pass");
+    let (code, body) = call(&router, "/api/v1/clusters/prod/services/default/web/status", &token).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let st: ServiceStatus = serde_json::from_str(&body).expect("status json");
+    let serving: Vec<(String, u32)> = st.virtual_services[0]
+        .real_servers
+        .iter()
+        .map(|r| (format!("{}:{}", r.ip, r.port), r.weight))
+        .collect();
+    // Nothing goes to n2.
+    assert!(serving.contains(&("10.1.0.11:80".to_owned(), 1)), "{serving:?} {body}");
+    assert!(!serving.iter().any(|(a, _)| a == "10.1.0.12:80"), "{serving:?}");
+    assert_eq!(st.notes.len(), 1, "{:?}", st.notes);
+    assert!(
+        st.notes[0].starts_with("node n2 gets no traffic: it cannot take tunnel traffic"),
+        "{:?}",
+        st.notes
+    );
 }
 
 #[tokio::test]
@@ -190,6 +233,7 @@ async fn status_and_metrics_show_each_real_servers_health_check() {
         ready: true,
         schedulable: true,
         excluded: false,
+        no_tunnel: false,
     };
     store
         .put_nodes(

@@ -163,6 +163,7 @@ mod tests {
             ready,
             schedulable,
             excluded,
+            no_tunnel: false,
         };
         let nodes = [
             node("a", true, true, false),

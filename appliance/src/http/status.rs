@@ -62,6 +62,10 @@ pub async fn service_status(
             }
         }
     }
+    let notes = match &svc.spec {
+        Some(spec) => notes_of(&s, &svc.cluster, svc.pool.as_deref(), spec).await?,
+        None => Vec::new(),
+    };
     Ok(Json(ServiceStatus {
         cluster: svc.cluster,
         namespace: svc.namespace,
@@ -70,5 +74,36 @@ pub async fn service_status(
         last_sync: summary.last_sync,
         last_error: summary.last_error.clone(),
         virtual_services,
+        notes,
     }))
+}
+
+/// Why admitted nodes get none of a Service's traffic beyond health: under `forwarding:
+/// tunnel`, the nodes that say they cannot take tunnel traffic.
+async fn notes_of(
+    s: &AppState,
+    cluster: &str,
+    pool: Option<&str>,
+    spec: &edgelb_api::ServiceSpec,
+) -> Result<Vec<String>, ApiError> {
+    let pool_forwarding = match pool {
+        Some(p) => s.store.get_pool(p).await.ok().and_then(|p| p.spec.forwarding),
+        None => None,
+    };
+    let method = crate::forwarding::forwarding_of(spec, pool_forwarding, s.store.capabilities().manages.nat);
+    if method != edgelb_api::Forwarding::Tunnel {
+        return Ok(Vec::new());
+    }
+    let nodes = s.store.get_nodes(cluster).await?.nodes;
+    Ok(nodes
+        .iter()
+        .filter(|n| n.no_tunnel && crate::forwarding::admits(spec, n))
+        .map(|n| {
+            format!(
+                "node {} gets no traffic: it cannot take tunnel traffic (annotated edgelb.io/tunnel: \"false\"); \
+                 use forwarding direct or fullnat for this Service, or set the node's tunnel up",
+                n.name
+            )
+        })
+        .collect())
 }

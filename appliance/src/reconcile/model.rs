@@ -428,6 +428,8 @@ impl Model {
             let backends: Vec<IpAddr> = nodes
                 .iter()
                 .filter(|n| spec.admits(n))
+                // A node that says it has no tunnel device gets no tunnelled traffic.
+                .filter(|n| !(forwarding == Forwarding::Tunnel && n.no_tunnel))
                 .filter_map(|n| node_address(n, family))
                 .collect();
             for port in &spec.ports {

@@ -247,6 +247,7 @@ fn node(name: &str, addrs: &[&str]) -> Node {
         ready: true,
         schedulable: true,
         excluded: false,
+        no_tunnel: false,
     }
 }
 
@@ -481,6 +482,26 @@ fn direct_and_tunnel_forward_to_the_nodes_service_port_without_source_nat_and_ke
         .flat_map(|f| f.rules())
         .collect();
     assert!(rules.contains(&Rule::full_nat(SocketAddr::new(ip("10.1.0.11"), 30443), Protocol::Tcp)));
+}
+
+#[test]
+fn a_node_that_cannot_take_tunnel_traffic_gets_none_and_the_other_methods_still_use_it() {
+    use edgelb_api::Forwarding;
+    let mut n2 = node("n2", &["10.1.0.12"]);
+    n2.no_tunnel = true;
+    let real_servers = |forwarding| {
+        let mut s = spec(&[(Protocol::Tcp, 443, 30443)]);
+        s.forwarding = Some(forwarding);
+        let d = desired(
+            &snapshot(s, &["203.0.113.5"], vec![node("n1", &["10.1.0.11"]), n2.clone()]),
+            Manages::default(),
+        );
+        let key = VsKey::new(ip("203.0.113.5"), 443, Protocol::Tcp);
+        d.state.real_servers_of(key).map(|(a, _)| a.ip()).collect::<Vec<_>>()
+    };
+    assert_eq!(real_servers(Forwarding::Tunnel), [ip("10.1.0.11")]);
+    assert_eq!(real_servers(Forwarding::Direct), [ip("10.1.0.11"), ip("10.1.0.12")]);
+    assert_eq!(real_servers(Forwarding::Fullnat), [ip("10.1.0.11"), ip("10.1.0.12")]);
 }
 
 #[test]

@@ -57,7 +57,8 @@ impl Store {
                 for n in &list.nodes {
                     let addrs = serde_json::to_string(&n.addresses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     sqlx::query(
-                        "INSERT INTO nodes (cluster, name, addresses, ready, schedulable, excluded, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO nodes (cluster, name, addresses, ready, schedulable, excluded, no_tunnel, updated_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     )
                     .bind(&cluster)
                     .bind(&n.name)
@@ -65,6 +66,7 @@ impl Store {
                     .bind(n.ready)
                     .bind(n.schedulable)
                     .bind(n.excluded)
+                    .bind(n.no_tunnel)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
@@ -72,7 +74,7 @@ impl Store {
                 let summary = |nodes: &[Node]| {
                     serde_json::json!(nodes.iter().map(|n| serde_json::json!({
                         "name": n.name, "ready": n.ready, "schedulable": n.schedulable, "excluded": n.excluded,
-                        "addresses": n.addresses,
+                        "no_tunnel": n.no_tunnel, "addresses": n.addresses,
                     })).collect::<Vec<_>>())
                 };
                 audit(&mut tx, now, &actor, "nodes.update", &format!("cluster/{cluster}/nodes"), Some(&summary(&old)), Some(&summary(&list.nodes)))
@@ -96,11 +98,12 @@ impl Store {
 }
 
 pub(super) async fn nodes_of(conn: &mut SqliteConnection, cluster: &str) -> Result<Vec<Node>> {
-    let rows =
-        sqlx::query("SELECT name, addresses, ready, schedulable, excluded FROM nodes WHERE cluster = ? ORDER BY name")
-            .bind(cluster)
-            .fetch_all(conn)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT name, addresses, ready, schedulable, excluded, no_tunnel FROM nodes WHERE cluster = ? ORDER BY name",
+    )
+    .bind(cluster)
+    .fetch_all(conn)
+    .await?;
     rows.iter()
         .map(|r| {
             Ok(Node {
@@ -110,6 +113,7 @@ pub(super) async fn nodes_of(conn: &mut SqliteConnection, cluster: &str) -> Resu
                 ready: r.try_get(2)?,
                 schedulable: r.try_get(3)?,
                 excluded: r.try_get(4)?,
+                no_tunnel: r.try_get(5)?,
             })
         })
         .collect()

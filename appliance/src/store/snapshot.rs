@@ -112,7 +112,7 @@ impl Store {
 
         let mut nodes: BTreeMap<String, Vec<Node>> = BTreeMap::new();
         for row in sqlx::query(
-            "SELECT cluster, name, addresses, ready, schedulable, excluded FROM nodes ORDER BY cluster, name",
+            "SELECT cluster, name, addresses, ready, schedulable, excluded, no_tunnel FROM nodes ORDER BY cluster, name",
         )
         .fetch_all(&mut *tx)
         .await?
@@ -125,6 +125,7 @@ impl Store {
                 ready: row.try_get(3)?,
                 schedulable: row.try_get(4)?,
                 excluded: row.try_get(5)?,
+                no_tunnel: row.try_get(6)?,
             });
         }
         tx.commit().await?;

@@ -1484,6 +1484,7 @@ fn node(name: &str, addr: &str, ready: bool) -> Node {
         ready,
         schedulable: true,
         excluded: false,
+        no_tunnel: false,
     }
 }
 
