@@ -7,9 +7,10 @@
 # server on 30080 stands in for what kube-proxy does for a Service's load-balancer IP (`ipMode:
 # VIP`): it takes the packet addressed to the VIP and hands it to a local endpoint, and the reply
 # leaves with the VIP as its source. For `tunnel`, ipip's `tunl0` is up on every node; rp_filter
-# is loose on the nodes' interfaces and off on tunl0, as docs/operations.md asks. One Service goes direct -> tunnel -> fullnat
-# and answers after each switch. Needs `--ship target/release/edgelb --ship /usr/bin/curl
-# --ship /usr/bin/socat`.
+# is loose on the nodes' interfaces and off on tunl0, as docs/operations.md asks. With
+# `externalTrafficPolicy: Local` only the nodes with ready endpoints answer. One Service goes
+# direct -> tunnel -> fullnat -> direct and answers after each switch. Needs `--ship
+# target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/socat`.
 
 # shellcheck source=SCRIPTDIR/../lib.sh
 . /lab/lib.sh
@@ -119,6 +120,21 @@ lab_bench direct-programmed
 assert_eq "direct: every node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(peers direct)"
 no_reply_through_appliance direct
 assert_eq "direct, UDP: the node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(udp_peer)"
+
+# externalTrafficPolicy Local, direct: only the nodes with a ready endpoint (n1, n3) get traffic.
+must edgelb_api PUT /api/v1/clusters/lab/services/default/web "{\"uid\":\"u-web\",\"external_traffic_policy\":\"Local\",
+ \"local_nodes\":[\"n1\",\"n3\"],\"ports\":[{\"name\":\"http\",\"protocol\":\"TCP\",\"port\":80,\"node_port\":$LAB_NODEPORT}]}" >/dev/null
+two_local_real_servers() { [ "$(in_ns appliance ipvsadm -Ln -t "$VIP:80" | grep -Ec '10\.1\.0\.1[13]:80 +Route +1 ')" = 2 ] && ! in_ns appliance ipvsadm -Ln -t "$VIP:80" | grep -Eq '10\.1\.0\.12:80 +Route +[1-9]'; }
+wait_until 10 "Local, direct: only n1 and n3 take traffic" two_local_real_servers
+_nodes=
+for _i in 1 2 3 4 5 6; do
+    _body=$(http_get "$PEER_URL") || fail "Local: request $_i failed"
+    echo "Local: $_body"
+    assert_eq "Local, direct: the client's address, end to end" "peer=$LAB_CLIENT_ADDR" "${_body#* }"
+    _nodes="$_nodes ${_body%% *}"
+done
+assert_eq "Local, direct: the answers came from n1 and n3 only" "node=n1 node=n3" \
+    "$(echo "$_nodes" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//')"
 
 service '"tunnel"'
 wait_until 10 "tunnel (the Service's own): IPVS tunnels the VIP to the three nodes' port 80" three_real_servers Tunnel 80
