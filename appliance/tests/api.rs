@@ -441,7 +441,8 @@ async fn an_error_for_a_large_body_stays_small_and_still_says_what_to_fix() {
     let app = with_pool_and_cluster().await;
     let long = "x".repeat(NEAR_LIMIT);
     let many = vec![Value::from("x"); NEAR_LIMIT / 5];
-    let many_nodes = vec![node("Not A Name!", "10.1.0.1"); NEAR_LIMIT / 100];
+    // Each about 115 bytes: under the limit in all.
+    let many_nodes = vec![node("Not A Name!", "10.1.0.1"); NEAR_LIMIT / 130];
     let cases = [
         (
             "/api/v1/pools",
@@ -1211,7 +1212,7 @@ async fn the_services_of_a_cluster_are_listed() {
 // ---- nodes ----
 
 fn node(name: &str, addr: &str) -> Value {
-    json!({"name": name, "addresses": [addr], "ready": true, "schedulable": true, "excluded": false})
+    json!({"name": name, "addresses": [addr], "ready": true, "schedulable": true, "excluded": false, "no_tunnel": false})
 }
 
 #[tokio::test]
@@ -1219,11 +1220,11 @@ async fn put_nodes_replaces_the_whole_list_and_get_returns_it_sorted() {
     let app = TestAppliance::start().await;
     app.cluster("prod").await;
     let list = json!({"nodes": [node("n3", "10.1.0.3"), node("n1", "10.1.0.1"),
-        json!({"name": "n2", "addresses": ["10.1.0.2", "fd00::2"], "ready": false, "schedulable": false, "excluded": true})]});
+        json!({"name": "n2", "addresses": ["10.1.0.2", "fd00::2"], "ready": false, "schedulable": false, "excluded": true, "no_tunnel": true})]});
     let r = put(&app, "/api/v1/clusters/prod/nodes", &app.admin, list).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let want = json!({"nodes": [node("n1", "10.1.0.1"),
-        json!({"name": "n2", "addresses": ["10.1.0.2", "fd00::2"], "ready": false, "schedulable": false, "excluded": true}),
+        json!({"name": "n2", "addresses": ["10.1.0.2", "fd00::2"], "ready": false, "schedulable": false, "excluded": true, "no_tunnel": true}),
         node("n3", "10.1.0.3")]});
     assert_eq!(r.json, want);
     let g = get(&app, "/api/v1/clusters/prod/nodes", &app.admin).await;
@@ -1242,7 +1243,7 @@ async fn put_nodes_replaces_the_whole_list_and_get_returns_it_sorted() {
     assert_eq!(
         get(&app, "/api/v1/clusters/prod/nodes", &app.admin).await.json,
         json!({"nodes": [node("n9", "10.1.0.9")]}),
-        "the list replaces the old one; ready and schedulable default to true"
+        "the list replaces the old one; ready and schedulable default to true, no_tunnel to false"
     );
     app.stop().await;
 }
