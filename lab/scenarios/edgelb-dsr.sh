@@ -8,7 +8,8 @@
 # VIP`): it takes the packet addressed to the VIP and hands it to a local endpoint, and the reply
 # leaves with the VIP as its source. For `tunnel`, ipip's `tunl0` is up on every node; rp_filter
 # is loose on the nodes' interfaces and off on tunl0, as docs/operations.md asks. With
-# `externalTrafficPolicy: Local` only the nodes with ready endpoints answer. One Service goes
+# `externalTrafficPolicy: Local` only the nodes with ready endpoints answer. IPv4 (TCP and UDP)
+# and IPv6 (TCP, IPv6 in IPv6 for the tunnel). One Service goes
 # direct -> tunnel -> fullnat -> direct and answers after each switch. Needs `--ship
 # target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/socat`.
 
@@ -48,6 +49,26 @@ NFT
 done
 lab_nodes_serve_peer "$LAB_NODEPORT"
 
+# IPv6: the client, the appliance and the nodes on both segments; the same emulation of
+# kube-proxy for the IPv6 VIP, and ip6_tunnel's ip6tnl0 up for IPv6-in-IPv6.
+VIP6=fd00::100
+must "$IP" -n client addr add fd00::2/64 dev eth0 nodad
+must "$IP" -n appliance addr add fd00::1/64 dev front nodad
+must "$IP" -n appliance addr add fd01::1/64 dev back nodad
+for _n in $LAB_NODES; do
+    must "$IP" -n "$_n" addr add "fd01::1${_n#n}/64" dev eth0 nodad
+    must "$IP" -n "$_n" addr add "fd00::1${_n#n}/64" dev eth1 nodad
+    must "$IP" -n "$_n" link set ip6tnl0 up
+    must in_ns "$_n" nft -f - <<NFT
+table ip6 kube_proxy_emulation {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        ip6 daddr $VIP6 tcp dport 80 dnat to [fd01::1${_n#n}]:$LAB_NODEPORT
+    }
+}
+NFT
+done
+
 # three_real_servers METHOD PORT: IPVS forwards the VIP to the three nodes at PORT with METHOD.
 three_real_servers() {
     [ "$(in_ns appliance ipvsadm -Ln -t "$VIP:80" | grep -Ec "10\.1\.0\.1[1-3]:$2 +$1 ")" = 3 ]
@@ -81,9 +102,16 @@ peers() {
     done
     echo "$_seen" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//'
 }
-# udp_peer: one UDP request to VIP:53; prints the "peer=" the node saw (its address, not port).
+# udp_peer: a UDP request to VIP:53; prints the "peer=" the node saw (its address, not port).
+# The node forks a shell per datagram, slow under emulation: socat waits up to 4 s for the answer
+# after sending (its default is half a second), and a lost first try is tried again once.
 udp_peer() {
-    echo ask | in_ns client timeout "$LAB_HTTP_TIMEOUT" socat -T 2 - "UDP4:$VIP:53" | sed -n 's/.* peer=\([^:]*\).*/peer=\1/p'
+    for _try in 1 2; do
+        _got=$(echo ask | in_ns client timeout 10 socat -t 4 -T 4 - "UDP4:$VIP:53" | sed -n 's/.* peer=\([^:]*\).*/peer=\1/p')
+        [ -n "$_got" ] && break
+        echo "udp_peer: no answer on try $_try" >&2
+    done
+    echo "$_got"
 }
 
 # dsr_dump: the nodes' side, for the log when a check failed.
@@ -100,7 +128,7 @@ dsr_dump() {
 }
 # The UDP server answers on the node itself (without IPVS).
 assert_eq "the nodes' UDP server answers" "node=n1 peer=10.1.0.1" \
-    "$(echo ask | in_ns appliance timeout 5 socat -T 2 - UDP4:10.1.0.11:5353 | sed 's/:[0-9]*$//')"
+    "$(echo ask | in_ns appliance timeout 10 socat -t 4 -T 4 - UDP4:10.1.0.11:5353 | sed 's/:[0-9]*$//')"
 
 edgelb_start --dataplane ipvs --interface front --resync-seconds 2
 must edgelb_api POST /api/v1/pools '{"name":"lab","ranges":["10.0.0.100/32"],"scheduler":"rr","forwarding":"direct"}' >/dev/null
@@ -155,6 +183,36 @@ service '"direct"'
 wait_until 10 "and back to direct" three_real_servers Route 80
 assert_eq "direct after fullnat: the Service answers at once with the client's address" \
     "peer=$LAB_CLIENT_ADDR" "$(peers "direct again")"
+
+# IPv6, direct then tunnel.
+must edgelb_api POST /api/v1/pools '{"name":"v6","ranges":["fd00::100/128"],"scheduler":"rr","forwarding":"direct"}' >/dev/null
+must edgelb_api PUT /api/v1/clusters/lab/nodes '{"nodes":[{"name":"n1","addresses":["10.1.0.11","fd01::11"]},
+ {"name":"n2","addresses":["10.1.0.12","fd01::12"]},{"name":"n3","addresses":["10.1.0.13","fd01::13"]}]}' >/dev/null
+service6() {
+    must edgelb_api PUT /api/v1/clusters/lab/services/default/web6 "{\"uid\":\"u-web6\",\"ip_families\":[\"IPv6\"],
+     \"forwarding\":$1,\"ports\":[{\"protocol\":\"TCP\",\"port\":80,\"node_port\":$LAB_NODEPORT}]}" >/dev/null
+}
+three_v6_real_servers() {
+    [ "$(in_ns appliance ipvsadm -Ln -t "[$VIP6]:80" | grep -Ec "\[fd01::1[1-3]\]:80 +$1 ")" = 3 ]
+}
+peers6() {
+    _seen=
+    for _i in 1 2 3 4 5 6; do
+        _body=$(http_get "http://[$VIP6]/cgi-bin/peer") || {
+            fail "$1: request $_i to [$VIP6]:80 failed"
+            continue
+        }
+        echo "$1: $_body" >&2
+        _seen="$_seen ${_body#* }"
+    done
+    echo "$_seen" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//'
+}
+service6 null
+wait_until 10 "IPv6, direct: IPVS routes the IPv6 VIP to the nodes' port 80" three_v6_real_servers Route
+assert_eq "IPv6, direct: every node sees the client's own address" "peer=fd00::2" "$(peers6 "IPv6 direct")"
+service6 '"tunnel"'
+wait_until 10 "IPv6, tunnel: IPVS tunnels the IPv6 VIP to the nodes' port 80" three_v6_real_servers Tunnel
+assert_eq "IPv6, tunnel: every node sees the client's own address" "peer=fd00::2" "$(peers6 "IPv6 tunnel")"
 
 edgelb_stop
 [ "$LAB_FAILURES" -eq 0 ] || {
