@@ -170,6 +170,13 @@ lab_bench tunnel-programmed
 assert_eq "tunnel: every node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(peers tunnel)"
 no_reply_through_appliance tunnel
 assert_eq "tunnel, UDP: the node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(udp_peer)"
+# A request of full-sized segments: 1,500-byte packets do not fit the tunnel with its 20 bytes.
+# IPVS answers "fragmentation needed" and the client's path-MTU discovery sends smaller ones.
+head -c 8000 /dev/zero | tr '\0' x >/tmp/big-body
+assert_eq "tunnel: a request of full-sized segments gets through (path-MTU discovery)" "peer=$LAB_CLIENT_ADDR" \
+    "$(in_ns client curl -sS --max-time 10 --data-binary @/tmp/big-body "$PEER_URL" | sed 's/^node=[^ ]* //')"
+assert_contains "tunnel: the client learnt the tunnel's MTU from the appliance" \
+    "$("$IP" -n client route get "$VIP")" "mtu 1480"
 
 service '"fullnat"'
 wait_until 10 "fullnat: IPVS masquerades to the three NodePorts" three_real_servers Masq "$LAB_NODEPORT"
