@@ -58,12 +58,22 @@ async fn console_works_end_to_end_in_a_real_browser() {
     b.click("#new-pool").await;
     b.fill("#name", "public").await;
     b.fill("#ranges", "203.0.113.0/26").await;
+    b.find("#forwarding")
+        .await
+        .select_by_value("tunnel")
+        .await
+        .expect("select");
     b.click("#save-pool").await;
     b.find(".flash").await;
     assert_eq!(b.path().await, "/pools/public");
     assert!(b.text(".flash").await.contains("Pool public created"));
+    assert!(
+        b.text("#pool-forwarding").await.contains("tunnel"),
+        "the pool page shows its method"
+    );
     let (s, pool) = app.get("/api/v1/pools/public", &app.admin).await;
     assert_eq!(s, StatusCode::OK, "the API sees the console's pool: {pool}");
+    assert_eq!(pool["forwarding"], "tunnel", "{pool}");
 
     // An overlapping range: the error is next to the field, names the other pool, and what was
     // typed is still there.
