@@ -324,7 +324,9 @@ api_flat() {
     echo "$1" | jq -r '.virtual_services[]
         | ("\(.protocol) \(.ip):\(.port) \(.scheduler)"
            + (if .persistence_timeout_seconds then " persistent \(.persistence_timeout_seconds)" else "" end)) as $s
-        | $s, (.real_servers[] | "\($s) -> \(.ip):\(.port) Masq \(.weight)")' | sort
+        | $s, (.real_servers[]
+            | ({"masquerade": "Masq", "route": "Route", "tunnel": "Tunnel"}[.method] // .method) as $m
+            | "\($s) -> \(.ip):\(.port) \($m) \(.weight)")' | sort
 }
 
 # count_of WORD LIST...: how many of LIST equal WORD.

@@ -823,12 +823,21 @@ pub struct RealServerStatus {
     pub port: u16,
     /// 0 means drained: no new connections.
     pub weight: u32,
+    /// How IPVS sends it traffic: `masquerade` (NAT, for `fullnat` and `nat`), `route` (for
+    /// `direct`) or `tunnel`; `other` for a method edgelb never sets.
+    #[serde(default = "default_method")]
+    #[schema(example = "masquerade")]
+    pub method: String,
     pub active_connections: u32,
     pub inactive_connections: u32,
     pub counters: TrafficCounters,
     /// Its health check; `null` when it is not probed (health checking off, or not yet).
     #[serde(default)]
     pub health: Option<BackendHealth>,
+}
+
+fn default_method() -> String {
+    "masquerade".to_owned()
 }
 
 /// A real server's damped health, as the appliance's health checker sees it.

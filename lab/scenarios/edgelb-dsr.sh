@@ -11,7 +11,7 @@
 # `externalTrafficPolicy: Local` only the nodes with ready endpoints answer. IPv4 (TCP and UDP)
 # and IPv6 (TCP, IPv6 in IPv6 for the tunnel). One Service goes
 # direct -> tunnel -> fullnat -> direct and answers after each switch. Needs `--ship
-# target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/socat`.
+# target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/socat --ship /usr/bin/jq`.
 
 # shellcheck source=SCRIPTDIR/../lib.sh
 . /lab/lib.sh
@@ -168,6 +168,8 @@ service '"tunnel"'
 wait_until 10 "tunnel (the Service's own): IPVS tunnels the VIP to the three nodes' port 80" three_real_servers Tunnel 80
 lab_bench tunnel-programmed
 assert_eq "tunnel: every node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(peers tunnel)"
+assert_eq "tunnel: the Service's status shows what IPVS holds, methods included" "$(ipvs_flat)" \
+    "$(api_flat "$(edgelb_api GET /api/v1/clusters/lab/services/default/web/status)")"
 no_reply_through_appliance tunnel
 assert_eq "tunnel, UDP: the node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(udp_peer)"
 # A request of full-sized segments: 1,500-byte packets do not fit the tunnel with its 20 bytes.

@@ -63,6 +63,16 @@ pub enum Forward {
 }
 
 impl Forward {
+    /// Its name in the API's status (`RealServerStatus.method`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forward::Masquerade => "masquerade",
+            Forward::Route => "route",
+            Forward::Tunnel => "tunnel",
+            Forward::Other => "other",
+        }
+    }
+
     /// The IPVS method a forwarding setting uses: both NAT settings masquerade (they differ in
     /// the source NAT around it).
     pub fn of(forwarding: edgelb_api::Forwarding) -> Forward {

@@ -104,6 +104,7 @@ impl Published {
                     ip: a.ip(),
                     port: a.port(),
                     weight: rs.spec.weight,
+                    method: rs.spec.forward.as_str().to_owned(),
                     active_connections: rs.counters.active_connections,
                     inactive_connections: rs.counters.inactive_connections,
                     counters: counters(&rs.counters),

@@ -848,6 +848,7 @@ mod tests {
             ip: "10.0.0.2".parse().expect("ip"),
             port: 30080,
             weight: 0,
+            method: "masquerade".into(),
             active_connections: 0,
             inactive_connections: 0,
             counters: Default::default(),
