@@ -373,6 +373,24 @@ CGI
     lab_bench nodes-serving-peer
 }
 
+# lab_peers URL WHAT N: N requests from the client to URL (a node's /cgi-bin/peer, see
+# lab_nodes_serve_peer); prints the distinct "peer=" values seen, and fails a check for each
+# request that gets no answer. WHAT names them in the log.
+lab_peers() {
+    _seen=
+    _i=0
+    while [ "$_i" -lt "$3" ]; do
+        _i=$((_i + 1))
+        _body=$(http_get "$1") || {
+            fail "$2: request $_i to $1 failed"
+            continue
+        }
+        echo "$2: $_body" >&2
+        _seen="$_seen ${_body#* }"
+    done
+    echo "$_seen" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//'
+}
+
 # lab_nodes_route_via_appliance: the nodes reach the clients' network through the appliance
 # (their gateway for it), as plain NAT needs; their default route stays elsewhere.
 lab_nodes_route_via_appliance() {

@@ -88,20 +88,8 @@ no_reply_through_appliance() {
     assert_ok "$1: the requests came in through the appliance" [ "$(packets IN)" -gt "$_in" ]
     assert_eq "$1: no reply went back out through it" "$_out" "$(packets OUT)"
 }
-# peers WHAT: six requests to the VIP; prints the distinct "peer=" values seen, fails a check if
-# a request gets no answer.
-peers() {
-    _seen=
-    for _i in 1 2 3 4 5 6; do
-        _body=$(http_get "$PEER_URL") || {
-            fail "$1: request $_i to $PEER_URL failed"
-            continue
-        }
-        echo "$1: $_body" >&2
-        _seen="$_seen ${_body#* }"
-    done
-    echo "$_seen" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//'
-}
+# peers WHAT: six requests to the VIP (lab_peers).
+peers() { lab_peers "$PEER_URL" "$1" 6; }
 # udp_peer: a UDP request to VIP:53; prints the "peer=" the node saw (its address, not port).
 # The node forks a shell per datagram, slow under emulation: socat waits up to 4 s for the answer
 # after sending (its default is half a second), and a lost first try is tried again once.
@@ -204,18 +192,7 @@ service6() {
 three_v6_real_servers() {
     [ "$(in_ns appliance ipvsadm -Ln -t "[$VIP6]:80" | grep -Ec "\[fd01::1[1-3]\]:80 +$1 ")" = 3 ]
 }
-peers6() {
-    _seen=
-    for _i in 1 2 3 4 5 6; do
-        _body=$(http_get "http://[$VIP6]/cgi-bin/peer") || {
-            fail "$1: request $_i to [$VIP6]:80 failed"
-            continue
-        }
-        echo "$1: $_body" >&2
-        _seen="$_seen ${_body#* }"
-    done
-    echo "$_seen" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//'
-}
+peers6() { lab_peers "http://[$VIP6]/cgi-bin/peer" "$1" 6; }
 service6 null
 wait_until 10 "IPv6, direct: IPVS routes the IPv6 VIP to the nodes' port 80" three_v6_real_servers Route
 assert_eq "IPv6, direct: every node sees the client's own address" "peer=fd00::2" "$(peers6 "IPv6 direct")"

@@ -21,20 +21,8 @@ fullnat_entries() { in_ns appliance nft list set inet edgelb fullnat_v4 | grep -
 fullnat_holds_the_nodes() { [ "$(fullnat_entries)" = 3 ]; }
 table_exists() { in_ns appliance nft list table inet edgelb; }
 
-# peers WHAT: three requests to the VIP; prints the distinct "peer=" values seen, fails a check
-# if a request gets no answer.
-peers() {
-    _seen=
-    for _i in 1 2 3; do
-        _body=$(http_get "$PEER_URL") || {
-            fail "$1: request $_i to $PEER_URL failed"
-            continue
-        }
-        echo "$1: $_body" >&2
-        _seen="$_seen ${_body#* }"
-    done
-    echo "$_seen" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ' | sed 's/ $//'
-}
+# peers WHAT: three requests to the VIP (lab_peers).
+peers() { lab_peers "$PEER_URL" "$1" 3; }
 
 lab_topology
 lab_nodes_route_via_appliance

@@ -87,7 +87,12 @@ async fn notes_of(
     spec: &edgelb_api::ServiceSpec,
 ) -> Result<Vec<String>, ApiError> {
     let pool_forwarding = match pool {
-        Some(p) => s.store.get_pool(p).await.ok().and_then(|p| p.spec.forwarding),
+        Some(p) => match s.store.get_pool(p).await {
+            Ok(p) => p.spec.forwarding,
+            // Deleted since the Service was read: its addresses are gone with it.
+            Err(crate::store::StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
         None => None,
     };
     let method = crate::forwarding::forwarding_of(spec, pool_forwarding, s.store.capabilities().manages.nat);

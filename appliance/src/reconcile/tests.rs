@@ -1600,6 +1600,24 @@ fn random_service(rng: &mut Rng, i: u16) -> SnapshotService {
     }
 }
 
+/// A data plane that manages the VIP addresses and its nftables rules besides IPVS.
+fn managing_all() -> Manages {
+    Manages {
+        addresses: true,
+        rules: true,
+        ..Manages::default()
+    }
+}
+
+/// An empty kernel of a data plane that manages addresses and rules ([`managing_all`]).
+fn empty_kernel() -> State {
+    State {
+        addresses: Some(BTreeSet::new()),
+        rules: Some(Default::default()),
+        ..State::default()
+    }
+}
+
 fn model_snapshot(services: &BTreeMap<u16, SnapshotService>) -> DataplaneSnapshot {
     let mut snap = snapshot(spec(&[]), &[], Vec::new());
     snap.pools.push(SnapshotPool {
@@ -1640,11 +1658,7 @@ fn the_same_holds_with_the_node_level_check_on() {
 
 fn model_equivalence(node_port: Option<u16>) {
     use super::model::{Model, Touched};
-    let manages = Manages {
-        addresses: true,
-        rules: true,
-        ..Manages::default()
-    };
+    let manages = managing_all();
     // One target down (drained to weight 0, with a deadline), the rest unknown (serving).
     let down = std::collections::HashMap::from([
         (
@@ -1669,11 +1683,7 @@ fn model_equivalence(node_port: Option<u16>) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut services: BTreeMap<u16, SnapshotService> = BTreeMap::new();
     let mut model = Model::build(model_snapshot(&services), manages, &input);
-    let mut kernel = State {
-        addresses: Some(BTreeSet::new()),
-        rules: Some(Default::default()),
-        ..State::default()
-    };
+    let mut kernel = empty_kernel();
     kernel = applied(&kernel, &model.plan_full(&kernel));
     let mut probes = model.health_plan().probes(defaults);
     let mut kinds = BTreeSet::new();
@@ -1759,11 +1769,7 @@ fn the_same_holds_for_node_level_targets() {
 /// with the new health gives, its plan reaching the kernel that build wants.
 fn health_change_equivalence(node_port: Option<u16>) {
     use super::model::{Model, Touched};
-    let manages = Manages {
-        addresses: true,
-        rules: true,
-        ..Manages::default()
-    };
+    let manages = managing_all();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let services: BTreeMap<u16, SnapshotService> = (0..24).map(|i| (i, random_service(&mut rng, i))).collect();
     let snap = model_snapshot(&services);
@@ -1785,11 +1791,7 @@ fn health_change_equivalence(node_port: Option<u16>) {
         }
     }
     let mut model = Model::build(snap.clone(), manages, &input(0, &health, &drains, node_port));
-    let mut kernel = State {
-        addresses: Some(BTreeSet::new()),
-        rules: Some(Default::default()),
-        ..State::default()
-    };
+    let mut kernel = empty_kernel();
     kernel = applied(&kernel, &model.plan_full(&kernel));
     let mut targets: Vec<_> = model
         .health_plan()
@@ -2061,11 +2063,7 @@ fn no_health_input<'a>(targets: &'a HashMap<Target, TargetState>, drains: &'a Dr
 #[test]
 fn a_source_range_replaced_by_an_overlapping_one_is_swapped_in_one_transaction() {
     use super::model::{Model, Touched};
-    let manages = Manages {
-        addresses: true,
-        rules: true,
-        ..Manages::default()
-    };
+    let manages = managing_all();
     let (targets, drains) = (HashMap::new(), Drains::default());
     let input = no_health_input(&targets, &drains);
     let mut snap = snapshot(spec(&[]), &[], three_nodes());
@@ -2075,11 +2073,7 @@ fn a_source_range_replaced_by_an_overlapping_one_is_swapped_in_one_transaction()
         &["10.0.0.0/16"],
     )];
     let mut model = Model::build(snap, manages, &input);
-    let empty = State {
-        addresses: Some(BTreeSet::new()),
-        rules: Some(Default::default()),
-        ..State::default()
-    };
+    let empty = empty_kernel();
     let kernel = applied(&empty, &model.plan_full(&empty));
     let key = crate::ipam::ServiceKey::new("prod", "default", "web");
 
@@ -2117,11 +2111,7 @@ fn a_source_range_replaced_by_an_overlapping_one_is_swapped_in_one_transaction()
 #[test]
 fn a_virtual_service_handed_from_one_service_to_another_in_one_change_is_kept() {
     use super::model::{Model, Touched};
-    let manages = Manages {
-        addresses: true,
-        rules: true,
-        ..Manages::default()
-    };
+    let manages = managing_all();
     let (targets, drains) = (HashMap::new(), Drains::default());
     let input = no_health_input(&targets, &drains);
     // `b-api` (sorted before `web`) and `web` share the VIP; web has port 80.
@@ -2130,11 +2120,7 @@ fn a_virtual_service_handed_from_one_service_to_another_in_one_change_is_kept() 
     let mut snap = snapshot(spec(&[]), &[], three_nodes());
     snap.services = vec![api, web80];
     let mut model = Model::build(snap.clone(), manages, &input);
-    let empty = State {
-        addresses: Some(BTreeSet::new()),
-        rules: Some(Default::default()),
-        ..State::default()
-    };
+    let empty = empty_kernel();
     let kernel = applied(&empty, &model.plan_full(&empty));
 
     // web moves to 81 and b-api takes 80, committed together.

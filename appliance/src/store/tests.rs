@@ -314,16 +314,7 @@ async fn a_pools_forwarding_method_is_stored_patched_and_checked_against_the_bac
         }
         other => panic!("expected invalid, got {other:?}"),
     }
-    store
-        .create_cluster(
-            ACTOR,
-            ClusterSpec {
-                name: "prod".into(),
-                description: String::new(),
-            },
-        )
-        .await
-        .expect("cluster");
+    add_cluster(&store, "prod").await;
     let spec = ServiceSpec {
         forwarding: Some(Forwarding::Tunnel),
         ..service("u1", &[80])
