@@ -9,8 +9,10 @@
 # leaves with the VIP as its source. For `tunnel`, ipip's `tunl0` is up on every node; rp_filter
 # is loose on the nodes' interfaces and off on tunl0, as docs/operations.md asks. With
 # `externalTrafficPolicy: Local` only the nodes with ready endpoints answer. IPv4 (TCP and UDP)
-# and IPv6 (TCP, IPv6 in IPv6 for the tunnel). One Service goes
-# direct -> tunnel -> fullnat -> direct and answers after each switch. Needs `--ship
+# and IPv6 (TCP, IPv6 in IPv6 for the tunnel). Full-sized segments through a tunnel: lost when
+# the client drops ICMP, carried when the nodes clamp their MSS, and carried by path-MTU
+# discovery otherwise (IPv4 and IPv6). One Service goes direct -> tunnel -> fullnat -> direct and
+# answers after each switch. Needs `--ship
 # target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/socat --ship /usr/bin/jq`.
 
 # shellcheck source=SCRIPTDIR/../lib.sh
@@ -160,13 +162,52 @@ assert_eq "tunnel: the Service's status shows what IPVS holds, methods included"
     "$(api_flat "$(edgelb_api GET /api/v1/clusters/lab/services/default/web/status)")"
 no_reply_through_appliance tunnel
 assert_eq "tunnel, UDP: the node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(udp_peer)"
-# A request of full-sized segments: 1,500-byte packets do not fit the tunnel with its 20 bytes.
-# IPVS answers "fragmentation needed" and the client's path-MTU discovery sends smaller ones.
+# tunnel_mtu_cases URL PEER VIP MTU: full-sized segments through the tunnel (an 8 KB request;
+# 1,500-byte packets do not fit with the tunnel's 20 or 40 bytes), in three cases.
 head -c 8000 /dev/zero | tr '\0' x >/tmp/big-body
-assert_eq "tunnel: a request of full-sized segments gets through (path-MTU discovery)" "peer=$LAB_CLIENT_ADDR" \
-    "$(in_ns client curl -sS --max-time 10 --data-binary @/tmp/big-body "$PEER_URL" | sed 's/^node=[^ ]* //')"
-assert_contains "tunnel: the client learnt the tunnel's MTU from the appliance" \
-    "$("$IP" -n client route get "$VIP")" "mtu 1480"
+big_request() { in_ns client curl -sS --max-time "$1" --data-binary @/tmp/big-body "$2" | sed 's/^node=[^ ]* //'; }
+learnt_mtu() { "$IP" -n client route get "$1" | grep -o 'mtu [0-9]*'; }
+tunnel_mtu_cases() {
+    # 1. A client behind a filter that drops ICMP never hears that they are too large: they are
+    # lost (a path-MTU black hole).
+    must in_ns client nft -f - <<'NFT'
+table inet icmp_filter {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        icmp type destination-unreachable drop
+        icmpv6 type packet-too-big drop
+    }
+}
+NFT
+    assert_fails "tunnel to $3, ICMP filtered: full-sized segments are lost" \
+        in_ns client curl -sS --max-time 5 --data-binary @/tmp/big-body "$1"
+    # 2. The nodes clamp the MSS they announce in their SYN-ACKs for the VIPs (the rules of
+    # docs/operations.md): the client's segments fit the tunnel without any ICMP.
+    for _n in $LAB_NODES; do
+        must in_ns "$_n" nft -f - <<NFT
+table inet mss_clamp {
+    chain output {
+        type filter hook output priority mangle; policy accept;
+        tcp flags & (syn | ack) == syn | ack ct original ip daddr $VIP tcp option maxseg size set 1440
+        tcp flags & (syn | ack) == syn | ack ct original ip6 daddr $VIP6 tcp option maxseg size set 1400
+    }
+}
+NFT
+    done
+    assert_eq "tunnel to $3, ICMP filtered, the nodes clamp the MSS: full-sized requests get through" \
+        "$2" "$(big_request 10 "$1")"
+    assert_eq "tunnel to $3, the nodes clamp the MSS: the client never learnt a smaller MTU" "" "$(learnt_mtu "$3")"
+    for _n in $LAB_NODES; do
+        must in_ns "$_n" nft delete table inet mss_clamp
+    done
+    must in_ns client nft delete table inet icmp_filter
+    # 3. Neither: IPVS answers "fragmentation needed" ("packet too big") and the client's path-MTU
+    # discovery sends smaller segments.
+    assert_eq "tunnel to $3: a request of full-sized segments gets through (path-MTU discovery)" \
+        "$2" "$(big_request 10 "$1")"
+    assert_eq "tunnel to $3: the client learnt the tunnel's MTU from the appliance" "mtu $4" "$(learnt_mtu "$3")"
+}
+tunnel_mtu_cases "$PEER_URL" "peer=$LAB_CLIENT_ADDR" "$VIP" 1480
 
 service '"fullnat"'
 wait_until 10 "fullnat: IPVS masquerades to the three NodePorts" three_real_servers Masq "$LAB_NODEPORT"
@@ -199,6 +240,8 @@ assert_eq "IPv6, direct: every node sees the client's own address" "peer=fd00::2
 service6 '"tunnel"'
 wait_until 10 "IPv6, tunnel: IPVS tunnels the IPv6 VIP to the nodes' port 80" three_v6_real_servers Tunnel
 assert_eq "IPv6, tunnel: every node sees the client's own address" "peer=fd00::2" "$(peers6 "IPv6 tunnel")"
+# IPv6 in IPv6 costs 40 bytes: 1,460.
+tunnel_mtu_cases "http://[$VIP6]/cgi-bin/peer" "peer=fd00::2" "$VIP6" 1460
 
 edgelb_stop
 [ "$LAB_FAILURES" -eq 0 ] || {
