@@ -373,6 +373,11 @@ CGI
     lab_bench nodes-serving-peer
 }
 
+# lab_allowed_has PREFIX: the appliance's loadBalancerSourceRanges set holds PREFIX (IPv4).
+lab_allowed_has() { in_ns appliance nft list set inet edgelb allowed_v4 | grep -q "$1"; }
+# lab_allowed_only NEW OLD: it holds NEW and no longer OLD.
+lab_allowed_only() { lab_allowed_has "$1" && ! lab_allowed_has "$2"; }
+
 # lab_peers URL WHAT N: N requests from the client to URL (a node's /cgi-bin/peer, see
 # lab_nodes_serve_peer); prints the distinct "peer=" values seen, and fails a check for each
 # request that gets no answer. WHAT names them in the log.

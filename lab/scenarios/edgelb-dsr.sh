@@ -8,7 +8,8 @@
 # VIP`): it takes the packet addressed to the VIP and hands it to a local endpoint, and the reply
 # leaves with the VIP as its source. For `tunnel`, ipip's `tunl0` is up on every node; rp_filter
 # is loose on the nodes' interfaces and off on tunl0, as docs/operations.md asks. With
-# `externalTrafficPolicy: Local` only the nodes with ready endpoints answer. IPv4 (TCP and UDP)
+# `externalTrafficPolicy: Local` only the nodes with ready endpoints answer; loadBalancerSourceRanges
+# still drop a client outside them at the appliance. IPv4 (TCP and UDP)
 # and IPv6 (TCP, IPv6 in IPv6 for the tunnel). Full-sized segments through a tunnel: lost when
 # the client drops ICMP, carried when the nodes clamp their MSS, and carried by path-MTU
 # discovery otherwise (IPv4 and IPv6). One Service goes direct -> tunnel -> fullnat -> direct and
@@ -125,9 +126,10 @@ must edgelb_api POST /api/v1/pools '{"name":"lab","ranges":["10.0.0.100/32"],"sc
 must edgelb_api POST /api/v1/clusters '{"name":"lab"}' >/dev/null
 must edgelb_api PUT /api/v1/clusters/lab/nodes '{"nodes":[{"name":"n1","addresses":["10.1.0.11"]},
  {"name":"n2","addresses":["10.1.0.12"]},{"name":"n3","addresses":["10.1.0.13"]}]}' >/dev/null
-# service FORWARDING: the Service, with that method of its own ("null": the pool's).
+# service FORWARDING [FIELDS]: the Service, with that method of its own ("null": the pool's), and
+# FIELDS (`"name":value,`) besides.
 service() {
-    must edgelb_api PUT /api/v1/clusters/lab/services/default/web "{\"uid\":\"u-web\",\"forwarding\":$1,
+    must edgelb_api PUT /api/v1/clusters/lab/services/default/web "{\"uid\":\"u-web\",\"forwarding\":$1,${2:-}
      \"ports\":[{\"name\":\"http\",\"protocol\":\"TCP\",\"port\":80,\"node_port\":$LAB_NODEPORT},
                {\"name\":\"dns\",\"protocol\":\"UDP\",\"port\":53,\"node_port\":30053}]}" >/dev/null
 }
@@ -138,6 +140,15 @@ lab_bench direct-programmed
 assert_eq "direct: every node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(peers direct)"
 no_reply_through_appliance direct
 assert_eq "direct, UDP: the node sees the client's own address" "peer=$LAB_CLIENT_ADDR" "$(udp_peer)"
+
+# loadBalancerSourceRanges stay enforced at the appliance: a client outside them gets no answer.
+service null '"source_ranges":["192.0.2.0/24"],'
+wait_until 10 "direct: the source range is in the appliance's table" lab_allowed_has 192.0.2.0/24
+LAB_HTTP_TIMEOUT=2 assert_fails "direct: a client outside the source ranges gets no answer" http_get "$PEER_URL"
+service null '"source_ranges":["10.0.0.0/24"],'
+wait_until 10 "direct: the new source range replaced the old one" lab_allowed_only 10.0.0.0/24 192.0.2.0/24
+assert_eq "direct: a client inside the source ranges is answered" "peer=$LAB_CLIENT_ADDR" \
+    "$(http_get "$PEER_URL" | sed 's/^node=[^ ]* //')"
 
 # externalTrafficPolicy Local, direct: only the nodes with a ready endpoint (n1, n3) get traffic.
 must edgelb_api PUT /api/v1/clusters/lab/services/default/web "{\"uid\":\"u-web\",\"external_traffic_policy\":\"Local\",

@@ -16,8 +16,6 @@ STATUS=/api/v1/clusters/lab/services/default/web/status
 
 vip_services_are() { [ "$(in_ns appliance ipvsadm -Ln | grep -c " $VIP:")" = "$1" ]; }
 status_matches_kernel() { [ "$(api_flat "$(edgelb_api GET "$STATUS")")" = "$(ipvs_flat | grep " $VIP:")" ]; }
-allowed_has() { in_ns appliance nft list set inet edgelb allowed_v4 | grep -q "$1"; }
-allowed_only() { allowed_has "$1" && ! allowed_has "$2"; }
 no_n3() { ! in_ns appliance ipvsadm -Ln | grep -q 10.1.0.13; }
 persistent() { in_ns appliance ipvsadm -Ln | grep -q "persistent $1"; }
 # rs_conns ADDR:PORT: connections IPVS scheduled to that real server of VIP:80. The kernel
@@ -106,10 +104,10 @@ assert_ok "its nftables table holds the full NAT" in_ns appliance nft list table
 # loadBalancerSourceRanges: a client outside the ranges is dropped, inside gets through.
 # Each check waits for the appliance's table to hold the new range first, not for a fixed time.
 must edgelb_api PUT /api/v1/clusters/lab/services/default/web "$svc,\"source_ranges\":[\"192.0.2.0/24\"]}" >/dev/null
-wait_until 10 "the source range is in the appliance's table" allowed_has 192.0.2.0/24
+wait_until 10 "the source range is in the appliance's table" lab_allowed_has 192.0.2.0/24
 LAB_HTTP_TIMEOUT=2 assert_fails "a client outside the source ranges gets no answer" http_get "http://$VIP/"
 must edgelb_api PUT /api/v1/clusters/lab/services/default/web "$svc,\"source_ranges\":[\"10.0.0.0/24\"]}" >/dev/null
-wait_until 10 "the new source range replaced the old one" allowed_only 10.0.0.0/24 192.0.2.0/24
+wait_until 10 "the new source range replaced the old one" lab_allowed_only 10.0.0.0/24 192.0.2.0/24
 assert_ok "a client inside the source ranges is answered" http_get "http://$VIP/"
 must edgelb_api PUT /api/v1/clusters/lab/services/default/web "$svc}" >/dev/null
 
