@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 pub mod objects;
 pub mod schema;
-pub use schema::{NAME_PATTERN, SCHEDULERS};
+pub use schema::{NAME_PATTERN, PASSWORD_CHARS, SCHEDULERS};
 
 /// The API's path prefix.
 pub const API_PREFIX: &str = "/api/v1";
@@ -754,6 +754,105 @@ pub struct TokenCreated {
     pub token: Token,
     /// The bearer secret: `Authorization: Bearer <secret>`.
     pub secret: String,
+}
+
+/// The role of a console user: an agent is a token, never a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRole {
+    /// Everything, including tokens and users.
+    Admin,
+    /// Pools, clusters and allocations; not tokens or users.
+    Operator,
+    /// Read-only.
+    Viewer,
+}
+
+impl UserRole {
+    /// The user role of a role; `None` for `agent`.
+    pub fn of(role: Role) -> Option<UserRole> {
+        match role {
+            Role::Admin => Some(UserRole::Admin),
+            Role::Operator => Some(UserRole::Operator),
+            Role::Viewer => Some(UserRole::Viewer),
+            Role::Agent => None,
+        }
+    }
+}
+
+impl From<UserRole> for Role {
+    fn from(r: UserRole) -> Role {
+        match r {
+            UserRole::Admin => Role::Admin,
+            UserRole::Operator => Role::Operator,
+            UserRole::Viewer => Role::Viewer,
+        }
+    }
+}
+
+impl std::fmt::Display for UserRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Role::from(*self).as_str())
+    }
+}
+
+/// A console user as requested (`POST /api/v1/users`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    #[schema(value_type = schema::Name)]
+    pub name: String,
+    pub role: UserRole,
+    #[schema(value_type = schema::Password)]
+    pub password: String,
+}
+
+/// Changes to a console user (`PATCH /api/v1/users/{name}`); a field left out stays as it is.
+/// A new password ends the user's console sessions; a new role applies to them at once.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<UserRole>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::Password>)]
+    pub password: Option<String>,
+}
+
+/// Debug output never shows a password.
+fn redacted(password: Option<&String>) -> Option<&'static str> {
+    password.map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for UserSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSpec")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("password", &redacted(Some(&self.password)))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UserPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserPatch")
+            .field("role", &self.role)
+            .field("password", &redacted(self.password.as_ref()))
+            .finish()
+    }
+}
+
+/// A console user as listed: never the password or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub name: String,
+    pub role: UserRole,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// Console sessions open now.
+    pub sessions: u64,
 }
 
 /// One entry of the audit log.

@@ -142,6 +142,34 @@ impl ToSchema for Scheduler {
     }
 }
 
+/// The shortest and longest console password, in characters (Unicode scalar values, as JSON
+/// Schema counts them). The longest bounds the work of hashing one.
+pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 12..=1024;
+
+/// A console user's password.
+#[derive(Debug)]
+pub struct Password;
+
+impl PartialSchema for Password {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Password)))
+            .min_length(Some(*PASSWORD_CHARS.start()))
+            .max_length(Some(*PASSWORD_CHARS.end()))
+            .description(Some(
+                "12 to 1024 characters; never shown again, never logged or audited",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Password {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Password")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

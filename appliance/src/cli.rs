@@ -1,15 +1,15 @@
-//! The command line for daily use. Pool, allocation and token listing go through the REST API
-//! (so they are authorized and audited like any client, and the running appliance sees them at
-//! once); `token create`, `user reset-password` and `backup` work on the data directory
-//! directly, for the first login and for scripts on the appliance host.
+//! The command line for daily use. Pools, allocations, token listing and console users go
+//! through the REST API (so they are authorized and audited like any client, and the running
+//! appliance sees them at once); `token create`, `user reset-password` and `backup` work on the
+//! data directory directly, for the first login and for scripts on the appliance host.
 
 use std::path::Path;
 
-use edgelb_api::{Allocation, Page, Pool, PoolSpec, Problem, Role, Token, TokenSpec};
+use edgelb_api::{Allocation, Page, Pool, PoolSpec, Problem, Role, Token, TokenSpec, User, UserPatch, UserSpec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::{AllocCommand, ClientArgs, PoolCommand, TokenCommand};
+use crate::config::{AllocCommand, ClientArgs, PoolCommand, TokenCommand, UserCommand};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -429,6 +429,111 @@ pub async fn token(cmd: TokenCommand, data_dir_default: &Path) -> Result<(), Cli
             c.send::<serde_json::Value>(c.http.delete(format!("{}/api/v1/tokens/{id}", c.base)))
                 .await?;
             println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// A password from `--password-file` (`-`: standard input), without its line end.
+fn read_password(file: &Path) -> Result<String, CliError> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| CliError::Usage(format!("password file {}: {e}", file.display())))?;
+    Ok(text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text)
+        .to_owned())
+}
+
+fn user_rows(users: &[User]) -> String {
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| {
+            vec![
+                u.name.clone(),
+                u.role.to_string(),
+                u.sessions.to_string(),
+                u.created_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "ROLE", "SESSIONS", "CREATED"], &rows)
+}
+
+pub async fn user(cmd: UserCommand, data_dir_default: &Path) -> Result<(), CliError> {
+    match cmd {
+        UserCommand::List(args) => {
+            let c = Client::new(&args)?;
+            let users: Vec<User> = c.get("/api/v1/users").await?;
+            c.print(&users, || user_rows(&users));
+        }
+        UserCommand::Create {
+            name,
+            role,
+            password_file,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let made = password_file.is_none();
+            let password = match &password_file {
+                Some(f) => read_password(f)?,
+                None => crate::store::new_password(),
+            };
+            let spec = UserSpec {
+                name: name.clone(),
+                role,
+                password: password.clone(),
+            };
+            c.send::<User>(c.http.post(format!("{}/api/v1/users", c.base)).json(&spec))
+                .await?;
+            match made {
+                true => {
+                    eprintln!("console user '{name}' ({role}) created; the password below is shown only once:");
+                    println!("{password}");
+                }
+                false => println!("console user '{name}' ({role}) created"),
+            }
+        }
+        UserCommand::Set {
+            name,
+            role,
+            password_file,
+            client,
+        } => {
+            if role.is_none() && password_file.is_none() {
+                return Err(CliError::Usage(
+                    "nothing to change: give --role, --password-file or both".into(),
+                ));
+            }
+            let c = Client::new(&client)?;
+            let patch = UserPatch {
+                role,
+                password: password_file.as_deref().map(read_password).transpose()?,
+            };
+            let u: Option<User> = c
+                .send(c.http.patch(format!("{}/api/v1/users/{name}", c.base)).json(&patch))
+                .await?;
+            if let Some(u) = u {
+                c.print(&u, || user_rows(std::slice::from_ref(&u)));
+            }
+        }
+        UserCommand::Delete { name, client } => {
+            let c = Client::new(&client)?;
+            c.send::<serde_json::Value>(c.http.delete(format!("{}/api/v1/users/{name}", c.base)))
+                .await?;
+            println!("console user '{name}' deleted; their sessions ended");
+        }
+        UserCommand::ResetPassword { name, data } => {
+            let dir = data.data_dir.unwrap_or_else(|| data_dir_default.to_path_buf());
+            let password = reset_password(&dir, &name).await?;
+            eprintln!("console user '{name}' has a new password (shown only once) and no open sessions:");
+            println!("{password}");
         }
     }
     Ok(())

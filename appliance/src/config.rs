@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use edgelb_api::Role;
+use edgelb_api::{Role, UserRole};
 use serde::Deserialize;
 
 use crate::forwarding::NatMode;
@@ -283,6 +283,40 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
+    /// List console users (through the REST API).
+    List(ClientArgs),
+    /// Create a console user (through the REST API). Without --password-file a random password
+    /// is made and printed alone on the last line.
+    Create {
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long, value_parser = parse_user_role)]
+        role: UserRole,
+        /// A file holding the password (`-` reads standard input); never give a password on the
+        /// command line, where every user of the host can read it.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a console user's role and/or password (through the REST API). A new password ends
+    /// the user's sessions; a new role applies to them at once.
+    Set {
+        name: String,
+        #[arg(long, value_parser = parse_user_role)]
+        role: Option<UserRole>,
+        /// A file holding the new password (`-` reads standard input).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a console user and end their sessions (through the REST API).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Give a console user a new random password, directly in the data directory (works with the
     /// appliance stopped or running) and end the user's sessions; prints the password alone on
     /// the last line.
@@ -292,6 +326,15 @@ pub enum UserCommand {
         #[command(flatten)]
         data: DataDirArg,
     },
+}
+
+fn parse_user_role(s: &str) -> Result<UserRole, String> {
+    match Role::parse(s).and_then(UserRole::of) {
+        Some(role) => Ok(role),
+        None => Err(format!(
+            "'{s}' is not a console role: use admin, operator or viewer (agents use tokens)"
+        )),
+    }
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

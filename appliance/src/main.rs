@@ -88,11 +88,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pool(cmd) => cli::pool(cmd).await?,
         Command::Alloc(cmd) => cli::alloc(cmd).await?,
-        Command::User(config::UserCommand::ResetPassword { name, data }) => {
-            let dir = config::data_dir(&data, &file);
-            let password = cli::reset_password(&dir, &name).await?;
-            eprintln!("console user '{name}' has a new password (shown only once) and no open sessions:");
-            println!("{password}");
+        Command::User(cmd) => {
+            let dir = config::data_dir(&config::DataDirArg { data_dir: None }, &file);
+            cli::user(cmd, &dir).await?;
         }
         Command::Backup { file: dest, data } => {
             let dir = config::data_dir(&data, &file);

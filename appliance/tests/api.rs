@@ -1576,6 +1576,218 @@ async fn a_token_secret_is_shown_once_and_works() {
     app.stop().await;
 }
 
+// ---- users ----
+
+#[tokio::test]
+async fn console_users_are_managed_over_the_api_with_roles_audit_and_validation() {
+    let app = TestAppliance::start().await;
+    let password = "correct horse battery";
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &app.admin,
+        json!({"name": "alice", "role": "operator", "password": password}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.header("location"), Some("/api/v1/users/alice"));
+    assert_eq!(
+        (&r.json["name"], &r.json["role"], &r.json["sessions"]),
+        (&json!("alice"), &json!("operator"), &json!(0))
+    );
+    // The password works for the console, and no answer ever holds it or its hash.
+    let store = edgelb::store::Store::open(&app.data_dir).await.expect("the same store");
+    assert!(
+        store
+            .authenticate_user("alice", password)
+            .await
+            .expect("read")
+            .is_some()
+    );
+    let session = store.create_session("alice").await.expect("session");
+    let list = get(&app, "/api/v1/users", &app.admin).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let names: Vec<_> = list
+        .json
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|u| (u["name"].clone(), u["role"].clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [(json!("admin"), json!("admin")), (json!("alice"), json!("operator"))]
+    );
+    assert!(
+        !list.text.contains("password") && !list.text.contains("argon2"),
+        "{}",
+        list.text
+    );
+    assert_eq!(get(&app, "/api/v1/users/alice", &app.admin).await.json["sessions"], 1);
+
+    // Bad input: each refusal names what to fix, and nothing is created.
+    for (body, status, needle) in [
+        (
+            json!({"name": "bob", "role": "viewer", "password": "short"}),
+            StatusCode::BAD_REQUEST,
+            "12 to 1024 characters",
+        ),
+        (
+            json!({"name": "bob", "role": "agent", "password": password}),
+            StatusCode::BAD_REQUEST,
+            "unknown variant `agent`",
+        ),
+        (
+            json!({"name": "Bob!", "role": "viewer", "password": password}),
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
+        (
+            json!({"name": "alice", "role": "viewer", "password": password}),
+            StatusCode::CONFLICT,
+            "user 'alice' already exists",
+        ),
+    ] {
+        let r = post(&app, "/api/v1/users", &app.admin, body.clone()).await;
+        assert_problem(&r, status, &[needle]);
+    }
+    assert_eq!(
+        get(&app, "/api/v1/users", &app.admin)
+            .await
+            .json
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    // Only admins manage users.
+    let operator = app.token("ops", "operator", None).await;
+    assert_problem(
+        &get(&app, "/api/v1/users", &operator).await,
+        StatusCode::FORBIDDEN,
+        &["list users"],
+    );
+    let r = post(
+        &app,
+        "/api/v1/users",
+        &operator,
+        json!({"name": "eve", "role": "admin", "password": password}),
+    )
+    .await;
+    assert_problem(&r, StatusCode::FORBIDDEN, &["create users"]);
+
+    // A new role applies at once, a new password ends the sessions; both audited, never the
+    // password.
+    let r = patch(&app, "/api/v1/users/alice", &app.admin, json!({"role": "viewer"})).await;
+    assert_eq!(
+        (r.status, &r.json["role"]),
+        (StatusCode::OK, &json!("viewer")),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        store.session(&session.secret).await.expect("read").map(|s| s.role),
+        Some(edgelb_api::Role::Viewer)
+    );
+    let new_password = "a much longer passphrase";
+    let r = patch(
+        &app,
+        "/api/v1/users/alice",
+        &app.admin,
+        json!({"password": new_password}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.json["sessions"]),
+        (StatusCode::OK, &json!(0)),
+        "{}",
+        r.text
+    );
+    assert!(
+        store.session(&session.secret).await.expect("read").is_none(),
+        "the session ended"
+    );
+    assert!(
+        store
+            .authenticate_user("alice", password)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(
+        store
+            .authenticate_user("alice", new_password)
+            .await
+            .expect("read")
+            .is_some()
+    );
+    let audit = get(&app, "/api/v1/audit?object=user/alice", &app.admin).await;
+    let actions: Vec<_> = items(&audit.json).iter().map(|e| e["action"].clone()).collect();
+    assert_eq!(
+        actions,
+        [
+            json!("user.password"),
+            json!("user.role"),
+            json!("session.login"),
+            json!("user.create")
+        ]
+    );
+    let role = find(&items(&audit.json), "user.role", "user/alice").clone();
+    assert_eq!(
+        (&role["before"], &role["after"]),
+        (&json!({"role": "operator"}), &json!({"role": "viewer"}))
+    );
+    assert_eq!(role["actor"], actor("admin", &app.admin));
+    assert!(
+        !audit.text.contains(password) && !audit.text.contains(new_password),
+        "{}",
+        audit.text
+    );
+    let r = patch(&app, "/api/v1/users/alice", &app.admin, json!({"password": "short"})).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, &["12 to 1024 characters (this one has 5)"]);
+    let r = patch(
+        &app,
+        "/api/v1/users/alice",
+        &app.admin,
+        json!({"role": "viewer", "pasword": "typo"}),
+    )
+    .await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, &["pasword"]);
+    assert_problem(
+        &patch(&app, "/api/v1/users/nobody", &app.admin, json!({"role": "viewer"})).await,
+        StatusCode::NOT_FOUND,
+        &["user 'nobody' does not exist"],
+    );
+
+    // The last admin stays one and stays; once there is another, it can go.
+    let r = patch(&app, "/api/v1/users/admin", &app.admin, json!({"role": "operator"})).await;
+    assert_problem(&r, StatusCode::CONFLICT, &["last admin"]);
+    assert_problem(
+        &delete(&app, "/api/v1/users/admin", &app.admin).await,
+        StatusCode::CONFLICT,
+        &["last admin"],
+    );
+    assert_eq!(
+        patch(&app, "/api/v1/users/alice", &app.admin, json!({"role": "admin"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = delete(&app, "/api/v1/users/admin", &app.admin).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_problem(
+        &get(&app, "/api/v1/users/admin", &app.admin).await,
+        StatusCode::NOT_FOUND,
+        &["user 'admin' does not exist"],
+    );
+    assert_problem(
+        &delete(&app, "/api/v1/users/alice", &app.admin).await,
+        StatusCode::CONFLICT,
+        &["last admin"],
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_revoked_token_is_401_at_once() {
     let app = TestAppliance::start().await;

@@ -1,6 +1,7 @@
 //! The `edgelb` command line, run as the real binary: offline commands against a data
-//! directory (`token create`, `user reset-password`, `backup`, `check-config`) and daily commands through the REST API
-//! of a real appliance over HTTPS.
+//! directory (`token create`, `user reset-password`, `backup`, `check-config`) and daily
+//! commands (pools, allocations, tokens, users) through the REST API of a real appliance over
+//! HTTPS.
 
 mod common;
 
@@ -371,6 +372,102 @@ async fn user_reset_password_gives_a_new_password_that_works() {
     let (_, audit) = app.get("/api/v1/audit?object=user/admin", &app.admin).await;
     assert_eq!(audit["items"][0]["action"], "user.password", "{audit}");
     assert_eq!(audit["items"][0]["actor"], "cli", "{audit}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_go_through_the_api_and_never_take_a_password_as_an_argument() {
+    let app = TestAppliance::start().await;
+    let admin = app.admin.clone();
+    let store = edgelb::store::Store::open(&app.data_dir).await.expect("store");
+
+    // Without --password-file a password is made and printed last, once.
+    let out = tokio::task::block_in_place(|| run(&app, &admin, &["user", "create", "alice", "--role", "operator"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("shown only once"), "{}", stderr(&out));
+    let made = stdout(&out).lines().last().expect("a line").to_owned();
+    assert!(
+        store.authenticate_user("alice", &made).await.expect("auth").is_some(),
+        "{made}"
+    );
+
+    // From a file: its line end is not part of the password.
+    let file = app.data_dir.join("bob.password");
+    std::fs::write(&file, "a password from a file\n").expect("write");
+    let file = file.to_str().expect("utf-8").to_owned();
+    let out = tokio::task::block_in_place(|| {
+        run(
+            &app,
+            &admin,
+            &["user", "create", "bob", "--role", "viewer", "--password-file", &file],
+        )
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("a password from a file"), "{}", stdout(&out));
+    assert!(
+        store
+            .authenticate_user("bob", "a password from a file")
+            .await
+            .expect("auth")
+            .is_some()
+    );
+
+    let out = tokio::task::block_in_place(|| run(&app, &admin, &["user", "set", "bob", "--role", "admin"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = tokio::task::block_in_place(|| run(&app, &admin, &["user", "list"]));
+    let text = stdout(&list);
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().take(3).collect()).collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["NAME", "ROLE", "SESSIONS"],
+            vec!["admin", "admin", "0"],
+            vec!["alice", "operator", "0"],
+            vec!["bob", "admin", "0"]
+        ],
+        "{text}"
+    );
+
+    // Mistakes: what to fix, and a failing status.
+    for (args, needle) in [
+        (vec!["user", "create", "carol", "--role", "agent"], "agents use tokens"),
+        (vec!["user", "set", "bob"], "nothing to change"),
+        (
+            vec![
+                "user",
+                "create",
+                "carol",
+                "--role",
+                "viewer",
+                "--password-file",
+                "/nonexistent",
+            ],
+            "password file /nonexistent",
+        ),
+        (vec!["user", "delete", "nobody"], "user 'nobody' does not exist"),
+    ] {
+        let out = tokio::task::block_in_place(|| run(&app, &admin, &args));
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    let short = app.data_dir.join("short.password");
+    std::fs::write(&short, "short").expect("write");
+    let short = short.to_str().expect("utf-8").to_owned();
+    let out = tokio::task::block_in_place(|| run(&app, &admin, &["user", "set", "alice", "--password-file", &short]));
+    assert!(stderr(&out).contains("12 to 1024 characters"), "{}", stderr(&out));
+
+    let out = tokio::task::block_in_place(|| run(&app, &admin, &["user", "delete", "alice"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, users) = app.get("/api/v1/users", &app.admin).await;
+    let names: Vec<&str> = users
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert_eq!(names, ["admin", "bob"]);
+    let (_, audit) = app.get("/api/v1/audit?object=user/alice", &app.admin).await;
+    assert_eq!(audit["items"][0]["action"], "user.delete", "{audit}");
     app.stop().await;
 }
 

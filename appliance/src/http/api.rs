@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use edgelb_api::{
     Allocation, AuditEntry, Cluster, ClusterSpec, Info, NodeList, Page, Pool, PoolPatch, PoolSpec, Service,
-    ServiceSpec, SyncRequest, SyncResponse, Token, TokenCreated, TokenSpec,
+    ServiceSpec, SyncRequest, SyncResponse, Token, TokenCreated, TokenSpec, User, UserPatch, UserSpec,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -68,6 +68,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/allocations", get(list_allocations))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route(
+            "/api/v1/users/{name}",
+            get(get_user).patch(patch_user).delete(delete_user),
+        )
         .route("/api/v1/audit", get(list_audit))
 }
 
@@ -378,6 +383,72 @@ pub async fn revoke_token(
 ) -> ApiResult<StatusCode> {
     caller.can_admin("revoke tokens")?;
     s.store.revoke_token(caller.actor(), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- users ----
+
+/// Console users, by name.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, body = [User])))]
+pub async fn list_users(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
+    caller.can_admin("list users")?;
+    Ok(Json(s.store.list_users().await?))
+}
+
+/// Creates a console user. The password is stored only as a hash, and never logged or audited.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = UserSpec,
+    responses((status = 201, body = User), (status = 400, body = edgelb_api::Problem),
+        (status = 409, description = "a user of that name exists", body = edgelb_api::Problem)))]
+pub async fn create_user(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(spec): ApiJson<UserSpec>,
+) -> ApiResult<Response> {
+    caller.can_admin("create users")?;
+    s.store
+        .create_user(caller.actor(), &spec.name, &spec.password, spec.role.into())
+        .await?;
+    let user = s.store.get_user(&spec.name).await?;
+    Ok(created(format!("/api/v1/users/{}", user.name), user))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{name}", tag = "users", params(("name" = String, Path)),
+    responses((status = 200, body = User), (status = 404, body = edgelb_api::Problem)))]
+pub async fn get_user(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<User>> {
+    caller.can_admin("read users")?;
+    Ok(Json(s.store.get_user(&name).await?))
+}
+
+/// Changes a user's role or password. A new password ends the user's console sessions; a new
+/// role applies to them at once. The last admin stays an admin.
+#[utoipa::path(patch, path = "/api/v1/users/{name}", tag = "users", params(("name" = String, Path)), request_body = UserPatch,
+    responses((status = 200, body = User), (status = 400, body = edgelb_api::Problem), (status = 404, body = edgelb_api::Problem),
+        (status = 409, description = "the change would leave no admin", body = edgelb_api::Problem)))]
+pub async fn patch_user(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(patch): ApiJson<UserPatch>,
+) -> ApiResult<Json<User>> {
+    caller.can_admin("change users")?;
+    Ok(Json(s.store.update_user(caller.actor(), &name, patch, None).await?))
+}
+
+/// Deletes a console user and ends their sessions. The last admin cannot be deleted.
+#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "users", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = edgelb_api::Problem),
+        (status = 409, description = "the user is the last admin", body = edgelb_api::Problem)))]
+pub async fn delete_user(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.can_admin("delete users")?;
+    s.store.delete_user(caller.actor(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

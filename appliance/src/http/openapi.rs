@@ -16,7 +16,7 @@ use super::{api, status};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "edgelb appliance API", description = "IP pools, Services and their external addresses, nodes, tokens and the audit log. \
+    info(title = "edgelb appliance API", description = "IP pools, Services and their external addresses, nodes, tokens, console users and the audit log. \
         Errors are application/problem+json with a `detail` that says what to fix."),
     paths(
         api::info,
@@ -26,6 +26,7 @@ use super::{api, status};
         api::put_nodes, api::get_nodes, api::sync,
         api::list_allocations,
         api::list_tokens, api::create_token, api::revoke_token,
+        api::list_users, api::create_user, api::get_user, api::patch_user, api::delete_user,
         api::list_audit,
         status::service_status,
     ),
@@ -117,6 +118,7 @@ fn link_created(openapi: &mut utoipa::openapi::OpenApi) {
         ("/api/v1/pools", "name", "$response.body#/name"),
         ("/api/v1/clusters", "cluster", "$response.body#/name"),
         ("/api/v1/tokens", "id", "$response.body#/id"),
+        ("/api/v1/users", "name", "$response.body#/name"),
     ];
     let mut links = Vec::new();
     for (collection, param, from) in creates {

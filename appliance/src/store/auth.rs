@@ -87,7 +87,8 @@ static UNKNOWN_USER_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| hash_password("no user has this password").unwrap_or_default());
 
 /// A random password a person can type: 20 characters of an unambiguous alphabet (~100 bits).
-pub(super) fn new_password() -> String {
+/// A random password of 20 letters and digits (about 115 bits), easy to read aloud.
+pub fn new_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let bytes = random_bytes::<20>();
     bytes
@@ -346,12 +347,7 @@ impl Store {
                 "console users are admin, operator or viewer",
             ));
         }
-        if password.chars().count() < 12 {
-            return Err(StoreError::invalid(
-                "password",
-                "a password needs at least 12 characters",
-            ));
-        }
+        super::sessions::check_password(password)?;
         let pw = password.to_owned();
         let hash = tokio::task::spawn_blocking(move || hash_password(&pw)).await??;
         let actor = actor.to_owned();

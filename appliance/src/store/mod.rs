@@ -38,7 +38,7 @@ use tokio::sync::{Mutex, watch};
 use crate::forwarding::Capabilities;
 use crate::ipam::{Ipam, IpamError};
 
-pub use auth::{Bootstrap, Principal};
+pub use auth::{Bootstrap, Principal, new_password};
 pub use queries::{AllocationFilter, AuditFilter};
 pub use snapshot::{DataplaneSnapshot, SnapshotPool, SnapshotService};
 

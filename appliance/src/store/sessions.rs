@@ -4,7 +4,7 @@
 //! Never stores a password or a session secret in clear.
 
 use base64::Engine;
-use edgelb_api::Role;
+use edgelb_api::{Role, User, UserPatch, UserRole};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -12,16 +12,6 @@ use super::{Result, Store, StoreError, audit, begin, ts};
 
 /// How long a console session lasts from sign-in.
 pub const SESSION_SECONDS: i64 = 12 * 3600;
-
-/// A console user as listed (never the password hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub role: Role,
-    pub created_at: time::OffsetDateTime,
-    /// Open console sessions.
-    pub sessions: u64,
-}
 
 /// A session just opened: the cookie secret and the CSRF token for its forms.
 #[derive(Debug, Clone)]
@@ -50,14 +40,42 @@ fn session_hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
-fn check_password(password: &str) -> Result<()> {
-    if password.chars().count() < 12 {
+/// A password's length, in characters, within [`edgelb_api::PASSWORD_CHARS`].
+pub(super) fn check_password(password: &str) -> Result<()> {
+    let chars = password.chars().count();
+    let range = edgelb_api::PASSWORD_CHARS;
+    if !range.contains(&chars) {
         return Err(StoreError::invalid(
             "password",
-            "a password needs at least 12 characters",
+            format!(
+                "a password needs {} to {} characters (this one has {chars})",
+                range.start(),
+                range.end()
+            ),
         ));
     }
     Ok(())
+}
+
+/// A user's role as stored; `NotFound` for no such user.
+async fn role_of(tx: &mut sqlx::SqliteConnection, name: &str) -> Result<String> {
+    let role: Option<(String,)> = sqlx::query_as("SELECT role FROM users WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+    role.map(|(r,)| r)
+        .ok_or_else(|| StoreError::NotFound(format!("user '{name}' does not exist")))
+}
+
+/// A `Conflict` if `name`, an admin, is the last one: the console must never lock everyone out.
+async fn not_the_last_admin(tx: &mut sqlx::SqliteConnection, name: &str, fix: &str) -> Result<()> {
+    let (admins,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+        .fetch_one(&mut *tx)
+        .await?;
+    match admins <= 1 {
+        true => Err(StoreError::Conflict(format!("user '{name}' is the last admin: {fix}"))),
+        false => Ok(()),
+    }
 }
 
 impl Store {
@@ -161,18 +179,34 @@ impl Store {
 
     /// Console users, by name.
     pub async fn list_users(&self) -> Result<Vec<User>> {
+        self.users(None).await
+    }
+
+    /// One console user.
+    pub async fn get_user(&self, name: &str) -> Result<User> {
+        self.users(Some(name))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("user '{name}' does not exist")))
+    }
+
+    async fn users(&self, only: Option<&str>) -> Result<Vec<User>> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT u.name, u.role, u.created_at, \
              (SELECT COUNT(*) FROM console_sessions s WHERE s.user = u.name AND s.expires_at > ?) \
-             FROM users u ORDER BY u.name",
+             FROM users u WHERE ? IS NULL OR u.name = ? ORDER BY u.name",
         )
         .bind(super::now())
+        .bind(only)
+        .bind(only)
         .fetch_all(self.read())
         .await?;
         rows.into_iter()
             .map(|(name, role, created_at, sessions)| {
                 Ok(User {
-                    role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role '{role}'")))?,
+                    role: Role::parse(&role)
+                        .and_then(UserRole::of)
+                        .ok_or_else(|| StoreError::Corrupt(format!("user '{name}' has role '{role}'")))?,
                     name,
                     created_at: ts(created_at),
                     sessions: sessions.max(0) as u64,
@@ -191,20 +225,9 @@ impl Store {
                 // Nothing the data plane reads.
                 w.touch_nothing();
                 let mut tx = begin(&mut w.conn).await?;
-                let role: Option<(String,)> = sqlx::query_as("SELECT role FROM users WHERE name = ?")
-                    .bind(&name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let (role,) = role.ok_or_else(|| StoreError::NotFound(format!("user '{name}' does not exist")))?;
+                let role = role_of(&mut tx, &name).await?;
                 if role == "admin" {
-                    let (admins,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE role = 'admin'")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    if admins <= 1 {
-                        return Err(StoreError::Conflict(format!(
-                            "user '{name}' is the last admin: create another admin first"
-                        )));
-                    }
+                    not_the_last_admin(&mut tx, &name, "create another admin first").await?;
                 }
                 sqlx::query("DELETE FROM users WHERE name = ?")
                     .bind(&name)
@@ -238,45 +261,84 @@ impl Store {
 
     /// Sets a user's password and ends their other sessions (all of them when `keep` is `None`).
     pub async fn set_password(&self, actor: &str, name: &str, password: &str, keep: Option<&str>) -> Result<()> {
-        check_password(password)?;
-        let pw = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || super::auth::hash_password(&pw)).await??;
+        let patch = UserPatch {
+            role: None,
+            password: Some(password.to_owned()),
+        };
+        self.update_user(actor, name, patch, keep).await.map(drop)
+    }
+
+    /// Changes a user's role and/or password in one transaction, each change audited (never the
+    /// password). A new password ends the user's sessions except `keep` (the session of the user
+    /// changing their own); a new role applies to open sessions at once, since every request
+    /// reads it. The last admin keeps the role, so no one is ever locked out.
+    pub async fn update_user(&self, actor: &str, name: &str, patch: UserPatch, keep: Option<&str>) -> Result<User> {
+        let hash = match patch.password {
+            Some(pw) => {
+                check_password(&pw)?;
+                Some(tokio::task::spawn_blocking(move || super::auth::hash_password(&pw)).await??)
+            }
+            None => None,
+        };
         let actor = actor.to_owned();
-        let name = name.to_owned();
+        let owned = name.to_owned();
         let keep = keep.map(session_hash).unwrap_or_default();
+        let role = patch.role.map(Role::from);
         self.write(move |w, now| {
             Box::pin(async move {
+                let name = owned;
                 // Nothing the data plane reads.
                 w.touch_nothing();
                 let mut tx = begin(&mut w.conn).await?;
-                let done = sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
-                    .bind(&hash)
-                    .bind(&name)
-                    .execute(&mut *tx)
+                let before = role_of(&mut tx, &name).await?;
+                if let Some(role) = role.filter(|r| r.as_str() != before) {
+                    if before == "admin" {
+                        not_the_last_admin(&mut tx, &name, "make another user admin first").await?;
+                    }
+                    sqlx::query("UPDATE users SET role = ? WHERE name = ?")
+                        .bind(role.as_str())
+                        .bind(&name)
+                        .execute(&mut *tx)
+                        .await?;
+                    audit(
+                        &mut tx,
+                        now,
+                        &actor,
+                        "user.role",
+                        &format!("user/{name}"),
+                        Some(&serde_json::json!({ "role": before })),
+                        Some(&serde_json::json!({ "role": role })),
+                    )
                     .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("user '{name}' does not exist")));
                 }
-                sqlx::query("DELETE FROM console_sessions WHERE user = ? AND id_hash != ?")
-                    .bind(&name)
-                    .bind(&keep)
-                    .execute(&mut *tx)
+                if let Some(hash) = &hash {
+                    sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
+                        .bind(hash)
+                        .bind(&name)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM console_sessions WHERE user = ? AND id_hash != ?")
+                        .bind(&name)
+                        .bind(&keep)
+                        .execute(&mut *tx)
+                        .await?;
+                    audit(
+                        &mut tx,
+                        now,
+                        &actor,
+                        "user.password",
+                        &format!("user/{name}"),
+                        None,
+                        None,
+                    )
                     .await?;
-                audit(
-                    &mut tx,
-                    now,
-                    &actor,
-                    "user.password",
-                    &format!("user/{name}"),
-                    None,
-                    None,
-                )
-                .await?;
+                }
                 tx.commit().await?;
                 Ok(())
             })
         })
-        .await
+        .await?;
+        self.get_user(name).await
     }
 }
 
