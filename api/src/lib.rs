@@ -203,6 +203,66 @@ fn default_hold_seconds() -> u64 {
     600
 }
 
+/// The default capacity thresholds of a pool, in percent of its addresses in use.
+pub const DEFAULT_CAPACITY_WARNING_PERCENT: u8 = 80;
+pub const DEFAULT_CAPACITY_CRITICAL_PERCENT: u8 = 95;
+
+fn default_capacity_warning() -> u8 {
+    DEFAULT_CAPACITY_WARNING_PERCENT
+}
+
+fn default_capacity_critical() -> u8 {
+    DEFAULT_CAPACITY_CRITICAL_PERCENT
+}
+
+/// How full a pool (or one address family of it) is, against its thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CapacityLevel {
+    /// Below the warning threshold.
+    Ok,
+    /// At or above `capacity_warning_percent`.
+    Warning,
+    /// At or above `capacity_critical_percent`.
+    Critical,
+    /// No free address left (100 %): a Service that needs one stays pending.
+    Exhausted,
+}
+
+impl CapacityLevel {
+    /// The level of `used` of `total` addresses, against thresholds in percent. Exact: integer
+    /// arithmetic, so 95 of 100 is critical at 95 % and a pool of 2^64 is exhausted only at 0
+    /// free.
+    pub fn of(used: u128, total: u128, warning_percent: u8, critical_percent: u8) -> CapacityLevel {
+        let at = |percent: u8| {
+            used.checked_mul(100)
+                .zip(total.checked_mul(u128::from(percent)))
+                .is_some_and(|(u, t)| u >= t)
+        };
+        match () {
+            _ if total > 0 && used >= total => CapacityLevel::Exhausted,
+            _ if total > 0 && at(critical_percent) => CapacityLevel::Critical,
+            _ if total > 0 && at(warning_percent) => CapacityLevel::Warning,
+            _ => CapacityLevel::Ok,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapacityLevel::Ok => "ok",
+            CapacityLevel::Warning => "warning",
+            CapacityLevel::Critical => "critical",
+            CapacityLevel::Exhausted => "exhausted",
+        }
+    }
+}
+
+impl std::fmt::Display for CapacityLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 fn default_families() -> Vec<IpFamily> {
     vec![IpFamily::Ipv4]
 }
@@ -254,6 +314,15 @@ pub struct PoolSpec {
     /// (`--nat`: `fullnat` unless set to plain, `nat`). A Service's own `forwarding` wins.
     #[serde(default)]
     pub forwarding: Option<Forwarding>,
+    /// A pool this full (percent of its addresses allocated or held, in any one address family)
+    /// is shown as a warning in the console and on `/metrics`.
+    #[serde(default = "default_capacity_warning")]
+    #[schema(minimum = 1, maximum = 99)]
+    pub capacity_warning_percent: u8,
+    /// A pool this full is critical; more than `capacity_warning_percent`. 100 % is exhausted.
+    #[serde(default = "default_capacity_critical")]
+    #[schema(minimum = 2, maximum = 100)]
+    pub capacity_critical_percent: u8,
 }
 
 /// A partial update of a pool (`PATCH /api/v1/pools/{name}`); absent fields stay as they are.
@@ -286,6 +355,10 @@ pub struct PoolPatch {
     #[serde(default, deserialize_with = "present_value", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Forwarding>)]
     pub forwarding: Option<Option<Forwarding>>,
+    #[schema(minimum = 1, maximum = 99)]
+    pub capacity_warning_percent: Option<u8>,
+    #[schema(minimum = 2, maximum = 100)]
+    pub capacity_critical_percent: Option<u8>,
 }
 
 /// [`present`] for a field whose value is not an object.
@@ -320,6 +393,9 @@ pub struct PoolUsage {
     /// `(allocated + held) / total`, from 0 to 1. A dual-stack pool can run out of one family
     /// while this is low: each family is allocated on its own, see `families`.
     pub utilization: f64,
+    /// The worst level of its families: a dual-stack pool whose IPv4 addresses are all in use is
+    /// exhausted, however empty its IPv6 range.
+    pub level: CapacityLevel,
     /// The same counts for each address family the pool's ranges hold, IPv4 first.
     #[serde(default)]
     pub families: Vec<FamilyUsage>,
@@ -337,6 +413,8 @@ pub struct FamilyUsage {
     pub free: String,
     /// `(allocated + held) / total`, from 0 to 1.
     pub utilization: f64,
+    /// This family against the pool's thresholds.
+    pub level: CapacityLevel,
 }
 
 /// A pool as stored, with its usage.
@@ -1036,6 +1114,29 @@ pub struct ServiceStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capacity_levels_are_exact_at_their_thresholds_and_exhausted_only_when_nothing_is_free() {
+        let of = |used, total| CapacityLevel::of(used, total, 80, 95);
+        assert_eq!(
+            [of(0, 100), of(79, 100), of(80, 100), of(94, 100), of(95, 100), of(99, 100), of(100, 100)],
+            [
+                CapacityLevel::Ok,
+                CapacityLevel::Ok,
+                CapacityLevel::Warning,
+                CapacityLevel::Warning,
+                CapacityLevel::Critical,
+                CapacityLevel::Critical,
+                CapacityLevel::Exhausted
+            ]
+        );
+        // No addresses at all is not a full pool; a /0 of IPv6 never overflows the arithmetic.
+        assert_eq!(of(0, 0), CapacityLevel::Ok);
+        assert_eq!(of(u128::from(u64::MAX), u128::MAX), CapacityLevel::Ok);
+        assert_eq!(of(u128::MAX, u128::MAX), CapacityLevel::Exhausted);
+        // One address short of full is critical, even where that is 99.9999 %.
+        assert_eq!(of((1 << 64) - 1, 1 << 64), CapacityLevel::Critical);
+    }
+
     use super::*;
 
     #[test]

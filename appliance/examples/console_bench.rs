@@ -45,6 +45,8 @@ async fn fill(store: &Store) {
                     hold_seconds: 600,
                     health: None,
                     forwarding: None,
+                    capacity_critical_percent: edgelb_api::DEFAULT_CAPACITY_CRITICAL_PERCENT,
+                    capacity_warning_percent: edgelb_api::DEFAULT_CAPACITY_WARNING_PERCENT,
                 },
             )
             .await

@@ -302,6 +302,8 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
             scheduler,
             hold_seconds,
             forwarding,
+            capacity_warning_percent,
+            capacity_critical_percent,
             client,
         } => {
             let c = Client::new(&client)?;
@@ -317,6 +319,8 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
                 hold_seconds,
                 health: None,
                 forwarding,
+                capacity_warning_percent,
+                capacity_critical_percent,
             };
             let p: Option<Pool> = c
                 .send(c.http.post(format!("{}/api/v1/pools", c.base)).json(&spec))

@@ -376,6 +376,12 @@ pub enum PoolCommand {
         /// the appliance's `--nat`).
         #[arg(long)]
         forwarding: Option<edgelb_api::Forwarding>,
+        /// Warn when this percentage of any family's addresses is in use.
+        #[arg(long, default_value_t = edgelb_api::DEFAULT_CAPACITY_WARNING_PERCENT)]
+        capacity_warning_percent: u8,
+        /// Critical when this percentage is in use (more than the warning; 100 is exhausted).
+        #[arg(long, default_value_t = edgelb_api::DEFAULT_CAPACITY_CRITICAL_PERCENT)]
+        capacity_critical_percent: u8,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -2394,15 +2394,185 @@ async fn a_dual_stack_pool_shows_one_family_exhausted_in_the_api_and_metrics() {
     app.stop().await;
 }
 
+/// `/metrics` as Prometheus asks for it.
+async fn openmetrics(app: &TestAppliance) -> Reply {
+    let resp = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .expect("scrape");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let text = resp.text().await.expect("body");
+    Reply {
+        status,
+        headers,
+        text,
+        json: Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn capacity_thresholds_are_per_pool_validated_and_judge_each_family() {
+    let app = TestAppliance::start().await;
+    // A dual-stack pool: four IPv4 addresses beside a /64.
+    let r = post(
+        &app,
+        "/api/v1/pools",
+        &app.admin,
+        json!({"name": "tiny", "ranges": ["192.0.2.0/30", "2001:db8::/64"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        (
+            &r.json["capacity_warning_percent"],
+            &r.json["capacity_critical_percent"],
+            &r.json["usage"]["level"]
+        ),
+        (&json!(80), &json!(95), &json!("ok")),
+        "the defaults"
+    );
+    // Bad thresholds: every problem named at once, and the pool unchanged.
+    for (body, fields) in [
+        (
+            json!({"capacity_warning_percent": 90, "capacity_critical_percent": 90}),
+            vec!["capacity_critical_percent"],
+        ),
+        (
+            json!({"capacity_warning_percent": 0, "capacity_critical_percent": 101}),
+            vec!["capacity_warning_percent", "capacity_critical_percent"],
+        ),
+        (
+            json!({"capacity_warning_percent": 96}),
+            vec!["capacity_critical_percent"],
+        ),
+    ] {
+        let r = patch(&app, "/api/v1/pools/tiny", &app.admin, body.clone()).await;
+        let p = assert_problem(&r, StatusCode::BAD_REQUEST, &[]);
+        assert_eq!(field_names(&p), fields, "{body}: {p}");
+    }
+    let r = post(
+        &app,
+        "/api/v1/pools",
+        &app.admin,
+        json!({"name": "bad", "ranges": ["198.51.100.0/30"], "capacity_warning_percent": 300}),
+    )
+    .await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, &["capacity_warning_percent"]);
+    let r = patch(
+        &app,
+        "/api/v1/pools/tiny",
+        &app.admin,
+        json!({"capacity_warning_percent": 50, "capacity_critical_percent": 75}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let audit = get(&app, "/api/v1/audit?object=pool/tiny", &app.admin).await;
+    assert_eq!(
+        items(&audit.json)[0]["after"]["capacity_warning_percent"],
+        50,
+        "{}",
+        audit.text
+    );
+
+    // Each family is judged on its own, and the pool shows its worst: half of the IPv4
+    // addresses is a warning however empty the /64; three of four is critical; four exhausted.
+    app.cluster("prod").await;
+    let level = |v: &Value| {
+        (
+            v["usage"]["level"].clone(),
+            v["usage"]["families"][0]["level"].clone(),
+            v["usage"]["families"][1]["level"].clone(),
+        )
+    };
+    let mut seen = Vec::new();
+    for n in 1..=4 {
+        put_service(
+            &app,
+            "prod",
+            "default",
+            &format!("web{n}"),
+            service_spec(&format!("u{n}")),
+        )
+        .await;
+        seen.push(level(&get(&app, "/api/v1/pools/tiny", &app.admin).await.json));
+    }
+    let l = |a: &str, b: &str| (json!(a), json!(a), json!(b));
+    assert_eq!(
+        seen,
+        [
+            l("ok", "ok"),
+            l("warning", "ok"),
+            l("critical", "ok"),
+            l("exhausted", "ok")
+        ]
+    );
+
+    // The same on /metrics, in both formats; the classic one is what `promtool check metrics`
+    // reads, and it finds nothing to fix.
+    let om = openmetrics(&app).await.text;
+    let classic = get(&app, "/metrics", "").await;
+    assert!(
+        classic.content_type().starts_with("text/plain; version=0.0.4"),
+        "{}",
+        classic.content_type()
+    );
+    for needle in [
+        "edgelb_pool_capacity_level{pool=\"tiny\"} 3",
+        "edgelb_pool_family_capacity_level{pool=\"tiny\",family=\"IPv4\"} 3",
+        "edgelb_pool_family_capacity_level{pool=\"tiny\",family=\"IPv6\"} 0",
+        "edgelb_pool_family_utilization_ratio{pool=\"tiny\",family=\"IPv4\"} 1.0",
+        "edgelb_pool_capacity_warning_ratio{pool=\"tiny\"} 0.5",
+        "edgelb_pool_capacity_critical_ratio{pool=\"tiny\"} 0.75",
+    ] {
+        assert!(
+            om.contains(needle) && classic.text.contains(needle),
+            "metrics lack {needle}:\n{om}"
+        );
+    }
+    assert!(
+        classic.text.contains("# TYPE edgelb_http_requests_total counter"),
+        "{}",
+        classic.text
+    );
+    assert!(!classic.text.contains("# EOF"), "{}", classic.text);
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), classic.text.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}\n{}",
+        classic.text
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_show_pool_sizes_and_requests_by_route_template() {
     let app = with_pool_and_cluster().await;
     app.pool("v6", &["2001:db8:1::/64"]).await;
     put_service(&app, "prod", "default", "web", service_spec("u1")).await;
     get(&app, "/api/v1/pools/nope", &app.admin).await;
-    let r = get(&app, "/metrics", "").await;
+    let r = openmetrics(&app).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.content_type().contains("openmetrics-text"), "{}", r.content_type());
+    assert!(r.text.ends_with("# EOF\n"), "{}", r.text);
     let m = &r.text;
     for needle in [
         "edgelb_pool_addresses{pool=\"public\"} 64",

@@ -95,6 +95,85 @@ where
     }
 }
 
+/// How full each pool is against its thresholds: what the console's banners show and the
+/// alerting rules in `deploy/prometheus/` fire on. Levels are 0 ok, 1 warning, 2 critical,
+/// 3 exhausted.
+struct CapacityGauges {
+    level: Family<PoolLabels, Gauge>,
+    family_level: Family<PoolFamilyLabels, Gauge>,
+    family_utilization: Family<PoolFamilyLabels, FloatGauge>,
+    warning: Family<PoolLabels, FloatGauge>,
+    critical: Family<PoolLabels, FloatGauge>,
+}
+
+impl CapacityGauges {
+    fn register(registry: &mut Registry) -> CapacityGauges {
+        let g = CapacityGauges {
+            level: Family::default(),
+            family_level: Family::default(),
+            family_utilization: Family::default(),
+            warning: Family::default(),
+            critical: Family::default(),
+        };
+        registry.register(
+            "pool_capacity_level",
+            "A pool's worst family against its thresholds: 0 ok, 1 warning, 2 critical, 3 exhausted",
+            g.level.clone(),
+        );
+        registry.register(
+            "pool_family_capacity_level",
+            "One family of a pool against its thresholds: 0 ok, 1 warning, 2 critical, 3 exhausted",
+            g.family_level.clone(),
+        );
+        registry.register(
+            "pool_family_utilization_ratio",
+            "Addresses of one family of a pool allocated or held, over those it can hand out",
+            g.family_utilization.clone(),
+        );
+        registry.register(
+            "pool_capacity_warning_ratio",
+            "A pool's warning threshold, as a ratio of its addresses",
+            g.warning.clone(),
+        );
+        registry.register(
+            "pool_capacity_critical_ratio",
+            "A pool's critical threshold, as a ratio of its addresses",
+            g.critical.clone(),
+        );
+        g
+    }
+
+    fn clear(&self) {
+        self.level.clear();
+        self.family_level.clear();
+        self.family_utilization.clear();
+        self.warning.clear();
+        self.critical.clear();
+    }
+
+    fn set(&self, pool: &edgelb_api::Pool) {
+        let labels = PoolLabels {
+            pool: pool.spec.name.clone(),
+        };
+        let level = |l: edgelb_api::CapacityLevel| l as i64;
+        self.level.get_or_create(&labels).set(level(pool.usage.level));
+        self.warning
+            .get_or_create(&labels)
+            .set(f64::from(pool.spec.capacity_warning_percent) / 100.0);
+        self.critical
+            .get_or_create(&labels)
+            .set(f64::from(pool.spec.capacity_critical_percent) / 100.0);
+        for f in &pool.usage.families {
+            let l = PoolFamilyLabels {
+                pool: pool.spec.name.clone(),
+                family: f.family.to_string(),
+            };
+            self.family_level.get_or_create(&l).set(level(f.level));
+            self.family_utilization.get_or_create(&l).set(f.utilization);
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -109,6 +188,7 @@ pub struct Metrics {
     pools: PoolGauges<PoolLabels>,
     /// The same per address family: a dual-stack pool can run out of one while it looks empty.
     pool_families: PoolGauges<PoolFamilyLabels>,
+    capacity: CapacityGauges,
     services: Gauge,
     dataplane: Arc<RwLock<StatusFeed>>,
 }
@@ -143,6 +223,7 @@ impl Metrics {
         );
         let pools = PoolGauges::register(&mut registry, "pool_addresses", "of a pool");
         let pool_families = PoolGauges::register(&mut registry, "pool_family_addresses", "of one family of a pool");
+        let capacity = CapacityGauges::register(&mut registry);
         registry.register("services", "Services known to the appliance", services.clone());
         let rx = StatusFeed::fixed(Arc::new(edgelb_api::DataplaneStatus::default()));
         let dataplane = Arc::new(RwLock::new(rx));
@@ -153,6 +234,7 @@ impl Metrics {
             latency,
             pools,
             pool_families,
+            capacity,
             services,
             dataplane,
         }
@@ -369,14 +451,18 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     resp
 }
 
-/// `GET /metrics` in the OpenMetrics text format.
-pub async fn scrape(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: OpenMetrics when the client asks for it (as Prometheus does), and the classic
+/// Prometheus text format (0.0.4) otherwise, for curl, `promtool check metrics` and older
+/// scrapers.
+pub async fn scrape(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     let m = &state.metrics;
     match state.store.list_pools().await {
         Ok(pools) => {
             m.pools.clear();
             m.pool_families.clear();
+            m.capacity.clear();
             for p in pools {
+                m.capacity.set(&p);
                 let u = &p.usage;
                 let pool = p.spec.name.clone();
                 for f in &u.families {
@@ -402,12 +488,54 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         tracing::error!(error = %e, "encoding metrics failed");
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    match openmetrics {
+        true => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        false => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            classic_text(&out),
+        )
+            .into_response(),
+    }
+}
+
+/// OpenMetrics text as the classic Prometheus text format. The samples are the same; what
+/// differs is the metadata: a counter's `# HELP` and `# TYPE` name the sample (`x_total`) where
+/// OpenMetrics names the family (`x`), and there is no `# UNIT` and no `# EOF`.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta.and_then(|(p, rest)| rest.split_once(' ').map(|(name, tail)| (p, name, tail))) {
+            Some((p, name, tail)) if counters.contains(name) => {
+                out.push_str(&format!("{p}{name}_total {tail}\n"));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }

@@ -35,6 +35,8 @@ fn spec(name: &str, ranges: &[&str]) -> PoolSpec {
         hold_seconds: 600,
         health: None,
         forwarding: None,
+        capacity_critical_percent: edgelb_api::DEFAULT_CAPACITY_CRITICAL_PERCENT,
+        capacity_warning_percent: edgelb_api::DEFAULT_CAPACITY_WARNING_PERCENT,
     }
 }
 

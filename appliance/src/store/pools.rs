@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edgelb_api::{FamilyUsage, FieldError, HealthOverrides, IpFamily, Pool, PoolPatch, PoolSpec, PoolUsage};
+use edgelb_api::{
+    CapacityLevel, FamilyUsage, FieldError, HealthOverrides, IpFamily, Pool, PoolPatch, PoolSpec, PoolUsage,
+};
 use sqlx::{Row, SqliteConnection};
 
 use super::{Result, Store, StoreError, audit, begin, blob_ip, ip_blob, json_vec, ts};
@@ -25,6 +27,8 @@ struct PoolRow {
     health: Option<String>,
     /// NULL: the appliance's default.
     forwarding: Option<String>,
+    capacity_warning_percent: i64,
+    capacity_critical_percent: i64,
     created_at: i64,
     updated_at: i64,
 }
@@ -43,8 +47,39 @@ impl PoolRow {
             hold_seconds: u64::try_from(self.hold_seconds).map_err(|_| StoreError::Corrupt("hold_seconds".into()))?,
             health: health_of(&self.name, self.health.as_deref())?,
             forwarding: forwarding_of(&self.name, self.forwarding.as_deref())?,
+            capacity_warning_percent: percent(&self.name, self.capacity_warning_percent)?,
+            capacity_critical_percent: percent(&self.name, self.capacity_critical_percent)?,
         })
     }
+}
+
+/// A stored capacity threshold (the schema keeps it within 1 to 100).
+fn percent(pool: &str, v: i64) -> Result<u8> {
+    u8::try_from(v).map_err(|_| StoreError::Corrupt(format!("pool '{pool}': capacity threshold {v}")))
+}
+
+/// What is wrong with a pool's capacity thresholds, by field.
+fn threshold_problems(spec: &PoolSpec) -> Vec<FieldError> {
+    let (warning, critical) = (spec.capacity_warning_percent, spec.capacity_critical_percent);
+    let mut out = Vec::new();
+    let mut problem = |field: &str, message: String| {
+        out.push(FieldError {
+            field: field.into(),
+            message,
+        })
+    };
+    if !(1..=99).contains(&warning) {
+        problem("capacity_warning_percent", format!("{warning} is not from 1 to 99"));
+    }
+    if !(2..=100).contains(&critical) {
+        problem("capacity_critical_percent", format!("{critical} is not from 2 to 100"));
+    } else if critical <= warning {
+        problem(
+            "capacity_critical_percent",
+            format!("{critical} must be more than capacity_warning_percent ({warning})"),
+        );
+    }
+    out
 }
 
 /// A pool's stored forwarding method.
@@ -87,6 +122,7 @@ fn checked(spec: &PoolSpec, offered: &Capabilities) -> Result<PoolDef> {
                     message,
                 }),
         )
+        .chain(threshold_problems(spec))
         .collect();
     match PoolDef::from_spec(spec, |s| offered.check_scheduler(s)) {
         Ok(def) if health.is_empty() => Ok(def),
@@ -103,7 +139,8 @@ fn to_json(spec: &PoolSpec) -> serde_json::Value {
 }
 
 const SELECT_POOL: &str = "SELECT name, ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, \
-     scheduler, hold_seconds, health, forwarding, created_at, updated_at FROM pools";
+     scheduler, hold_seconds, health, forwarding, capacity_warning_percent, capacity_critical_percent, \
+     created_at, updated_at FROM pools";
 
 /// Reads every pool and address into a fresh allocation state.
 pub(super) async fn load_ipam(conn: &mut SqliteConnection) -> Result<Ipam> {
@@ -278,6 +315,8 @@ impl Store {
                     // `Some(None)` is an explicit `null`: the overrides go.
                     health: patch.health.unwrap_or(old.health),
                     forwarding: patch.forwarding.unwrap_or(old.forwarding),
+                    capacity_warning_percent: patch.capacity_warning_percent.unwrap_or(old.capacity_warning_percent),
+                    capacity_critical_percent: patch.capacity_critical_percent.unwrap_or(old.capacity_critical_percent),
                 };
                 if new == old {
                     return Ok(());
@@ -366,12 +405,13 @@ impl Store {
 async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64, insert: bool) -> Result<()> {
     let sql = if insert {
         "INSERT INTO pools (ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, scheduler, \
-         hold_seconds, name, created_at, updated_at, health, forwarding) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10, ?11, ?12)"
+         hold_seconds, name, created_at, updated_at, health, forwarding, capacity_warning_percent, \
+         capacity_critical_percent) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10, ?11, ?12, ?13, ?14)"
     } else {
         "UPDATE pools SET ranges = ?, auto_assign = ?, avoid_buggy_ips = ?, priority = ?, clusters = ?, \
-         namespaces = ?, scheduler = ?, hold_seconds = ?, updated_at = ?10, health = ?11, forwarding = ?12 \
-         WHERE name = ?9"
+         namespaces = ?, scheduler = ?, hold_seconds = ?, updated_at = ?10, health = ?11, forwarding = ?12, \
+         capacity_warning_percent = ?13, capacity_critical_percent = ?14 WHERE name = ?9"
     };
     let health = spec
         .health
@@ -392,6 +432,8 @@ async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64
         .bind(now)
         .bind(health)
         .bind(spec.forwarding.map(edgelb_api::Forwarding::as_str))
+        .bind(i64::from(spec.capacity_warning_percent))
+        .bind(i64::from(spec.capacity_critical_percent))
         .execute(conn)
         .await
         .map_err(|e| StoreError::on_unique(e, || format!("pool '{}' already exists", spec.name)))?;
@@ -408,6 +450,14 @@ fn pool_of(row: &PoolRow, counts: &Counts) -> Result<Pool> {
         0 => 0.0,
         t => (used as f64 / t as f64).min(1.0),
     };
+    let level = |used, total| {
+        CapacityLevel::of(
+            used,
+            total,
+            spec.capacity_warning_percent,
+            spec.capacity_critical_percent,
+        )
+    };
     let families: Vec<FamilyUsage> = [IpFamily::Ipv4, IpFamily::Ipv6]
         .into_iter()
         .filter(|f| def.has_family(*f))
@@ -422,6 +472,7 @@ fn pool_of(row: &PoolRow, counts: &Counts) -> Result<Pool> {
                 held,
                 free: total.saturating_sub(used).to_string(),
                 utilization: utilization(used, total),
+                level: level(used, total),
             }
         })
         .collect();
@@ -436,6 +487,7 @@ fn pool_of(row: &PoolRow, counts: &Counts) -> Result<Pool> {
             held,
             free: total.saturating_sub(used).to_string(),
             utilization: utilization(used, total),
+            level: families.iter().map(|f| f.level).max().unwrap_or(CapacityLevel::Ok),
             families,
         },
         created_at: ts(row.created_at),

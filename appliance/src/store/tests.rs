@@ -37,6 +37,8 @@ pub(super) fn pool(name: &str, ranges: &[&str]) -> PoolSpec {
         hold_seconds: 600,
         health: None,
         forwarding: None,
+        capacity_critical_percent: edgelb_api::DEFAULT_CAPACITY_CRITICAL_PERCENT,
+        capacity_warning_percent: edgelb_api::DEFAULT_CAPACITY_WARNING_PERCENT,
     }
 }
 
@@ -2173,6 +2175,8 @@ async fn a_database_from_before_pool_health_upgrades_without_losing_its_pools() 
             hold_seconds: 900,
             health: None,
             forwarding: None,
+            capacity_critical_percent: edgelb_api::DEFAULT_CAPACITY_CRITICAL_PERCENT,
+            capacity_warning_percent: edgelb_api::DEFAULT_CAPACITY_WARNING_PERCENT,
         }
     );
     assert_eq!(p.usage.held, 1, "the hold survived");

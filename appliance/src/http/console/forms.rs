@@ -38,6 +38,24 @@ fn spec_of(f: &PoolForm) -> Result<PoolSpec, FieldErrors> {
         errors.add("hold_seconds", "a number of seconds, e.g. 600");
         0
     });
+    // Empty: the default.
+    let mut percent = |field: &str, text: &str, default: u8| match text.trim() {
+        "" => default,
+        t => t.parse::<u8>().unwrap_or_else(|_| {
+            errors.add(field, "a whole percentage, e.g. 80");
+            0
+        }),
+    };
+    let capacity_warning_percent = percent(
+        "capacity_warning_percent",
+        &f.capacity_warning_percent,
+        edgelb_api::DEFAULT_CAPACITY_WARNING_PERCENT,
+    );
+    let capacity_critical_percent = percent(
+        "capacity_critical_percent",
+        &f.capacity_critical_percent,
+        edgelb_api::DEFAULT_CAPACITY_CRITICAL_PERCENT,
+    );
     let forwarding = match f.forwarding.trim() {
         "" => None,
         m => m.parse().map_err(|e: String| errors.add("forwarding", e)).ok(),
@@ -62,6 +80,8 @@ fn spec_of(f: &PoolForm) -> Result<PoolSpec, FieldErrors> {
         scheduler: f.scheduler.trim().to_owned(),
         hold_seconds,
         forwarding,
+        capacity_warning_percent,
+        capacity_critical_percent,
         // Not on the form: set with the API (`PATCH /api/v1/pools/{name}`), shown on the pool page.
         health: None,
     })
@@ -199,6 +219,8 @@ pub async fn update_pool(
         // The form has no health fields: an edit keeps the pool's overrides.
         health: None,
         forwarding: Some(spec.forwarding),
+        capacity_warning_percent: Some(spec.capacity_warning_percent),
+        capacity_critical_percent: Some(spec.capacity_critical_percent),
     };
     match s.store.patch_pool(&user.actor(), &name, patch).await {
         Ok(_) => {

@@ -346,6 +346,8 @@ pub struct PoolForm {
     pub hold_seconds: String,
     /// A method's name, or empty for the appliance's default.
     pub forwarding: String,
+    pub capacity_warning_percent: String,
+    pub capacity_critical_percent: String,
 }
 
 impl PoolForm {
@@ -376,6 +378,8 @@ impl PoolForm {
             scheduler: spec.scheduler.clone(),
             hold_seconds: spec.hold_seconds.to_string(),
             forwarding: spec.forwarding.map(|f| f.as_str().to_owned()).unwrap_or_default(),
+            capacity_warning_percent: spec.capacity_warning_percent.to_string(),
+            capacity_critical_percent: spec.capacity_critical_percent.to_string(),
         }
     }
 
@@ -385,6 +389,8 @@ impl PoolForm {
             priority: "0".into(),
             scheduler: "wlc".into(),
             hold_seconds: "600".into(),
+            capacity_warning_percent: edgelb_api::DEFAULT_CAPACITY_WARNING_PERCENT.to_string(),
+            capacity_critical_percent: edgelb_api::DEFAULT_CAPACITY_CRITICAL_PERCENT.to_string(),
             ..PoolForm::default()
         }
     }
@@ -785,6 +791,7 @@ mod tests {
             held: 0,
             free: "0".into(),
             utilization,
+            level: edgelb_api::CapacityLevel::Ok,
         };
         let mut pool = Pool {
             spec: serde_json::from_value(serde_json::json!({"name": "ds", "ranges": ["10.0.0.0/31"]})).expect("spec"),
@@ -798,6 +805,7 @@ mod tests {
                     family(edgelb_api::IpFamily::Ipv4, "2", 2, 1.0),
                     family(edgelb_api::IpFamily::Ipv6, "256", 0, 0.0),
                 ],
+                level: edgelb_api::CapacityLevel::Ok,
             },
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
