@@ -15,8 +15,9 @@ export CARGO_INCREMENTAL=0
 step "disk space before building"
 df -h . || true
 
-# Debian packages: qemu and friends for the kernel lab; chromium and its driver for the console tests.
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat util-linux chromium chromium-driver python3-venv)
+# Debian packages: qemu and friends for the kernel lab; chromium and its driver for the console
+# tests; prometheus for its promtool (the /metrics format and the alerting rules in deploy/).
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat util-linux chromium chromium-driver python3-venv prometheus)
 step "installing Debian packages: ${PACKAGES[*]}"
 if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive

@@ -35,12 +35,16 @@ pub struct ApplianceClient {
 
 /// A reply that is not a success.
 fn refused(status: StatusCode, body: &[u8]) -> Error {
-    let detail = match serde_json::from_slice::<Problem>(body) {
-        Ok(p) => p.detail,
-        Err(_) => String::from_utf8_lossy(body).chars().take(500).collect(),
+    let (kind, detail) = match serde_json::from_slice::<Problem>(body) {
+        Ok(p) => (p.kind, p.detail),
+        Err(_) => (
+            "about:blank".to_owned(),
+            String::from_utf8_lossy(body).chars().take(500).collect(),
+        ),
     };
     Error::ApplianceRefused {
         status: status.as_u16(),
+        kind,
         detail,
     }
 }

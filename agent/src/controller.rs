@@ -32,6 +32,8 @@ use crate::{Error, Settings};
 /// Event reasons.
 pub const REASON_ALLOCATED: &str = "IPAllocated";
 pub const REASON_FAILED: &str = "AllocationFailed";
+/// Every pool the Service may use is out of addresses: it stays pending until one frees up.
+pub const REASON_POOL_EXHAUSTED: &str = "PoolExhausted";
 pub const REASON_RELEASED: &str = "IPReleased";
 
 /// What every reconciliation shares.
@@ -158,9 +160,13 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
         .await
     {
         Ok(a) => a,
-        Err(Error::ApplianceRefused { status, detail }) => {
-            ctx.event(svc, EventType::Warning, REASON_FAILED, detail.clone()).await;
-            return Err(Error::ApplianceRefused { status, detail });
+        Err(Error::ApplianceRefused { status, kind, detail }) => {
+            let reason = match kind.as_str() {
+                edgelb_api::PROBLEM_POOL_EXHAUSTED => REASON_POOL_EXHAUSTED,
+                _ => REASON_FAILED,
+            };
+            ctx.event(svc, EventType::Warning, reason, detail.clone()).await;
+            return Err(Error::ApplianceRefused { status, kind, detail });
         }
         Err(e) => return Err(e),
     };

@@ -37,7 +37,13 @@ pub enum Error {
     #[error("appliance unreachable: {0}")]
     ApplianceUnreachable(#[source] reqwest::Error),
     #[error("appliance refused ({status}): {detail}")]
-    ApplianceRefused { status: u16, detail: String },
+    ApplianceRefused {
+        status: u16,
+        /// The problem `type` (`about:blank`, or one the agent acts on, such as
+        /// [`edgelb_api::PROBLEM_POOL_EXHAUSTED`]).
+        kind: String,
+        detail: String,
+    },
     #[error("appliance answered something unexpected: {0}")]
     ApplianceProtocol(String),
     #[error("invalid Service: {0}")]
@@ -314,6 +320,7 @@ mod tests {
         );
         let refused = Error::ApplianceRefused {
             status: 409,
+            kind: "about:blank".into(),
             detail: "pool exhausted".into(),
         };
         assert_eq!(refused.metric_label(), "appliance_refused");

@@ -279,12 +279,14 @@ async fn dual_stack_shared_taken_and_exhausted() {
             .is_none_or(|i| i.is_empty())
     );
 
-    // Exhausted: the third and last IPv4 address goes, then the pool is empty.
+    // Exhausted: the third and last IPv4 address goes, then the pool is empty. That refusal has
+    // a reason of its own (the appliance's problem type says so), for operators to alert on;
+    // the one above stays AllocationFailed.
     create(&api, &service("default", "third")).await;
     wait_ips(&api, "third", 1).await;
     create(&api, &service("default", "fourth")).await;
-    let note = wait_event(&fake, "fourth", "AllocationFailed").await;
-    assert!(note.contains("exhausted"), "{note}");
+    let note = wait_event(&fake, "fourth", "PoolExhausted").await;
+    assert!(note.contains("pool exhausted: no free IPv4 address"), "{note}");
     agent.stop().await;
 }
 

@@ -971,6 +971,14 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+/// The problem `type` of a refusal because every pool a Service may use is out of addresses of
+/// a family it needs (409): the Service stays pending until a range is added or an address
+/// released. Other problems are `about:blank`.
+pub const PROBLEM_POOL_EXHAUSTED: &str = "urn:edgelb:problem:pool-exhausted";
+
+/// How the detail of an exhausted pool's refusal starts (the allocator's words).
+pub const POOL_EXHAUSTED_DETAIL: &str = "pool exhausted: ";
+
 /// What the appliance tells about itself (`GET /api/v1/info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Info {
@@ -1118,7 +1126,15 @@ mod tests {
     fn capacity_levels_are_exact_at_their_thresholds_and_exhausted_only_when_nothing_is_free() {
         let of = |used, total| CapacityLevel::of(used, total, 80, 95);
         assert_eq!(
-            [of(0, 100), of(79, 100), of(80, 100), of(94, 100), of(95, 100), of(99, 100), of(100, 100)],
+            [
+                of(0, 100),
+                of(79, 100),
+                of(80, 100),
+                of(94, 100),
+                of(95, 100),
+                of(99, 100),
+                of(100, 100)
+            ],
             [
                 CapacityLevel::Ok,
                 CapacityLevel::Ok,

@@ -2512,6 +2512,26 @@ async fn capacity_thresholds_are_per_pool_validated_and_judge_each_family() {
             l("exhausted", "ok")
         ]
     );
+    // The next Service is refused with a problem type a client can act on (the agent records a
+    // PoolExhausted event); other conflicts stay about:blank.
+    let r = put(&app, &svc("prod", "default", "web5"), &app.admin, service_spec("u5")).await;
+    let p = assert_problem(
+        &r,
+        StatusCode::CONFLICT,
+        &["pool exhausted: no free IPv4 address in 'tiny'"],
+    );
+    assert_eq!(p["type"], edgelb_api::PROBLEM_POOL_EXHAUSTED, "{p}");
+    let r = post(
+        &app,
+        "/api/v1/pools",
+        &app.admin,
+        json!({"name": "tiny", "ranges": ["198.51.100.0/30"]}),
+    )
+    .await;
+    assert_eq!(
+        assert_problem(&r, StatusCode::CONFLICT, &["already exists"])["type"],
+        "about:blank"
+    );
 
     // The same on /metrics, in both formats; the classic one is what `promtool check metrics`
     // reads, and it finds nothing to fix.

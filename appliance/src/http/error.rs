@@ -12,6 +12,9 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
+    /// The problem `type`: `about:blank`, or one a client may act on
+    /// ([`edgelb_api::PROBLEM_POOL_EXHAUSTED`]).
+    pub kind: &'static str,
     pub detail: String,
     pub errors: Vec<FieldError>,
 }
@@ -20,6 +23,7 @@ impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
         ApiError {
             status,
+            kind: "about:blank",
             detail: detail.into(),
             errors: Vec::new(),
         }
@@ -55,6 +59,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(errors) => ApiError {
                 status: StatusCode::BAD_REQUEST,
+                kind: "about:blank",
                 detail: format!(
                     "the request has {} field(s) to fix: {}{}",
                     errors.len(),
@@ -72,6 +77,10 @@ impl From<StoreError> for ApiError {
                 errors,
             },
             StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            StoreError::Conflict(m) if m.starts_with(edgelb_api::POOL_EXHAUSTED_DETAIL) => ApiError {
+                kind: edgelb_api::PROBLEM_POOL_EXHAUSTED,
+                ..ApiError::new(StatusCode::CONFLICT, m)
+            },
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             StoreError::Unprocessable(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
             other => {
@@ -166,7 +175,7 @@ fn ceil_char(s: &str, mut n: usize) -> usize {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = Problem {
-            kind: "about:blank".to_owned(),
+            kind: self.kind.to_owned(),
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: bounded(&self.detail),

@@ -770,7 +770,8 @@ impl Ipam {
         }
         let names: Vec<&str> = candidates.iter().map(|p| p.name.as_str()).collect();
         Err(IpamError::Conflict(format!(
-            "pool exhausted: no free {family} address in {}",
+            "{}no free {family} address in {}",
+            edgelb_api::POOL_EXHAUSTED_DETAIL,
             names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
         )))
     }
