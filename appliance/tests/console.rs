@@ -1,5 +1,6 @@
 //! The admin console in a real headless Chromium against a real appliance over HTTPS: sign-in,
-//! pools, tokens, allocations made through the REST API, roles, CSRF and rate limiting.
+//! pools, tokens, allocations made through the REST API, capacity banners, roles, CSRF and rate
+//! limiting.
 //!
 //! One browser session walks through the scenarios in order (starting Chromium is the slow
 //! part); every step checks what a user would see and, where it matters, what the REST API
@@ -229,6 +230,72 @@ async fn console_works_end_to_end_in_a_real_browser() {
         "back-to-back failures end in a refusal: {answers:?}"
     );
 
+    b.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_past_their_capacity_thresholds_show_banners_on_every_page() {
+    let app = TestAppliance::start().await;
+    let base = app.url.clone();
+    let b = Browser::start(1280, 900).await;
+    b.login(&base, "admin", &app.admin_password).await;
+
+    // Thresholds that contradict each other are refused next to the field, nothing is created.
+    b.goto(&format!("{base}/pools/new")).await;
+    b.fill("#name", "tiny").await;
+    b.fill("#ranges", "192.0.2.0/30").await;
+    b.fill("#capacity_warning_percent", "90").await;
+    b.fill("#capacity_critical_percent", "90").await;
+    b.click("#save-pool").await;
+    let err = b.text("#err-capacity_critical_percent").await;
+    assert!(err.contains("more than capacity_warning_percent (90)"), "{err}");
+    assert_eq!(app.get("/api/v1/pools/tiny", &app.admin).await.0, StatusCode::NOT_FOUND);
+    b.fill("#capacity_warning_percent", "50").await;
+    b.fill("#capacity_critical_percent", "75").await;
+    b.click("#save-pool").await;
+    b.find(".flash").await;
+    assert!(
+        b.text("#pool-capacity")
+            .await
+            .contains("warning from 50%, critical from 75%")
+    );
+    assert!(!b.has(".banner").await, "an empty pool has no banner");
+
+    // Three of four addresses: critical, on every page, with the pool's numbers.
+    app.cluster("prod").await;
+    let put = |n: u32| {
+        let app = &app;
+        async move {
+            let path = format!("/api/v1/clusters/prod/services/default/web{n}");
+            let (s, v) = app.put(&path, &app.admin, service_spec(&format!("u{n}"))).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    };
+    for n in 1..=3 {
+        put(n).await;
+    }
+    for page in ["/", "/allocations", "/audit"] {
+        b.goto(&format!("{base}{page}")).await;
+        let banner = b.text(".banner-critical[data-pool='tiny']").await;
+        assert!(
+            banner.contains("75.0% of its IPv4 addresses in use (critical from 75%)"),
+            "{page}: {banner}"
+        );
+    }
+    b.goto(&format!("{base}/pools/tiny")).await;
+    assert!(b.text("#pool-capacity").await.contains("critical"));
+    let (_, pool) = app.get("/api/v1/pools/tiny", &app.admin).await;
+    assert_eq!(pool["usage"]["level"], "critical", "the API agrees: {pool}");
+
+    // The last one: exhausted, and the banner says what happens to the next Service.
+    put(4).await;
+    b.goto(&format!("{base}/pools")).await;
+    let banner = b.text(".banner-exhausted[data-pool='tiny']").await;
+    assert!(banner.contains("has no free IPv4 address"), "{banner}");
+    assert!(!b.has(".banner-critical").await, "one banner per pool, its worst level");
+    b.click(".banner-exhausted a").await;
+    assert_eq!(b.path().await, "/pools/tiny");
     b.close().await;
     app.stop().await;
 }

@@ -101,11 +101,16 @@ async fn check(state: &AppState, mut req: Request) -> Result<Request, ConsoleErr
     if let Some(secret) = secret
         && let Some(s) = state.store.session(&secret).await?
     {
+        let capacity = match *req.method() {
+            Method::GET | Method::HEAD => super::view::capacity_banners(&state.store.list_pools().await?),
+            _ => Vec::new(),
+        };
         req.extensions_mut().insert(ConsoleUser {
             name: s.user,
             role: s.role,
             csrf: s.csrf,
             secret,
+            capacity,
         });
     }
     if matches!(*req.method(), Method::GET | Method::HEAD) {

@@ -161,6 +161,9 @@ pub struct ConsoleUser {
     pub csrf: String,
     /// The session cookie's secret (to end it, or keep it on a password change).
     secret: String,
+    /// The pools past a capacity threshold, worst first, for the banners of a page (read by the
+    /// guard for pages only, not for form posts).
+    pub capacity: Vec<view::CapacityBanner>,
 }
 
 impl ConsoleUser {

@@ -29,6 +29,56 @@ pub struct Layout {
     pub can_admin: bool,
     pub message: Option<String>,
     pub version: String,
+    /// Pools past a capacity threshold: a banner each, on every page.
+    pub capacity: Vec<CapacityBanner>,
+}
+
+/// A banner for a pool past one of its capacity thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityBanner {
+    pub pool: String,
+    /// `warning`, `critical` or `exhausted`.
+    pub level: &'static str,
+    pub message: String,
+}
+
+/// The banners for the pools past a threshold, worst first, then by name.
+pub fn capacity_banners(pools: &[Pool]) -> Vec<CapacityBanner> {
+    use edgelb_api::CapacityLevel;
+    let mut out: Vec<(CapacityLevel, CapacityBanner)> = pools
+        .iter()
+        .filter(|p| p.usage.level > CapacityLevel::Ok)
+        .map(|p| {
+            let worst: Vec<_> = p.usage.families.iter().filter(|f| f.level == p.usage.level).collect();
+            let families = worst.iter().map(|f| f.family.to_string()).collect::<Vec<_>>().join(" and ");
+            let used = worst
+                .iter()
+                .map(|f| format!("{:.1}%", f.utilization * 100.0))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let message = match p.usage.level {
+                CapacityLevel::Exhausted => format!(
+                    "has no free {families} address: a Service that needs one stays pending until a range is added or an address released."
+                ),
+                CapacityLevel::Critical => format!(
+                    "is almost full: {used} of its {families} addresses in use (critical from {}%).",
+                    p.spec.capacity_critical_percent
+                ),
+                _ => format!(
+                    "is filling up: {used} of its {families} addresses in use (warning from {}%).",
+                    p.spec.capacity_warning_percent
+                ),
+            };
+            let banner = CapacityBanner {
+                pool: p.spec.name.clone(),
+                level: p.usage.level.as_str(),
+                message,
+            };
+            (p.usage.level, banner)
+        })
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.pool.cmp(&b.1.pool)));
+    out.into_iter().map(|(_, b)| b).collect()
 }
 
 impl Layout {
@@ -43,6 +93,7 @@ impl Layout {
             can_admin: user.can_admin(),
             message: flash.message.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            capacity: user.capacity.clone(),
         }
     }
 
@@ -140,6 +191,8 @@ pub struct PoolRow {
     pub scope: String,
     /// The pool's health-check overrides in words.
     pub health: String,
+    /// Its capacity level: `ok`, `warning`, `critical` or `exhausted`.
+    pub level: &'static str,
 }
 
 impl PoolRow {
@@ -159,6 +212,7 @@ impl PoolRow {
                 list(&s.namespaces, "all")
             ),
             health: health_text(s.health.as_ref()),
+            level: pool.usage.level.as_str(),
         }
     }
 }
