@@ -373,6 +373,9 @@ CGI
     lab_bench nodes-serving-peer
 }
 
+# Where the scenarios that check it find deploy/grafana's dashboard (shipped with --ship).
+LAB_DASHBOARD=/lab/grafana-dashboard.json
+
 # lab_allowed_has PREFIX: the appliance's loadBalancerSourceRanges set holds PREFIX (IPv4).
 lab_allowed_has() { in_ns appliance nft list set inet edgelb allowed_v4 | grep -q "$1"; }
 # lab_allowed_only NEW OLD: it holds NEW and no longer OLD.

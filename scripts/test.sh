@@ -48,7 +48,7 @@ strip -o target/lab-ship/bench_dataplane target/release/examples/bench_dataplane
 strip -o target/lab-ship/bench_appliance target/release/examples/bench_appliance
 cargo xtask kernel-lab --ship target/lab-ship/edgelb --ship target/lab-ship/bench_dataplane \
     --ship target/lab-ship/bench_appliance --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat \
-    --ship /usr/bin/setpriv
+    --ship /usr/bin/setpriv --ship deploy/grafana/edgelb-dashboard.json:/lab/grafana-dashboard.json
 
 step "API contract: schemathesis against a real appliance (scripts/api-contract.sh)"
 scripts/api-contract.sh target/release/edgelb

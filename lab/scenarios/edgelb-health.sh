@@ -8,8 +8,9 @@
 # echoes; the status endpoint and /metrics say the backend is down. The server started again
 # brings the weight back to 1. A `Local` Service: the node whose healthCheckNodePort /healthz
 # answers 503 gets weight 0 and no traffic. A node turning NotReady is drained (weight 0), not
-# removed. Needs `--ship target/release/edgelb
-# --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat`.
+# removed. Every metric the Grafana dashboard (deploy/grafana) queries is exported. Needs `--ship
+# target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat --ship
+# deploy/grafana/edgelb-dashboard.json:/lab/grafana-dashboard.json`.
 
 # shellcheck source=SCRIPTDIR/../lib.sh
 . /lab/lib.sh
@@ -130,6 +131,26 @@ metrics=$(edgelb_api GET /metrics)
 assert_contains "/metrics says the backend is down" "$metrics" \
     "edgelb_backend_up{vip=\"$VIP\",port=\"80\",protocol=\"TCP\",backend=\"$victim_rs\"} 0"
 assert_contains "/metrics has the probe latency" "$metrics" "edgelb_backend_probe_latency_seconds{"
+# Every metric the Grafana dashboard in deploy/grafana queries is one this appliance exports, with
+# IPVS, health checks and the API all in use: its families (a counter's samples end in _total, a
+# histogram's in _bucket, _sum and _count) and the samples themselves.
+[ -f "$LAB_DASHBOARD" ] || die "no dashboard: --ship deploy/grafana/edgelb-dashboard.json:$LAB_DASHBOARD"
+exported=$(
+    echo "$metrics" | sed -n 's/^# TYPE \([a-z_]*\) \([a-z]*\)$/\1 \2/p' | while read -r _name _type; do
+        echo "$_name"
+        case $_type in
+            counter) echo "${_name%_total}_total" ;;
+            histogram) printf '%s_bucket\n%s_sum\n%s_count\n' "$_name" "$_name" "$_name" ;;
+        esac
+    done
+    echo "$metrics" | grep -v '^#' | sed 's/[{ ].*//'
+)
+is_exported() { echo "$exported" | grep -qx "$1"; }
+_used=$(grep -o 'edgelb_[a-z_]*' "$LAB_DASHBOARD" | sort -u)
+assert_ok "the dashboard queries edgelb metrics" [ "$(echo "$_used" | wc -l)" -ge 10 ]
+for _m in $_used; do
+    assert_ok "the dashboard's $_m is exported" is_exported "$_m"
+done
 
 # --- it comes back ---------------------------------------------------------------------------
 serve "$victim"
