@@ -781,6 +781,73 @@ pub struct Allocation {
     pub since: OffsetDateTime,
 }
 
+/// What happened to an address (`GET /api/v1/address-history`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressEventKind {
+    /// A Service started using it: its first user, or one more sharing it.
+    Assigned,
+    /// A Service stopped using it; others may still share it.
+    Released,
+    /// Its last user released it: held back for that Service until `held_until`.
+    Held,
+    /// A held address was allocated again; the Service named is the one it was held for.
+    Reused,
+    /// Back in its pool, free for anyone.
+    Freed,
+    /// A hold ended and the address went back to its pool.
+    Expired,
+}
+
+impl AddressEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressEventKind::Assigned => "assigned",
+            AddressEventKind::Released => "released",
+            AddressEventKind::Held => "held",
+            AddressEventKind::Reused => "reused",
+            AddressEventKind::Freed => "freed",
+            AddressEventKind::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AddressEventKind> {
+        [
+            AddressEventKind::Assigned,
+            AddressEventKind::Released,
+            AddressEventKind::Held,
+            AddressEventKind::Reused,
+            AddressEventKind::Freed,
+            AddressEventKind::Expired,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One thing that happened to an address, newest first in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AddressEvent {
+    pub id: i64,
+    #[schema(value_type = String)]
+    pub ip: IpAddr,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    pub event: AddressEventKind,
+    pub pool: Option<String>,
+    pub cluster: Option<String>,
+    /// The Service it concerns (the user, or the one it is or was held for); none for `freed`
+    /// and `expired`.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub uid: Option<String>,
+    /// For `held` (and `reused`, `expired`: the hold it ended).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub held_until: Option<OffsetDateTime>,
+}
+
 /// A Service that uses (or is held) an address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AllocationOwner {

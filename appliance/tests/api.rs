@@ -1576,6 +1576,114 @@ async fn a_token_secret_is_shown_once_and_works() {
     app.stop().await;
 }
 
+// ---- address history ----
+
+#[tokio::test]
+async fn an_address_history_lists_every_holder_of_a_reused_ip_in_order() {
+    let app = TestAppliance::start().await;
+    let r = post(
+        &app,
+        "/api/v1/pools",
+        &app.admin,
+        json!({"name": "one", "ranges": ["198.51.100.7/32"], "hold_seconds": 1}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    app.cluster("prod").await;
+    let first = put_service(&app, "prod", "shop", "old", service_spec("uid-old")).await;
+    assert_eq!(ips(&first), ["198.51.100.7"]);
+    assert_eq!(
+        delete(&app, &svc("prod", "shop", "old"), &app.admin).await.status,
+        StatusCode::OK
+    );
+    // Held for `old` for a second; after that the only address goes to the next Service.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = put_service(&app, "prod", "shop", "new", service_spec("uid-new")).await;
+    assert_eq!(ips(&second), ["198.51.100.7"]);
+
+    let h = get(&app, "/api/v1/address-history?ip=198.51.100.7", &app.admin).await;
+    assert_eq!(h.status, StatusCode::OK, "{}", h.text);
+    let rows: Vec<(String, String, String)> = items(&h.json)
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+            (s("event"), s("name"), s("uid"))
+        })
+        .collect();
+    let row = |e: &str, n: &str, u: &str| (e.to_owned(), n.to_owned(), u.to_owned());
+    assert_eq!(
+        rows,
+        [
+            row("assigned", "new", "uid-new"),
+            row("reused", "old", "uid-old"),
+            row("held", "old", "uid-old"),
+            row("released", "old", "uid-old"),
+            row("assigned", "old", "uid-old"),
+        ],
+        "newest first: {}",
+        h.text
+    );
+    let held = &items(&h.json)[2];
+    assert!(held["held_until"].is_string() && held["pool"] == "one", "{held}");
+    assert!(
+        items(&h.json)
+            .iter()
+            .all(|e| e["ip"] == "198.51.100.7" && e["cluster"] == "prod")
+    );
+
+    // By Service name; pages through a cursor.
+    let h = get(
+        &app,
+        "/api/v1/address-history?service=old&namespace=shop&limit=2",
+        &app.admin,
+    )
+    .await;
+    assert_eq!(items(&h.json).len(), 2, "{}", h.text);
+    let next = h.json["next_cursor"].as_str().expect("more").to_owned();
+    let h2 = get(
+        &app,
+        &format!("/api/v1/address-history?service=old&namespace=shop&limit=2&cursor={next}"),
+        &app.admin,
+    )
+    .await;
+    let events: Vec<Value> = items(&h.json)
+        .into_iter()
+        .chain(items(&h2.json))
+        .map(|e| e["event"].clone())
+        .collect();
+    assert_eq!(
+        events,
+        [json!("reused"), json!("held"), json!("released"), json!("assigned")]
+    );
+    assert!(h2.json["next_cursor"].is_null(), "{}", h2.text);
+    assert!(
+        items(
+            &get(&app, "/api/v1/address-history?service=nobody", &app.admin)
+                .await
+                .json
+        )
+        .is_empty()
+    );
+
+    // A viewer may read it; bad input is a 400 that says what to fix.
+    let viewer = app.token("look", "viewer", None).await;
+    assert_eq!(
+        get(&app, "/api/v1/address-history", &viewer).await.status,
+        StatusCode::OK
+    );
+    assert_problem(
+        &get(&app, "/api/v1/address-history?ip=198.51.100", &app.admin).await,
+        StatusCode::BAD_REQUEST,
+        &["ip"],
+    );
+    assert_problem(
+        &get(&app, "/api/v1/address-history?cursor=abc", &app.admin).await,
+        StatusCode::BAD_REQUEST,
+        &["cursor"],
+    );
+    app.stop().await;
+}
+
 // ---- users ----
 
 #[tokio::test]

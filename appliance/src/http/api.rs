@@ -9,14 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use edgelb_api::{
-    Allocation, AuditEntry, Cluster, ClusterSpec, Info, NodeList, Page, Pool, PoolPatch, PoolSpec, Service,
-    ServiceSpec, SyncRequest, SyncResponse, Token, TokenCreated, TokenSpec, User, UserPatch, UserSpec,
+    AddressEvent, Allocation, AuditEntry, Cluster, ClusterSpec, Info, NodeList, Page, Pool, PoolPatch, PoolSpec,
+    Service, ServiceSpec, SyncRequest, SyncResponse, Token, TokenCreated, TokenSpec, User, UserPatch, UserSpec,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::{ApiError, AppState, Caller};
-use crate::store::{AllocationFilter, AuditFilter};
+use crate::store::{AddressHistoryFilter, AllocationFilter, AuditFilter};
 
 /// A JSON object body with every rejection turned into a problem document. The body is read as
 /// an object first: a struct must not be read from an array of its fields by position
@@ -66,6 +66,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/clusters/{cluster}/nodes", get(get_nodes).put(put_nodes))
         .route("/api/v1/clusters/{cluster}/sync", post(sync))
         .route("/api/v1/allocations", get(list_allocations))
+        .route("/api/v1/address-history", get(address_history))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/users", get(list_users).post(create_user))
@@ -351,6 +352,48 @@ pub async fn list_allocations(
     Ok(Json(s.store.list_allocations(&filter).await?))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AddressHistoryQuery {
+    /// One address.
+    #[param(value_type = Option<edgelb_api::schema::IpAddress>)]
+    ip: Option<IpAddr>,
+    cluster: Option<String>,
+    namespace: Option<String>,
+    /// A Service's name: every address it used, held or was held.
+    service: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// What happened to addresses, newest first: who held an address, when it was assigned,
+/// released, held back, reused and freed. For one IP (`ip`), a Service (`service`, with
+/// `namespace` and `cluster` to narrow it), or all.
+#[utoipa::path(get, path = "/api/v1/address-history", tag = "allocations", params(AddressHistoryQuery),
+    responses((status = 200, body = Page<AddressEvent>)))]
+pub async fn address_history(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AddressHistoryQuery>,
+) -> ApiResult<Json<Page<AddressEvent>>> {
+    caller.can_read("read the address history")?;
+    check_limit(q.limit)?;
+    let filter = AddressHistoryFilter {
+        ip: q.ip,
+        cluster: q.cluster,
+        namespace: q.namespace,
+        service: q.service,
+        cursor: id_cursor(q.cursor.as_deref())?,
+        limit: q.limit.unwrap_or(100),
+    };
+    Ok(Json(s.store.address_history(&filter).await?))
+}
+
 // ---- tokens ----
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = [Token])))]
@@ -483,6 +526,19 @@ fn check_limit(limit: Option<u32>) -> ApiResult<()> {
     Ok(())
 }
 
+/// A cursor that is an entry's id in decimal digits (what the audit log's and the address
+/// history's `next_cursor` give).
+fn id_cursor(cursor: Option<&str>) -> ApiResult<Option<i64>> {
+    cursor
+        .map(|c| {
+            Some(c)
+                .filter(|c| (1..=18).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|c| c.parse::<i64>().ok())
+                .ok_or_else(|| ApiError::bad_request("cursor is not one from a previous page"))
+        })
+        .transpose()
+}
+
 fn parse_time(field: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
     v.map(|t| {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
@@ -501,17 +557,7 @@ pub async fn list_audit(
 ) -> ApiResult<Json<Page<AuditEntry>>> {
     caller.can_read("read the audit log")?;
     check_limit(q.limit)?;
-    // What this answer's `next_cursor` gives: an entry's id, in decimal digits.
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            Some(c)
-                .filter(|c| (1..=18).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|c| c.parse::<i64>().ok())
-                .ok_or_else(|| ApiError::bad_request("cursor is not one from a previous page"))
-        })
-        .transpose()?;
+    let cursor = id_cursor(q.cursor.as_deref())?;
     let filter = AuditFilter {
         actor: q.actor,
         object: q.object,

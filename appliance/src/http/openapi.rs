@@ -24,7 +24,7 @@ use super::{api, status};
         api::list_clusters, api::create_cluster, api::get_cluster, api::delete_cluster,
         api::list_services, api::put_service, api::get_service, api::delete_service,
         api::put_nodes, api::get_nodes, api::sync,
-        api::list_allocations,
+        api::list_allocations, api::address_history,
         api::list_tokens, api::create_token, api::revoke_token,
         api::list_users, api::create_user, api::get_user, api::patch_user, api::delete_user,
         api::list_audit,

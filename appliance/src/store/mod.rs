@@ -39,7 +39,7 @@ use crate::forwarding::Capabilities;
 use crate::ipam::{Ipam, IpamError};
 
 pub use auth::{Bootstrap, Principal, new_password};
-pub use queries::{AllocationFilter, AuditFilter};
+pub use queries::{AddressHistoryFilter, AllocationFilter, AuditFilter};
 pub use snapshot::{DataplaneSnapshot, SnapshotPool, SnapshotService};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -196,6 +196,70 @@ impl Store {
     }
 }
 
+/// Which address events to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AddressHistoryFilter {
+    pub ip: Option<IpAddr>,
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    /// A Service's name.
+    pub service: Option<String>,
+    /// The `id` of the last event of the previous page.
+    pub cursor: Option<i64>,
+    pub limit: u32,
+}
+
+impl Store {
+    /// What happened to addresses, newest first: for one IP, for a Service (by name, in any
+    /// namespace and cluster unless they are given), or everything.
+    pub async fn address_history(&self, f: &AddressHistoryFilter) -> Result<Page<edgelb_api::AddressEvent>> {
+        let limit = f.limit.clamp(1, 1000);
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT id, ip, at, event, pool, cluster, namespace, name, uid, held_until FROM address_events WHERE 1 = 1",
+        );
+        if let Some(c) = f.cursor {
+            q.push(" AND id < ").push_bind(c);
+        }
+        if let Some(ip) = f.ip {
+            q.push(" AND ip = ").push_bind(ip_blob(to_u128(ip)));
+        }
+        for (column, value) in [
+            ("cluster", &f.cluster),
+            ("namespace", &f.namespace),
+            ("name", &f.service),
+        ] {
+            if let Some(v) = value {
+                q.push(format!(" AND {column} = ")).push_bind(v.clone());
+            }
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(self.read()).await?;
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::new();
+        for row in rows.iter().take(limit as usize) {
+            let event: String = row.try_get(3)?;
+            items.push(edgelb_api::AddressEvent {
+                id: row.try_get(0)?,
+                ip: from_u128(blob_ip(&row.try_get::<Vec<u8>, _>(1)?)?),
+                at: ts(row.try_get(2)?),
+                event: edgelb_api::AddressEventKind::parse(&event)
+                    .ok_or_else(|| StoreError::Corrupt(format!("address event '{event}'")))?,
+                pool: row.try_get(4)?,
+                cluster: row.try_get(5)?,
+                namespace: row.try_get(6)?,
+                name: row.try_get(7)?,
+                uid: row.try_get(8)?,
+                held_until: row.try_get::<Option<i64>, _>(9)?.map(ts),
+            });
+        }
+        let next_cursor = match more {
+            true => items.last().map(|e| e.id.to_string()),
+            false => None,
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
+
 /// `s` for a LIKE pattern with `ESCAPE '\'`: its own `\`, `%` and `_` match only themselves.
 pub(super) fn like_escaped(s: &str) -> String {
     s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")

@@ -673,6 +673,60 @@ async fn expired_holds_are_deleted_and_their_addresses_reused() {
         put(&store, "prod", "default", "d", service("d", &[80])).await,
         ["10.0.0.0"]
     );
+    // The address's history tells all of it, newest first.
+    assert_eq!(
+        history(&store, "10.0.0.0").await,
+        [
+            "assigned d",
+            "expired -",
+            "held c",
+            "released c",
+            "assigned c",
+            "reused a",
+            "held a",
+            "released a",
+            "assigned a"
+        ]
+    );
+}
+
+/// `event name` of each entry of an address's history, newest first.
+async fn history(store: &Store, addr: &str) -> Vec<String> {
+    let filter = super::AddressHistoryFilter {
+        ip: Some(ip(addr)),
+        limit: 1000,
+        ..Default::default()
+    };
+    let page = store.address_history(&filter).await.expect("history");
+    page.items
+        .iter()
+        .map(|e| format!("{} {}", e.event.as_str(), e.name.as_deref().unwrap_or("-")))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shared_address_is_released_by_each_user_and_freed_after_the_last() {
+    let p = PoolSpec {
+        hold_seconds: 0,
+        ..pool("p", &["10.0.0.0/32"])
+    };
+    let (_dir, store) = with_pool_and_cluster(&[p], "prod").await;
+    let shared = |uid: &str, port: u16| ServiceSpec {
+        sharing_key: Some("k".into()),
+        ..service(uid, &[port])
+    };
+    put(&store, "prod", "default", "a", shared("a", 80)).await;
+    put(&store, "prod", "default", "b", shared("b", 443)).await;
+    for name in ["a", "b"] {
+        store
+            .delete_service(ACTOR, "prod", "default", name)
+            .await
+            .expect("delete");
+    }
+    assert_eq!(
+        history(&store, "10.0.0.0").await,
+        ["freed -", "released b", "released a", "assigned b", "assigned a"]
+    );
 }
 
 #[tokio::test]
