@@ -138,6 +138,9 @@ async fn main() {
         "/users".to_owned(),
         "/audit".to_owned(),
         "/audit?actor=bench&object=pool".to_owned(),
+        "/history".to_owned(),
+        format!("/history?q={ip}"),
+        "/history?q=svc-09999".to_owned(),
     ];
     let cookie = format!("elb_session={}", session.secret);
     let mut rows = Vec::new();

@@ -65,7 +65,7 @@ async fn fill(app: &TestAppliance) {
         app,
         Method::POST,
         "/api/v1/pools",
-        Some(json!({"name": "lab", "ranges": ["198.51.100.0/29"], "hold_seconds": 3600})),
+        Some(json!({"name": "lab", "ranges": ["198.51.100.0/29"], "hold_seconds": 3600, "capacity_warning_percent": 20, "capacity_critical_percent": 60})),
     )
     .await;
     for c in ["prod", "staging"] {
@@ -192,6 +192,7 @@ async fn main() {
         ("clusters", "/clusters"),
         ("users", "/users"),
         ("audit", "/audit"),
+        ("history", "/history?q=lab/old"),
     ];
     for (name, path) in pages {
         b.goto(&format!("{base}{path}")).await;

@@ -1,6 +1,6 @@
 //! The admin console in a real headless Chromium against a real appliance over HTTPS: sign-in,
-//! pools, tokens, allocations made through the REST API, capacity banners, roles, CSRF and rate
-//! limiting.
+//! pools, tokens, allocations made through the REST API, capacity banners, address history,
+//! roles, CSRF and rate limiting.
 //!
 //! One browser session walks through the scenarios in order (starting Chromium is the slow
 //! part); every step checks what a user would see and, where it matters, what the REST API
@@ -296,6 +296,85 @@ async fn pools_past_their_capacity_thresholds_show_banners_on_every_page() {
     assert!(!b.has(".banner-critical").await, "one banner per pool, its worst level");
     b.click(".banner-exhausted a").await;
     assert_eq!(b.path().await, "/pools/tiny");
+    b.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_of_a_reused_address_lists_both_holders_in_order() {
+    let app = TestAppliance::start().await;
+    let base = app.url.clone();
+    let (s, v) = app
+        .post(
+            "/api/v1/pools",
+            &app.admin,
+            json!({"name": "one", "ranges": ["198.51.100.7/32"], "hold_seconds": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    app.cluster("prod").await;
+    let svc = |name: &str| format!("/api/v1/clusters/prod/services/shop/{name}");
+    let (s, v) = app.put(&svc("old"), &app.admin, service_spec("uid-old")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = app.delete(&svc("old"), &app.admin).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The hold (1 s) ends; the only address goes to the next Service.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (s, v) = app.put(&svc("new"), &app.admin, service_spec("uid-new")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let b = Browser::start(1280, 900).await;
+    b.login(&base, "admin", &app.admin_password).await;
+    // From the address where it is shown.
+    b.goto(&format!("{base}/allocations")).await;
+    b.click("a[href='/history?q=198.51.100.7']").await;
+    assert_eq!(b.text("h1").await, "Address history");
+    let events = b.texts("#history tbody tr td:nth-child(3)").await;
+    let services = b.texts("#history tbody tr td:nth-child(4) code").await;
+    assert_eq!(
+        events,
+        ["assigned", "reused", "held", "released", "assigned"],
+        "newest first"
+    );
+    assert_eq!(
+        services,
+        [
+            "prod/shop/new",
+            "prod/shop/old",
+            "prod/shop/old",
+            "prod/shop/old",
+            "prod/shop/old"
+        ]
+    );
+    // The same as the API says, entry for entry.
+    let (_, api) = app.get("/api/v1/address-history?ip=198.51.100.7", &app.admin).await;
+    let api_events: Vec<&str> = api["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert_eq!(api_events, events);
+
+    // Search by Service; and each entry leads to the request that made it.
+    b.fill("#h-q", "shop/new").await;
+    b.click("#search-history").await;
+    assert_eq!(b.texts("#history tbody tr td:nth-child(3)").await, ["assigned"]);
+    b.click("#history tbody tr td:nth-child(7) a").await;
+    assert!(
+        b.path()
+            .await
+            .starts_with("/audit?object=service%2Fprod%2Fshop%2Fnew&since=")
+    );
+    let actions = b.texts("#audit tbody tr td:nth-child(3)").await;
+    assert!(actions.contains(&"service.allocate".to_owned()), "{actions:?}");
+    // Nonsense is refused with what to type instead.
+    b.goto(&format!("{base}/history?q=not%20an%20ip!")).await;
+    assert!(
+        b.text("#history-error")
+            .await
+            .contains("neither an IP address nor a Service")
+    );
     b.close().await;
     app.stop().await;
 }

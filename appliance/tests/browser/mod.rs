@@ -132,6 +132,15 @@ impl Browser {
             .is_empty()
     }
 
+    /// The text of every element matching `css`, in page order.
+    pub async fn texts(&self, css: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in self.client.find_all(Locator::Css(css)).await.expect("find_all") {
+            out.push(e.text().await.expect("text"));
+        }
+        out
+    }
+
     pub async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.expect("text")
     }

@@ -58,6 +58,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/users/{name}/delete", post(forms::delete_user))
         .route("/users/{name}/password", post(forms::set_password))
         .route("/audit", get(pages::audit))
+        .route("/history", get(pages::history))
         .route("/static/{*file}", get(assets::serve))
         .layer(axum::middleware::from_fn_with_state(state, guard::guard))
         .layer(Extension(console))

@@ -12,13 +12,13 @@ use edgelb_api::{AllocationState, Node};
 
 use super::view::{
     AllocationQuery, AllocationRow, AllocationsPage, AuditPage, AuditQuery, AuditRow, ClusterRow, ClustersPage,
-    DashboardPage, DataplaneView, Layout, PoolPage, PoolRow, PoolsPage, RealServer, ServiceRow, ServicesPage, ago,
-    bytes, query, sock, time,
+    DashboardPage, DataplaneView, HistoryPage, HistoryQuery, HistoryRow, Layout, PoolPage, PoolRow, PoolsPage,
+    RealServer, ServiceRow, ServicesPage, ago, bytes, query, sock, time,
 };
 use super::{Console, ConsoleUser, PageResult};
 use crate::forwarding::{self, StatusView, VsKey};
 use crate::http::AppState;
-use crate::store::{AllocationFilter, AuditFilter};
+use crate::store::{AddressHistoryFilter, AllocationFilter, AuditFilter};
 
 /// Rows per page of the long lists.
 const PAGE: u32 = 50;
@@ -444,6 +444,68 @@ pub async fn audit(
         next: next.as_deref().map(link),
         first: (!q.cursor.is_empty()).then(|| link("")),
         error: (!errors.is_empty()).then(|| errors.join("; ")),
+        q,
+        rows,
+    }
+    .into_response())
+}
+
+/// The address history: searched by IP or by a Service's name, newest first.
+pub async fn history(
+    State(s): State<AppState>,
+    Extension(console): Extension<Arc<Console>>,
+    user: ConsoleUser,
+    Query(q): Query<HistoryQuery>,
+) -> PageResult {
+    let text = q.q.trim();
+    let mut filter = AddressHistoryFilter {
+        cursor: opt(&q.cursor).and_then(|c| c.parse().ok()),
+        limit: PAGE,
+        ..AddressHistoryFilter::default()
+    };
+    let mut error = None;
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        filter.ip = Some(ip);
+    } else if !text.is_empty() {
+        let parts: Vec<&str> = text.split('/').collect();
+        let name_like =
+            |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        match parts.as_slice() {
+            [name] if name_like(name) => filter.service = Some(name.to_string()),
+            [ns, name] if name_like(ns) && name_like(name) => {
+                filter.namespace = Some(ns.to_string());
+                filter.service = Some(name.to_string());
+            }
+            [c, ns, name] if [c, ns, name].iter().all(|p| name_like(p)) => {
+                filter.cluster = Some(c.to_string());
+                filter.namespace = Some(ns.to_string());
+                filter.service = Some(name.to_string());
+            }
+            _ => {
+                error = Some(format!(
+                    "'{text}' is neither an IP address nor a Service (name, namespace/name or cluster/namespace/name)"
+                ))
+            }
+        }
+    }
+    let (rows, next) = match error {
+        Some(_) => (Vec::new(), None),
+        None => {
+            let page = s.store.address_history(&filter).await?;
+            (page.items.iter().map(HistoryRow::of).collect(), page.next_cursor)
+        }
+    };
+    let link = |cursor: &str| format!("/history{}", query(&[("q", text), ("cursor", cursor)]));
+    let flash = console.take_flash(&user);
+    let title = match text.is_empty() {
+        true => "Address history".to_owned(),
+        false => format!("Address history: {text}"),
+    };
+    Ok(HistoryPage {
+        l: Layout::new(&user, "history", title, &flash),
+        next: next.as_deref().map(link),
+        first: (!q.cursor.is_empty()).then(|| link("")),
+        error,
         q,
         rows,
     }

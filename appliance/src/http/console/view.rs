@@ -755,6 +755,79 @@ pub struct UsersPage {
     pub errors: FieldErrors,
 }
 
+/// The address history's search as typed: an IP, or a Service's name (`namespace/name` or
+/// `cluster/namespace/name` narrow it).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct HistoryQuery {
+    pub q: String,
+    pub cursor: String,
+}
+
+/// One entry of an address's history, as shown.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub time: String,
+    pub ip: String,
+    pub event: &'static str,
+    /// `cluster/namespace/name`, or empty.
+    pub service: String,
+    pub uid: String,
+    pub pool: String,
+    /// For a hold: until when; for a reuse or an expiry: the hold it ended.
+    pub held_until: String,
+    /// The audit entries of the Service around that time: which request it was.
+    pub audit: String,
+}
+
+impl HistoryRow {
+    pub fn of(e: &edgelb_api::AddressEvent) -> HistoryRow {
+        let service = match (&e.cluster, &e.namespace, &e.name) {
+            (Some(c), Some(n), Some(s)) => format!("{c}/{n}/{s}"),
+            _ => String::new(),
+        };
+        let at = e.at.unix_timestamp();
+        let minute = |t: i64| {
+            let f = format_description!("[year]-[month]-[day]T[hour]:[minute]");
+            OffsetDateTime::from_unix_timestamp(t)
+                .map(|t| t.format(f).unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let audit = match service.is_empty() {
+            true => String::new(),
+            false => format!(
+                "/audit{}",
+                query(&[
+                    ("object", &format!("service/{service}")),
+                    ("since", &minute(at)),
+                    ("until", &minute(at + 60)),
+                ])
+            ),
+        };
+        HistoryRow {
+            time: time(e.at),
+            ip: e.ip.to_string(),
+            event: e.event.as_str(),
+            uid: e.uid.clone().unwrap_or_default(),
+            pool: e.pool.clone().unwrap_or_default(),
+            held_until: e.held_until.map(time).unwrap_or_default(),
+            service,
+            audit,
+        }
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "history.html")]
+pub struct HistoryPage {
+    pub l: Layout,
+    pub q: HistoryQuery,
+    pub rows: Vec<HistoryRow>,
+    pub error: Option<String>,
+    pub next: Option<String>,
+    pub first: Option<String>,
+}
+
 /// The audit page's filters as typed.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default)]
