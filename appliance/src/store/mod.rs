@@ -373,6 +373,11 @@ impl Store {
         data_dir.join(DB_FILE)
     }
 
+    /// The change counter now (see [`Store::subscribe`]).
+    pub fn generation(&self) -> u64 {
+        *self.inner.changes.borrow()
+    }
+
     /// A receiver that sees the change counter move on every commit.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()

@@ -101,9 +101,10 @@ async fn check(state: &AppState, mut req: Request) -> Result<Request, ConsoleErr
     if let Some(secret) = secret
         && let Some(s) = state.store.session(&secret).await?
     {
-        let capacity = match *req.method() {
-            Method::GET | Method::HEAD => super::view::capacity_banners(&state.store.list_pools().await?),
-            _ => Vec::new(),
+        let console = req.extensions().get::<std::sync::Arc<super::Console>>().cloned();
+        let capacity = match (req.method(), console) {
+            (&Method::GET | &Method::HEAD, Some(console)) => console.capacity_banners(&state.store).await?,
+            _ => Default::default(),
         };
         req.extensions_mut().insert(ConsoleUser {
             name: s.user,

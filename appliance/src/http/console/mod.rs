@@ -70,6 +70,46 @@ pub fn routes(state: AppState) -> Router<AppState> {
 pub struct Console {
     failures: Mutex<HashMap<(String, IpAddr), Failures>>,
     flashes: Mutex<HashMap<String, Flash>>,
+    /// The capacity banners as last read, so that a page view does not count every pool's
+    /// addresses again when nothing changed.
+    capacity: Mutex<Option<CapacityCache>>,
+}
+
+#[derive(Debug)]
+struct CapacityCache {
+    generation: u64,
+    read_at: std::time::Instant,
+    banners: Arc<Vec<view::CapacityBanner>>,
+}
+
+/// Banners are read again after this long even without a change the store counts (a hold
+/// ending is none: it forwards nothing).
+const CAPACITY_TTL: Duration = Duration::from_secs(10);
+
+impl Console {
+    /// The capacity banners: read again after a change, or after [`CAPACITY_TTL`].
+    pub async fn capacity_banners(
+        &self,
+        store: &crate::store::Store,
+    ) -> Result<Arc<Vec<view::CapacityBanner>>, StoreError> {
+        let generation = store.generation();
+        {
+            let cache = self.capacity.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache.as_ref()
+                && c.generation == generation
+                && c.read_at.elapsed() < CAPACITY_TTL
+            {
+                return Ok(c.banners.clone());
+            }
+        }
+        let banners = Arc::new(view::capacity_banners(&store.list_pools().await?));
+        *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = Some(CapacityCache {
+            generation,
+            read_at: std::time::Instant::now(),
+            banners: banners.clone(),
+        });
+        Ok(banners)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -164,7 +204,7 @@ pub struct ConsoleUser {
     secret: String,
     /// The pools past a capacity threshold, worst first, for the banners of a page (read by the
     /// guard for pages only, not for form posts).
-    pub capacity: Vec<view::CapacityBanner>,
+    pub capacity: Arc<Vec<view::CapacityBanner>>,
 }
 
 impl ConsoleUser {

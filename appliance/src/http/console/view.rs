@@ -29,9 +29,14 @@ pub struct Layout {
     pub can_admin: bool,
     pub message: Option<String>,
     pub version: String,
-    /// Pools past a capacity threshold: a banner each, on every page.
+    /// Pools past a capacity threshold: a banner each for the worst few, on every page...
     pub capacity: Vec<CapacityBanner>,
+    /// ...and how many more there are.
+    pub capacity_more: usize,
 }
+
+/// Banners a page shows at most; the others are counted in one line.
+const MAX_CAPACITY_BANNERS: usize = 3;
 
 /// A banner for a pool past one of its capacity thresholds.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +98,8 @@ impl Layout {
             can_admin: user.can_admin(),
             message: flash.message.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            capacity: user.capacity.clone(),
+            capacity: user.capacity.iter().take(MAX_CAPACITY_BANNERS).cloned().collect(),
+            capacity_more: user.capacity.len().saturating_sub(MAX_CAPACITY_BANNERS),
         }
     }
 
@@ -944,6 +950,67 @@ mod tests {
         );
         pool.usage.families.truncate(1);
         assert_eq!(Usage::of(&pool).by_family, "", "one family says it once");
+    }
+
+    #[test]
+    fn capacity_banners_come_worst_first_then_by_name_and_name_the_full_family() {
+        use edgelb_api::{CapacityLevel, FamilyUsage, IpFamily, PoolUsage};
+        let pool = |name: &str, v4: CapacityLevel, v6: CapacityLevel| {
+            let family = |family, level, utilization| FamilyUsage {
+                family,
+                total: "100".into(),
+                allocated: 0,
+                held: 0,
+                free: "1".into(),
+                utilization,
+                level,
+            };
+            Pool {
+                spec: serde_json::from_value(serde_json::json!({"name": name, "ranges": ["10.0.0.0/31"]}))
+                    .expect("spec"),
+                usage: PoolUsage {
+                    total: "200".into(),
+                    allocated: 0,
+                    held: 0,
+                    free: "1".into(),
+                    utilization: 0.5,
+                    families: vec![family(IpFamily::Ipv4, v4, 0.96), family(IpFamily::Ipv6, v6, 0.85)],
+                    level: v4.max(v6),
+                },
+                created_at: OffsetDateTime::UNIX_EPOCH,
+                updated_at: OffsetDateTime::UNIX_EPOCH,
+            }
+        };
+        use CapacityLevel::*;
+        let banners = capacity_banners(&[
+            pool("b", Warning, Ok),
+            pool("quiet", Ok, Ok),
+            pool("c", Ok, Exhausted),
+            pool("a", Warning, Warning),
+            pool("d", Critical, Warning),
+        ]);
+        let order: Vec<(&str, &str)> = banners.iter().map(|b| (b.pool.as_str(), b.level)).collect();
+        assert_eq!(
+            order,
+            [
+                ("c", "exhausted"),
+                ("d", "critical"),
+                ("a", "warning"),
+                ("b", "warning")
+            ]
+        );
+        assert_eq!(
+            banners[0].message,
+            "has no free IPv6 address: a Service that needs one stays pending until a range is added or an address released."
+        );
+        assert_eq!(
+            banners[1].message,
+            "is almost full: 96.0% of its IPv4 addresses in use (critical from 95%)."
+        );
+        assert_eq!(
+            banners[2].message,
+            "is filling up: 96.0% and 85.0% of its IPv4 and IPv6 addresses in use (warning from 80%)."
+        );
     }
 
     #[test]
