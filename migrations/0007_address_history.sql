@@ -63,6 +63,7 @@ CREATE TRIGGER address_gone AFTER DELETE ON addresses BEGIN
             OLD.held_until);
 END;
 
+-- Backfill: the addresses in use or held now.
 INSERT INTO address_events (ip, at, event, pool, cluster, namespace, name, uid)
 SELECT a.ip, a.since, 'assigned', a.pool, sa.cluster, sa.namespace, sa.name, s.uid
 FROM service_addresses sa

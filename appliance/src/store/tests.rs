@@ -705,6 +705,53 @@ async fn history(store: &Store, addr: &str) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn the_history_migration_starts_each_address_in_use_or_held_with_one_entry() {
+    let p = PoolSpec {
+        hold_seconds: 600,
+        ..pool("p", &["10.0.0.0/30"])
+    };
+    let (dir, store) = with_pool_and_cluster(&[p], "prod").await;
+    let shared = |uid: &str, port: u16| ServiceSpec {
+        sharing_key: Some("k".into()),
+        ..service(uid, &[port])
+    };
+    put(&store, "prod", "default", "a", shared("a", 80)).await;
+    put(&store, "prod", "default", "b", shared("b", 443)).await;
+    put(&store, "prod", "default", "gone", service("gone", &[80])).await;
+    store
+        .delete_service(ACTOR, "prod", "default", "gone")
+        .await
+        .expect("delete");
+    // As before the migration: no history; then its backfill, exactly as the file has it.
+    let migration = include_str!("../../../migrations/0007_address_history.sql");
+    let backfill = &migration[migration.find("-- Backfill").expect("the backfill part")..];
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join(super::DB_FILE));
+    let mut conn = sqlx::ConnectOptions::connect(&options).await.expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM address_events; {backfill}")))
+        .execute(&mut conn)
+        .await
+        .expect("backfill");
+    assert_eq!(history(&store, "10.0.0.0").await, ["assigned b", "assigned a"]);
+    assert_eq!(history(&store, "10.0.0.1").await, ["held gone"]);
+    let page = store
+        .address_history(&super::AddressHistoryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("history");
+    let held = page
+        .items
+        .iter()
+        .find(|e| e.name.as_deref() == Some("gone"))
+        .expect("held");
+    assert!(
+        held.held_until.is_some() && held.uid.as_deref() == Some("gone"),
+        "{held:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_shared_address_is_released_by_each_user_and_freed_after_the_last() {
     let p = PoolSpec {
         hold_seconds: 0,
