@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use edgelb_api::{Allocation, Page, Pool, PoolSpec, Problem, Role, Token, TokenSpec, User, UserPatch, UserSpec};
+use edgelb_api::{
+    Allocation, Page, Pool, PoolPatch, PoolSpec, Problem, Role, Token, TokenSpec, User, UserPatch, UserSpec,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -324,6 +326,45 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
             };
             let p: Option<Pool> = c
                 .send(c.http.post(format!("{}/api/v1/pools", c.base)).json(&spec))
+                .await?;
+            if let Some(p) = p {
+                c.print(&p, || pool_rows(std::slice::from_ref(&p)));
+            }
+        }
+        PoolCommand::Set {
+            name,
+            ranges,
+            priority,
+            scheduler,
+            hold_seconds,
+            forwarding,
+            capacity_warning_percent,
+            capacity_critical_percent,
+            client,
+        } => {
+            let patch = PoolPatch {
+                ranges: (!ranges.is_empty()).then_some(ranges),
+                priority,
+                scheduler,
+                hold_seconds,
+                forwarding: forwarding.map(|f| match f {
+                    crate::config::PoolForwarding::Default => None,
+                    crate::config::PoolForwarding::Method(m) => Some(m),
+                }),
+                capacity_warning_percent,
+                capacity_critical_percent,
+                ..PoolPatch::default()
+            };
+            if patch == PoolPatch::default() {
+                return Err(CliError::Usage(
+                    "nothing to change: give --range, --priority, --scheduler, --hold-seconds, --forwarding, \
+                     --capacity-warning-percent or --capacity-critical-percent"
+                        .into(),
+                ));
+            }
+            let c = Client::new(&client)?;
+            let p: Option<Pool> = c
+                .send(c.http.patch(format!("{}/api/v1/pools/{name}", c.base)).json(&patch))
                 .await?;
             if let Some(p) = p {
                 c.print(&p, || pool_rows(std::slice::from_ref(&p)));

@@ -328,6 +328,23 @@ pub enum UserCommand {
     },
 }
 
+/// A pool's forwarding method as `pool set` takes it: a method, or back to the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolForwarding {
+    Default,
+    Method(edgelb_api::Forwarding),
+}
+
+fn parse_pool_forwarding(s: &str) -> Result<PoolForwarding, String> {
+    match s {
+        "default" => Ok(PoolForwarding::Default),
+        m => m
+            .parse()
+            .map(PoolForwarding::Method)
+            .map_err(|e: String| format!("{e}, or default")),
+    }
+}
+
 fn parse_user_role(s: &str) -> Result<UserRole, String> {
     match Role::parse(s).and_then(UserRole::of) {
         Some(role) => Ok(role),
@@ -382,6 +399,29 @@ pub enum PoolCommand {
         /// Critical when this percentage is in use (more than the warning; 100 is exhausted).
         #[arg(long, default_value_t = edgelb_api::DEFAULT_CAPACITY_CRITICAL_PERCENT)]
         capacity_critical_percent: u8,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a pool: only the settings given (the REST API's PATCH). Ranges given replace the
+    /// pool's whole list; one that would leave out an address in use is refused.
+    Set {
+        name: String,
+        /// CIDR or start-end range; repeat for several. Replaces the pool's ranges.
+        #[arg(long = "range")]
+        ranges: Vec<String>,
+        #[arg(long)]
+        priority: Option<i32>,
+        #[arg(long)]
+        scheduler: Option<String>,
+        #[arg(long)]
+        hold_seconds: Option<u64>,
+        /// fullnat, nat, direct or tunnel; `default` for the appliance's `--nat`.
+        #[arg(long, value_parser = parse_pool_forwarding)]
+        forwarding: Option<PoolForwarding>,
+        #[arg(long)]
+        capacity_warning_percent: Option<u8>,
+        #[arg(long)]
+        capacity_critical_percent: Option<u8>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -115,6 +115,67 @@ async fn pool_commands_go_through_the_api_and_are_audited() {
         stderr(&overlap)
     );
 
+    // `pool set` changes only what it is given.
+    let set = tokio::task::block_in_place(|| {
+        run(
+            &app,
+            &admin,
+            &[
+                "pool",
+                "set",
+                "public",
+                "--capacity-warning-percent",
+                "50",
+                "--capacity-critical-percent",
+                "60",
+                "--forwarding",
+                "direct",
+                "--json",
+            ],
+        )
+    });
+    assert!(set.status.success(), "{}", stderr(&set));
+    let v: serde_json::Value = serde_json::from_slice(&set.stdout).expect("--json prints JSON");
+    assert_eq!(
+        (
+            &v["capacity_warning_percent"],
+            &v["capacity_critical_percent"],
+            &v["forwarding"],
+            &v["ranges"][0]
+        ),
+        (
+            &serde_json::json!(50),
+            &serde_json::json!(60),
+            &serde_json::json!("direct"),
+            &serde_json::json!("203.0.113.0/26")
+        ),
+        "{v}"
+    );
+    let back = tokio::task::block_in_place(|| {
+        run(
+            &app,
+            &admin,
+            &["pool", "set", "public", "--forwarding", "default", "--json"],
+        )
+    });
+    let v: serde_json::Value = serde_json::from_slice(&back.stdout).expect("JSON");
+    assert!(v["forwarding"].is_null() && v["capacity_warning_percent"] == 50, "{v}");
+    for (args, needle) in [
+        (vec!["pool", "set", "public"], "nothing to change"),
+        (
+            vec!["pool", "set", "public", "--capacity-warning-percent", "70"],
+            "must be more than capacity_warning_percent (70)",
+        ),
+        (
+            vec!["pool", "set", "public", "--forwarding", "fast"],
+            "unknown forwarding method 'fast'",
+        ),
+    ] {
+        let out = tokio::task::block_in_place(|| run(&app, &admin, &args));
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+
     // Allocations show in `alloc list`.
     app.cluster("prod").await;
     let (s, v) = app
