@@ -174,6 +174,23 @@ async fn console_works_end_to_end_in_a_real_browser() {
     b.click("#create-user").await;
     b.find(".flash").await;
     assert!(b.text("#users").await.contains("vera"));
+    // A role changes in place and is audited; here it goes back to viewer for what follows.
+    b.find("#role-vera")
+        .await
+        .select_by_value("operator")
+        .await
+        .expect("select");
+    b.click("#set-role-vera").await;
+    assert!(b.text(".flash").await.contains("vera is now operator"));
+    let (_, vera) = app.get("/api/v1/users/vera", &app.admin).await;
+    assert_eq!(vera["role"], "operator", "{vera}");
+    b.find("#role-vera")
+        .await
+        .select_by_value("viewer")
+        .await
+        .expect("select");
+    b.click("#set-role-vera").await;
+    assert!(b.text(".flash").await.contains("vera is now viewer"));
     b.click("#logout").await;
     b.find("#sign-in").await;
     b.goto(&format!("{base}/pools")).await;

@@ -546,6 +546,42 @@ pub async fn set_password(
     }
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct RoleForm {
+    role: String,
+}
+
+/// Changes another user's role; it applies to their open sessions at once. The last admin
+/// stays one (a 409 that says so).
+pub async fn set_role(
+    State(s): State<AppState>,
+    Extension(console): Extension<Arc<Console>>,
+    user: ConsoleUser,
+    Path(name): Path<String>,
+    Form(f): Form<RoleForm>,
+) -> PageResult {
+    user.require_admin()?;
+    let role = Role::parse(&f.role)
+        .and_then(edgelb_api::UserRole::of)
+        .ok_or_else(|| ConsoleError::new(StatusCode::BAD_REQUEST, "choose admin, operator or viewer"))?;
+    let patch = edgelb_api::UserPatch {
+        role: Some(role),
+        password: None,
+    };
+    s.store.update_user(&user.actor(), &name, patch, None).await?;
+    console.set_flash(
+        &user,
+        Flash {
+            message: Some(format!(
+                "{name} is now {role}; it applies to their open sessions at once."
+            )),
+            ..Flash::default()
+        },
+    );
+    Ok(Redirect::to("/users").into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

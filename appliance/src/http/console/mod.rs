@@ -57,6 +57,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/users", get(forms::users).post(forms::create_user))
         .route("/users/{name}/delete", post(forms::delete_user))
         .route("/users/{name}/password", post(forms::set_password))
+        .route("/users/{name}/role", post(forms::set_role))
         .route("/audit", get(pages::audit))
         .route("/history", get(pages::history))
         .route("/static/{*file}", get(assets::serve))
