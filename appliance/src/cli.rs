@@ -215,6 +215,18 @@ impl Client {
             })
     }
 
+    /// Sends `req` and prints the object it answers: JSON with `--json`, else `rows` of it.
+    async fn send_and_print<T: Serialize + DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        rows: impl FnOnce(&T) -> String,
+    ) -> Result<(), CliError> {
+        if let Some(v) = self.send::<T>(req).await? {
+            self.print(&v, || rows(&v));
+        }
+        Ok(())
+    }
+
     fn print<T: Serialize>(&self, value: &T, table: impl FnOnce() -> String) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
@@ -324,12 +336,11 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
                 capacity_warning_percent,
                 capacity_critical_percent,
             };
-            let p: Option<Pool> = c
-                .send(c.http.post(format!("{}/api/v1/pools", c.base)).json(&spec))
-                .await?;
-            if let Some(p) = p {
-                c.print(&p, || pool_rows(std::slice::from_ref(&p)));
-            }
+            c.send_and_print(
+                c.http.post(format!("{}/api/v1/pools", c.base)).json(&spec),
+                |p: &Pool| pool_rows(std::slice::from_ref(p)),
+            )
+            .await?;
         }
         PoolCommand::Set {
             name,
@@ -363,12 +374,9 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
                 ));
             }
             let c = Client::new(&client)?;
-            let p: Option<Pool> = c
-                .send(c.http.patch(format!("{}/api/v1/pools/{name}", c.base)).json(&patch))
+            let req = c.http.patch(format!("{}/api/v1/pools/{name}", c.base)).json(&patch);
+            c.send_and_print(req, |p: &Pool| pool_rows(std::slice::from_ref(p)))
                 .await?;
-            if let Some(p) = p {
-                c.print(&p, || pool_rows(std::slice::from_ref(&p)));
-            }
         }
         PoolCommand::Delete { name, client } => {
             let c = Client::new(&client)?;
@@ -561,12 +569,9 @@ pub async fn user(cmd: UserCommand, data_dir_default: &Path) -> Result<(), CliEr
                 role,
                 password: password_file.as_deref().map(read_password).transpose()?,
             };
-            let u: Option<User> = c
-                .send(c.http.patch(format!("{}/api/v1/users/{name}", c.base)).json(&patch))
+            let req = c.http.patch(format!("{}/api/v1/users/{name}", c.base)).json(&patch);
+            c.send_and_print(req, |u: &User| user_rows(std::slice::from_ref(u)))
                 .await?;
-            if let Some(u) = u {
-                c.print(&u, || user_rows(std::slice::from_ref(&u)));
-            }
         }
         UserCommand::Delete { name, client } => {
             let c = Client::new(&client)?;

@@ -2669,25 +2669,7 @@ async fn capacity_thresholds_are_per_pool_validated_and_judge_each_family() {
         classic.text
     );
     assert!(!classic.text.contains("# EOF"), "{}", classic.text);
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
-    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), classic.text.as_bytes()).expect("write");
-    let out = promtool.wait_with_output().expect("promtool runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {said}\n{}",
-        classic.text
-    );
+    common::promtool_check_metrics(&classic.text);
     app.stop().await;
 }
 

@@ -240,24 +240,7 @@ fn exported(scrape: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn a_busy_appliances_metrics_pass_promtool_and_hold_everything_the_dashboard_queries() {
     let scrape = busy_scrape().await;
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs (Debian's prometheus package; scripts/test.sh installs it)");
-    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), scrape.as_bytes()).expect("write");
-    let out = promtool.wait_with_output().expect("promtool");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {said}\n{scrape}"
-    );
+    common::promtool_check_metrics(&scrape);
     let names = exported(&scrape);
     assert!(
         names.contains("edgelb_ipvs_real_server_bytes_out_total"),

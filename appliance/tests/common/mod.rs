@@ -261,3 +261,26 @@ pub fn assert_problem(reply: &Reply, status: StatusCode, needles: &[&str]) -> Va
     }
     p.clone()
 }
+
+/// What `promtool check metrics` (Debian's prometheus package; scripts/test.sh installs it) says
+/// of a scrape in the classic text format; fails the test if it cannot run or finds a problem.
+pub fn promtool_check_metrics(scrape: &str) {
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian's prometheus package; scripts/test.sh installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), scrape.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}\n{scrape}"
+    );
+}
