@@ -215,6 +215,13 @@ impl Client {
             })
     }
 
+    /// `DELETE path`; an error answer is the error.
+    async fn delete(&self, path: &str) -> Result<(), CliError> {
+        self.send::<serde_json::Value>(self.http.delete(format!("{}{path}", self.base)))
+            .await
+            .map(drop)
+    }
+
     /// Sends `req` and prints the object it answers: JSON with `--json`, else `rows` of it.
     async fn send_and_print<T: Serialize + DeserializeOwned>(
         &self,
@@ -380,8 +387,7 @@ pub async fn pool(cmd: PoolCommand) -> Result<(), CliError> {
         }
         PoolCommand::Delete { name, client } => {
             let c = Client::new(&client)?;
-            c.send::<serde_json::Value>(c.http.delete(format!("{}/api/v1/pools/{name}", c.base)))
-                .await?;
+            c.delete(&format!("/api/v1/pools/{name}")).await?;
             println!("pool '{name}' deleted");
         }
     }
@@ -479,8 +485,7 @@ pub async fn token(cmd: TokenCommand, data_dir_default: &Path) -> Result<(), Cli
         }
         TokenCommand::Revoke { id, client } => {
             let c = Client::new(&client)?;
-            c.send::<serde_json::Value>(c.http.delete(format!("{}/api/v1/tokens/{id}", c.base)))
-                .await?;
+            c.delete(&format!("/api/v1/tokens/{id}")).await?;
             println!("token {id} revoked");
         }
     }
@@ -575,8 +580,7 @@ pub async fn user(cmd: UserCommand, data_dir_default: &Path) -> Result<(), CliEr
         }
         UserCommand::Delete { name, client } => {
             let c = Client::new(&client)?;
-            c.send::<serde_json::Value>(c.http.delete(format!("{}/api/v1/users/{name}", c.base)))
-                .await?;
+            c.delete(&format!("/api/v1/users/{name}")).await?;
             println!("console user '{name}' deleted; their sessions ended");
         }
         UserCommand::ResetPassword { name, data } => {
