@@ -308,6 +308,7 @@ impl Store {
                 .statement_cache_capacity(512),
         )
         .await?;
+        refuse_a_newer_schema(&mut conn, &path).await?;
         MIGRATOR.run(&mut conn).await?;
         // Reads serve snapshots and listings that each read a row once: a small page cache
         // instead of SQLite's default 2 MB per connection did not slow the reconciler's full
@@ -516,6 +517,32 @@ impl Store {
             })
         })
         .await
+    }
+}
+
+/// A database that a newer edgelb migrated further than this binary knows is refused, with what
+/// to do, before anything is written to it (sqlx alone would say only that a migration is
+/// missing).
+async fn refuse_a_newer_schema(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let table: Option<(String,)> =
+        sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+            .fetch_optional(&mut *conn)
+            .await?;
+    if table.is_none() {
+        return Ok(());
+    }
+    let (applied,): (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut *conn)
+        .await?;
+    match applied {
+        Some(v) if v > known => Err(StoreError::io(format!(
+            "the database {} has schema version {v}, newer than this edgelb {} knows (up to {known}): \
+             run the edgelb that upgraded it (or a later one), or restore a backup taken before that upgrade",
+            path.display(),
+            env!("CARGO_PKG_VERSION")
+        ))),
+        _ => Ok(()),
     }
 }
 

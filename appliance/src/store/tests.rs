@@ -752,6 +752,32 @@ async fn the_history_migration_starts_each_address_in_use_or_held_with_one_entry
 }
 
 #[tokio::test]
+async fn a_database_a_newer_edgelb_migrated_is_refused_with_what_to_do_and_left_alone() {
+    let (dir, store) = open().await;
+    drop(store);
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join(super::DB_FILE));
+    let mut conn = sqlx::ConnectOptions::connect(&options).await.expect("connect");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("a newer version");
+    let err = Store::open(dir.path()).await.expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("has schema version 999, newer than this edgelb") && text.contains("restore a backup"),
+        "{text}"
+    );
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 999")
+        .fetch_one(&mut conn)
+        .await
+        .expect("read");
+    assert_eq!(n, 1, "nothing was changed");
+}
+
+#[tokio::test]
 async fn a_shared_address_is_released_by_each_user_and_freed_after_the_last() {
     let p = PoolSpec {
         hold_seconds: 0,
