@@ -1154,6 +1154,9 @@ pub struct DataplaneStatus {
     pub last_error: Option<String>,
     /// Passes run since start.
     pub passes: u64,
+    /// Microseconds those passes took, together.
+    #[serde(default)]
+    pub pass_micros: u64,
     /// Of the passes that succeeded, those that rebuilt the whole desired state from a store
     /// snapshot (at start, on every resync, after a failure, and for a change too large to
     /// redo Service by Service); the others redid only the Services a store change or a

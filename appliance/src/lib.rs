@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod forwarding;
 pub mod health;
+pub mod history;
 pub mod http;
 pub mod ipam;
 pub mod reconcile;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::dataplane::{Backend, DataplaneError, Forwarder};
+use crate::dataplane::{Backend, DataplaneError, Forwarder, TrafficReader};
+use crate::history::sampler::{Sampler, unix_now};
+use crate::history::{History, Options as HistoryOptions};
 use crate::http::{self, AppState, ServerInfo};
 use crate::reconcile::{Reconciler, RunnerOptions};
 use crate::store::{Bootstrap, Store, StoreError};
@@ -80,6 +82,8 @@ pub struct Server {
     dataplane: Option<Backend>,
     /// Why the unconfigured default fell back from `ipvs` to `none`.
     dataplane_fallback: Option<String>,
+    history: History,
+    traffic: Option<TrafficReader>,
 }
 
 impl std::fmt::Debug for Server {
@@ -107,6 +111,22 @@ impl Server {
         if let Some(d) = &dataplane {
             store.set_capabilities(d.capabilities());
         }
+        let history = History::open(&config.data_dir.join("history"), unix_now(), HistoryOptions::default()).map_err(
+            |source| ServeError::DataDir {
+                path: config.data_dir.join("history").display().to_string(),
+                source,
+            },
+        )?;
+        let traffic = match &dataplane {
+            Some(_) => match TrafficReader::connect().await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(error = %e, "no traffic history: reading IPVS counters failed");
+                    None
+                }
+            },
+            None => None,
+        };
         let tls = crate::tls::server_config(&config.tls, &config.data_dir, config.listen)
             .await
             .map_err(ServeError::Tls)?;
@@ -132,6 +152,8 @@ impl Server {
             bootstrap,
             dataplane,
             dataplane_fallback,
+            history,
+            traffic,
         })
     }
 
@@ -159,6 +181,8 @@ impl Server {
                 dataplane: self.dataplane.as_ref().map_or("none", Forwarder::name).to_owned(),
             },
         );
+        state = state.with_history(self.history.clone());
+        let mut feed = None;
         let reconciler = match self.dataplane {
             Some(backend) => {
                 let name = backend.name();
@@ -172,6 +196,7 @@ impl Server {
                 )
                 .with_health(self.config.health);
                 state = state.with_dataplane(r.status_feed());
+                feed = Some(r.status_feed());
                 info!(
                     dataplane = name,
                     resync_seconds = dp.resync.as_secs(),
@@ -203,6 +228,7 @@ impl Server {
             }
         };
         let sweeper = tokio::spawn(sweep_holds(self.store.clone()));
+        let sampler = tokio::spawn(Sampler::new(self.history.clone(), self.store.clone(), feed, self.traffic).run());
         info!(
             address = %self.local,
             data_dir = %self.config.data_dir.display(),
@@ -220,6 +246,11 @@ impl Server {
         )
         .await;
         sweeper.abort();
+        sampler.abort();
+        // The minute being filled, so that a restart loses none of it.
+        if let Err(e) = self.history.flush() {
+            warn!(error = %e, "writing the history at shutdown failed");
+        }
         // Forwarding stays as it is: a restart or upgrade must not drop traffic.
         if let Some(r) = reconciler {
             r.abort();

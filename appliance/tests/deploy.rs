@@ -184,6 +184,7 @@ async fn busy_scrape() -> String {
         last_sync: Some(time::OffsetDateTime::now_utc()),
         last_error: None,
         passes: 3,
+        pass_micros: 4_500,
         full_builds: 1,
         operations: 5,
         virtual_services: vec![VirtualServiceStatus {

@@ -149,6 +149,72 @@ fn from_ipvs_protocol(p: ipvs::Protocol) -> Protocol {
     }
 }
 
+/// IPVS's virtual services and real servers, with their counters, over `handle`.
+async fn dump_ipvs(handle: &IpvsHandle) -> Result<(BTreeMap<VsKey, VirtualService>, RealServers), DataplaneError> {
+    let entries: Vec<ServiceEntry> = handle
+        .services()
+        .dump()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| DataplaneError::observe("dumping IPVS services", e))?;
+    let services: BTreeMap<VsKey, VirtualService> = entries.iter().filter_map(observed_service).collect();
+    let dumps = futures::stream::iter(services.keys().copied())
+        .map(|k| async move {
+            let dests: Result<Vec<DestinationEntry>, ipvs::Error> = handle
+                .destinations(&service_key(k))
+                .dump()
+                .execute()
+                .try_collect()
+                .await;
+            (k, dests)
+        })
+        .buffer_unordered(DUMPS_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    let mut real_servers = RealServers::default();
+    for (k, dests) in dumps {
+        match dests {
+            Ok(dests) => real_servers.set(k, dests.iter().map(observed_real_server).collect()),
+            // Deleted by someone between the two dumps: it is simply gone.
+            Err(ipvs::Error::ServiceNotFound { .. }) => {}
+            Err(e) => return Err(DataplaneError::observe(format!("real servers of {k}"), e)),
+        }
+    }
+    Ok((services, real_servers))
+}
+
+/// Reads IPVS's traffic counters on a socket of its own, for the history's sampler: a sample
+/// never waits behind the reconciler's work, nor it behind a sample.
+#[derive(Debug, Clone)]
+pub struct TrafficReader {
+    handle: IpvsHandle,
+}
+
+impl TrafficReader {
+    pub async fn connect() -> Result<TrafficReader, DataplaneError> {
+        let handle =
+            IpvsHandle::new().map_err(|e| DataplaneError::unavailable("opening the IPVS counters socket", e))?;
+        handle
+            .resolve_family()
+            .await
+            .map_err(|e| DataplaneError::unavailable("resolving the IPVS netlink family", e))?;
+        Ok(TrafficReader { handle })
+    }
+
+    /// Every virtual service's counters and its real servers'.
+    pub async fn read(&self) -> Result<Vec<(VsKey, Counters, Vec<(SocketAddr, Counters)>)>, DataplaneError> {
+        let (services, real_servers) = dump_ipvs(&self.handle).await?;
+        Ok(services
+            .into_iter()
+            .map(|(k, vs)| {
+                let rs = real_servers.of(k).iter().map(|(a, r)| (*a, r.counters)).collect();
+                (k, vs.counters, rs)
+            })
+            .collect())
+    }
+}
+
 fn service_key(k: VsKey) -> ServiceKey {
     ServiceKey::inet(k.vip, k.port, to_ipvs_protocol(k.protocol))
 }
@@ -254,38 +320,7 @@ impl Forwarder for LinuxDataplane {
     }
 
     async fn observe(&self) -> Result<State, DataplaneError> {
-        let entries: Vec<ServiceEntry> = self
-            .dumps
-            .services()
-            .dump()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DataplaneError::observe("dumping IPVS services", e))?;
-        let services: BTreeMap<VsKey, VirtualService> = entries.iter().filter_map(observed_service).collect();
-        let handle = &self.dumps;
-        let dumps = futures::stream::iter(services.keys().copied())
-            .map(|k| async move {
-                let dests: Result<Vec<DestinationEntry>, ipvs::Error> = handle
-                    .destinations(&service_key(k))
-                    .dump()
-                    .execute()
-                    .try_collect()
-                    .await;
-                (k, dests)
-            })
-            .buffer_unordered(DUMPS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
-        let mut real_servers = RealServers::default();
-        for (k, dests) in dumps {
-            match dests {
-                Ok(dests) => real_servers.set(k, dests.iter().map(observed_real_server).collect()),
-                // Deleted by someone between the two dumps: it is simply gone.
-                Err(ipvs::Error::ServiceNotFound { .. }) => {}
-                Err(e) => return Err(DataplaneError::observe(format!("real servers of {k}"), e)),
-            }
-        }
+        let (services, real_servers) = dump_ipvs(&self.dumps).await?;
         let addresses = match &self.announcer {
             Some(a) => Some(a.observe().await.map_err(|source| DataplaneError::Observe {
                 what: "listing the VIP addresses".into(),

@@ -30,7 +30,7 @@ pub use crate::forwarding::{
 pub use backend::{Backend, connect};
 pub use edgelb_api::Protocol;
 pub use fake::FakeDataplane;
-pub use linux::{LinuxDataplane, LinuxOptions};
+pub use linux::{LinuxDataplane, LinuxOptions, TrafficReader};
 
 /// The forwarding state: desired (built from the store) or observed (dumped from the kernel).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

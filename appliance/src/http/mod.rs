@@ -28,6 +28,7 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 
 use crate::forwarding::StatusFeed;
+use crate::history::History;
 use crate::store::Store;
 
 /// Request bodies larger than this are refused with 413.
@@ -49,6 +50,8 @@ pub struct AppState {
     pub info: Arc<ServerInfo>,
     /// What the data plane last published (read-only: handlers never drive it).
     pub dataplane: StatusFeed,
+    /// The appliance's time series, when it keeps them.
+    pub history: Option<History>,
 }
 
 impl AppState {
@@ -62,7 +65,14 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             info: Arc::new(info),
             dataplane,
+            history: None,
         }
+    }
+
+    /// Serves graphs and the history API from `history`.
+    pub fn with_history(mut self, history: History) -> AppState {
+        self.history = Some(history);
+        self
     }
 
     /// Reads the data plane's status from the reconciler's publication.

@@ -307,7 +307,7 @@ impl<D: Forwarder> Reconciler<D> {
                         "dataplane reconciled"
                     );
                 }
-                self.publish_outcome(&out, &memory);
+                self.publish_outcome(&out, &memory, elapsed);
                 Ok(PassReport { ops: out.ops, elapsed })
             }
             Err(e) => {
@@ -315,6 +315,7 @@ impl<D: Forwarder> Reconciler<D> {
                 self.status.send_modify(|p| {
                     let s = &mut Arc::make_mut(p).summary;
                     s.passes += 1;
+                    s.pass_micros += elapsed.as_micros() as u64;
                     s.last_error = Some(error_chain(&e));
                 });
                 Err(e)
@@ -329,10 +330,11 @@ impl<D: Forwarder> Reconciler<D> {
 
     /// Publishes a successful pass (its kernel state is in place already): what the status is
     /// built from, for what it touched or for everything.
-    fn publish_outcome(&self, out: &Outcome, memory: &Memory) {
+    fn publish_outcome(&self, out: &Outcome, memory: &Memory, elapsed: Duration) {
         self.status.send_modify(|p| {
             let p = Arc::make_mut(p);
             p.summary.passes += 1;
+            p.summary.pass_micros += elapsed.as_micros() as u64;
             p.summary.full_builds += u64::from(out.touched.is_none());
             p.summary.operations += out.ops.len() as u64;
             p.summary.last_sync = Some(OffsetDateTime::now_utc());
