@@ -1169,6 +1169,121 @@ pub struct DataplaneStatus {
     pub virtual_services: Vec<VirtualServiceStatus>,
 }
 
+/// How far back a history reaches, and so its resolution: `1h` (10-second points), `24h`
+/// (5-minute points) or `30d` (hourly points).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum HistoryRange {
+    #[default]
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "24h")]
+    Day,
+    #[serde(rename = "30d")]
+    Month,
+}
+
+/// When a history's points are: point `i` is the mean over the `step_seconds` that begin at
+/// `start + i * step_seconds`. The last point holds the time of the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryWindow {
+    pub range: HistoryRange,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub start: OffsetDateTime,
+    pub step_seconds: u32,
+    pub points: u32,
+}
+
+/// Traffic over time, one value a point; `null` where the appliance has no sample (it was
+/// down, or the counters started again).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrafficHistory {
+    pub connections_per_second: Vec<Option<f64>>,
+    pub active_connections: Vec<Option<f64>>,
+    /// Client to real server.
+    pub bytes_in_per_second: Vec<Option<f64>>,
+    pub bytes_out_per_second: Vec<Option<f64>>,
+}
+
+/// A real server's health changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthTransition {
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub time: OffsetDateTime,
+    pub from: HealthState,
+    pub to: HealthState,
+    /// The probe result that made it change.
+    pub reason: String,
+}
+
+/// One real server of a Service port, over time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RealServerHistory {
+    #[schema(value_type = String, example = "10.1.0.11")]
+    pub ip: IpAddr,
+    pub port: u16,
+    pub traffic: TrafficHistory,
+    /// Within the window, oldest first.
+    pub transitions: Vec<HealthTransition>,
+}
+
+/// One address and port of a Service, over time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PortHistory {
+    #[schema(value_type = String, example = "203.0.113.5")]
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub traffic: TrafficHistory,
+    /// Every real server it had in the window's retention, current or not.
+    pub real_servers: Vec<RealServerHistory>,
+}
+
+/// A Service's traffic and its real servers' health over time
+/// (`GET /api/v1/history/services/{cluster}/{namespace}/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceHistory {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub window: HistoryWindow,
+    pub ports: Vec<PortHistory>,
+}
+
+/// A pool's addresses over time (`GET /api/v1/history/pools/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolHistory {
+    pub name: String,
+    pub window: HistoryWindow,
+    pub allocated: Vec<Option<f64>>,
+    pub held: Vec<Option<f64>>,
+    /// Free addresses of the family that runs out first.
+    pub free: Vec<Option<f64>>,
+    /// Free addresses used up per day over the window (a least-squares fit; negative when
+    /// addresses were given back); `null` with fewer than two points.
+    pub consumed_per_day: Option<f64>,
+    /// When the pool runs out at that rate; `null` when it does not (or not within a century).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub runs_out_at: Option<OffsetDateTime>,
+}
+
+/// The appliance over time (`GET /api/v1/history/appliance`): all traffic together, the
+/// reconciler's passes, and every pool's usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApplianceHistory {
+    pub window: HistoryWindow,
+    pub traffic: TrafficHistory,
+    /// Reconcile passes in each 10 seconds (their mean over longer points).
+    pub passes: Vec<Option<f64>>,
+    /// Their mean duration.
+    pub pass_milliseconds: Vec<Option<f64>>,
+    pub virtual_services: Vec<Option<f64>>,
+    pub real_servers: Vec<Option<f64>>,
+    pub pools: Vec<PoolHistory>,
+}
+
 /// A Service's forwarding in the kernel
 /// (`GET /api/v1/clusters/{cluster}/services/{namespace}/{name}/status`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

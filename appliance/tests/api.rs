@@ -3121,3 +3121,144 @@ async fn only_operators_and_admins_set_pool_health() {
     assert_eq!(r.json["health"]["fall"], 2);
     app.stop().await;
 }
+
+// ---- history ----
+
+fn unix(v: &Value) -> i64 {
+    time::OffsetDateTime::parse(
+        v.as_str().expect("a time"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339")
+    .unix_timestamp()
+}
+
+/// The index of unix time `t` in a history answer's points.
+fn point_of(window: &Value, t: i64) -> usize {
+    let start = unix(&window["start"]);
+    let step = window["step_seconds"].as_i64().expect("step");
+    usize::try_from((t - start) / step).expect("inside the window")
+}
+
+#[tokio::test]
+async fn the_history_of_a_service_and_a_pool_reads_back_what_was_recorded_over_https() {
+    use common::WrittenHistory;
+    let app = with_pool_and_cluster().await;
+    let svc_ip = ips(&put_service(&app, "prod", "default", "web", service_spec("u1")).await)[0].clone();
+    // Tokens outlive the process: made now, used after the restart.
+    let token = app.token("history", "viewer", None).await;
+    let agent = app.token("other-agent", "agent", Some("prod")).await;
+    let data_dir = app.data_dir.clone();
+    let keep = app.stop().await;
+    let written = WrittenHistory::write(&data_dir, svc_ip.parse().expect("ip"), "public");
+    let app = TestAppliance::start_in(data_dir).await;
+    let h = get(&app, "/api/v1/history/services/prod/default/web?range=1h", &token).await;
+    assert_eq!(h.status, StatusCode::OK, "{}", h.text);
+    let w = &h.json["window"];
+    assert_eq!(
+        (w["range"].as_str(), w["step_seconds"].as_i64(), w["points"].as_i64()),
+        (Some("1h"), Some(10), Some(360))
+    );
+    let port = &h.json["ports"][0];
+    assert_eq!(
+        (port["ip"].as_str(), port["port"].as_i64()),
+        (Some(svc_ip.as_str()), Some(80))
+    );
+    let t = &port["traffic"];
+    let first = point_of(w, written.times[0]);
+    assert_eq!(
+        t["connections_per_second"][first],
+        Value::Null,
+        "no rate before a second sample"
+    );
+    for &at in &written.times[1..] {
+        let i = point_of(w, at);
+        let got: Vec<f64> = [
+            "connections_per_second",
+            "active_connections",
+            "bytes_in_per_second",
+            "bytes_out_per_second",
+        ]
+        .iter()
+        .map(|m| t[m][i].as_f64().unwrap_or_else(|| panic!("{m} at {at}: {}", t[m][i])))
+        .collect();
+        assert_eq!(got, WrittenHistory::VS, "at {at}");
+    }
+    assert_eq!(
+        t["connections_per_second"][first - 1],
+        Value::Null,
+        "before the history: a gap, not zero"
+    );
+    let rs = port["real_servers"].as_array().expect("real servers");
+    assert_eq!(rs.len(), 2);
+    for (r, (ip, rate)) in rs.iter().zip(WrittenHistory::RS) {
+        assert_eq!(r["ip"], ip);
+        assert_eq!(
+            r["traffic"]["connections_per_second"][point_of(w, written.times[5])],
+            rate
+        );
+    }
+    assert_eq!(rs[0]["transitions"], json!([]));
+    let tr = rs[1]["transitions"].as_array().expect("transitions");
+    let states: Vec<(&str, &str, &str)> = tr
+        .iter()
+        .map(|x| {
+            (
+                x["from"].as_str().expect("from"),
+                x["to"].as_str().expect("to"),
+                x["reason"].as_str().expect("reason"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("up", "down", "connect: Connection refused"), ("down", "up", "ok")]
+    );
+    assert_eq!(unix(&tr[0]["time"]), written.times[10], "when it went down");
+
+    // The day's view: 5-minute means of the same values.
+    let d = get(&app, "/api/v1/history/services/prod/default/web?range=24h", &token).await;
+    assert_eq!(d.json["window"]["step_seconds"], 300);
+    assert_eq!(d.json["window"]["points"], 288);
+    let five = &d.json["ports"][0]["traffic"]["bytes_out_per_second"];
+    assert_eq!(five[point_of(&d.json["window"], written.times[12])], 500.0);
+    let m = get(&app, "/api/v1/history/services/prod/default/web?range=30d", &token).await;
+    assert_eq!(
+        (
+            m.json["window"]["step_seconds"].as_i64(),
+            m.json["window"]["points"].as_i64()
+        ),
+        (Some(3600), Some(720))
+    );
+
+    // The pool: its counts at each sample, and the date it runs out at one address in 10 s.
+    let p = get(&app, "/api/v1/history/pools/public?range=1h", &token).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    for (i, &at) in written.times.iter().enumerate() {
+        let k = point_of(&p.json["window"], at);
+        let (allocated, free) = WrittenHistory::pool_at(i);
+        assert_eq!(
+            (p.json["allocated"][k].as_f64(), p.json["free"][k].as_f64()),
+            (Some(allocated), Some(free)),
+            "at {at}"
+        );
+    }
+    let a = get(&app, "/api/v1/history/appliance?range=1h", &token).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["pools"][0]["name"], "public");
+    assert_eq!(a.json["window"]["points"], 360);
+
+    // Wrong ranges, unknown names and the wrong token get what to fix.
+    let r = get(&app, "/api/v1/history/pools/public?range=2h", &token).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, &["2h", "1h", "24h", "30d"]);
+    let r = get(&app, "/api/v1/history/pools/public?span=1h", &token).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, &["span"]);
+    let r = get(&app, "/api/v1/history/pools/nope", &token).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, &["pool 'nope' does not exist"]);
+    let r = get(&app, "/api/v1/history/services/prod/default/nope", &token).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = get(&app, "/api/v1/history/appliance", &agent).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    app.stop().await;
+    drop(keep);
+}

@@ -232,3 +232,100 @@ fn rs_counters_of(v: &VirtualServiceStatus) -> Vec<(SocketAddr, Counters)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use edgelb_api::{BackendHealth, HealthState, Protocol, RealServerStatus, TrafficCounters};
+
+    use super::*;
+    use crate::forwarding::StatusView;
+    use crate::history::{Options, Range};
+
+    const T0: i64 = 1_800_000_000;
+
+    fn status(step: u64, second_down: bool) -> DataplaneStatus {
+        let rs = |ip: &str, n: u64, down: bool| RealServerStatus {
+            ip: ip.parse().expect("ip"),
+            port: 30080,
+            weight: 1,
+            method: "masquerade".into(),
+            active_connections: 3,
+            inactive_connections: 0,
+            counters: TrafficCounters {
+                connections: n * step,
+                bytes_in: 100 * n * step,
+                bytes_out: 0,
+                ..TrafficCounters::default()
+            },
+            health: Some(BackendHealth {
+                target: format!("tcp://{ip}:30080"),
+                state: if down { HealthState::Down } else { HealthState::Up },
+                since: time::OffsetDateTime::from_unix_timestamp(T0 + 5 * step as i64).expect("time"),
+                last_result: Some(if down { "connect: refused" } else { "ok" }.into()),
+                last_probe: None,
+                last_latency_micros: None,
+            }),
+        };
+        DataplaneStatus {
+            mode: "ipvs".into(),
+            passes: 10 + 4 * step,
+            pass_micros: 50_000 + 8_000 * step,
+            virtual_services: vec![VirtualServiceStatus {
+                ip: "203.0.113.5".parse().expect("ip"),
+                port: 80,
+                protocol: Protocol::Tcp,
+                programmed: true,
+                scheduler: Some("wlc".into()),
+                persistence_timeout_seconds: None,
+                counters: TrafficCounters {
+                    connections: 50 * step,
+                    bytes_in: 5_000 * step,
+                    bytes_out: 20_000 * step,
+                    ..TrafficCounters::default()
+                },
+                real_servers: vec![rs("10.1.0.11", 30, false), rs("10.1.0.12", 20, second_down)],
+            }],
+            ..DataplaneStatus::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sample_records_traffic_health_pools_and_passes_from_what_was_published() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).await.expect("store");
+        let spec =
+            serde_json::from_value(serde_json::json!({"name": "public", "ranges": ["198.51.100.0/28"]})).expect("spec");
+        store.create_pool("test", spec).await.expect("pool");
+        let history = History::open(&dir.path().join("history"), T0, Options::default()).expect("history");
+        let latest: Arc<Mutex<Arc<dyn StatusView>>> = Arc::new(Mutex::new(Arc::new(status(0, false))));
+        let feed = {
+            let latest = latest.clone();
+            StatusFeed::new(move || latest.lock().expect("lock").clone())
+        };
+        let mut sampler = Sampler::new(history.clone(), store, Some(feed), None);
+        sampler.sample(T0).await.expect("sample");
+        *latest.lock().expect("lock") = Arc::new(status(1, true));
+        sampler.sample(T0 + 10).await.expect("sample");
+
+        let vs = VsKey::new("203.0.113.5".parse().expect("ip"), 80, Protocol::Tcp);
+        let read = |key: SeriesKey| {
+            let s = history.series(&key, Range::Hour, T0 + 10).expect("read");
+            s.points[s.points.len() - 1]
+        };
+        assert_eq!(read(SeriesKey::Service(vs)), [5.0, 6.0, 500.0, 2000.0]);
+        assert_eq!(read(SeriesKey::Totals), [5.0, 6.0, 500.0, 2000.0]);
+        let rs2 = SocketAddr::new("10.1.0.12".parse().expect("ip"), 30080);
+        assert_eq!(read(SeriesKey::RealServer(vs, rs2)), [2.0, 3.0, 200.0, 0.0]);
+        // Four passes of 2 ms each since the sample before; one virtual service, two real servers.
+        assert_eq!(read(SeriesKey::Appliance), [4.0, 2.0, 1.0, 2.0]);
+        assert_eq!(read(SeriesKey::Pool("public".into())), [0.0, 0.0, 16.0, 0.0]);
+        let t = history.transitions(&[vs], T0).expect("transitions");
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            (t[0].real_server, t[0].from, t[0].to, t[0].time, t[0].reason.as_str()),
+            (rs2, HealthState::Up, HealthState::Down, T0 + 5, "connect: refused")
+        );
+    }
+}

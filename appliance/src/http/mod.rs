@@ -6,6 +6,7 @@ mod api;
 mod auth;
 pub mod console;
 pub mod error;
+mod history;
 mod metrics;
 mod openapi;
 mod status;
@@ -89,6 +90,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api::routes())
         .merge(openapi::routes())
         .merge(status::routes())
+        .merge(history::routes())
         .merge(console::routes(state.clone()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::AppState;
-use super::{api, status};
+use super::{api, history, status};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,7 @@ use super::{api, status};
         api::list_users, api::create_user, api::get_user, api::patch_user, api::delete_user,
         api::list_audit,
         status::service_status,
+        history::appliance_history, history::pool_history, history::service_history,
     ),
     modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),

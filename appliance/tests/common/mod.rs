@@ -284,3 +284,68 @@ pub fn promtool_check_metrics(scrape: &str) {
         "promtool check metrics: {said}\n{scrape}"
     );
 }
+
+/// History written through the appliance's own time-series code, for tests that read it back
+/// through the API and the console: 25 samples 10 s apart, ending about a minute ago, of
+/// `vip`:80/TCP and its real servers 10.1.0.11:30080 and 10.1.0.12:30080 (the second down for
+/// samples 10 to 14), and of pool `pool`.
+pub struct WrittenHistory {
+    /// The samples' times (unix seconds).
+    pub times: Vec<i64>,
+}
+
+impl WrittenHistory {
+    /// Connections per second of the virtual service, active connections, bytes per second in
+    /// and out, from the second sample on.
+    pub const VS: [f64; 4] = [2.0, 7.0, 100.0, 500.0];
+    pub const RS: [(&'static str, f64); 2] = [("10.1.0.11", 1.2), ("10.1.0.12", 0.8)];
+    /// Pool `allocated` at sample i is `1 + i`, `free` is `250 - i`.
+    pub fn pool_at(i: usize) -> (f64, f64) {
+        (1.0 + i as f64, 250.0 - i as f64)
+    }
+
+    pub fn write(data_dir: &std::path::Path, vip: std::net::IpAddr, pool: &str) -> WrittenHistory {
+        use edgelb::forwarding::VsKey;
+        use edgelb::history::{History, Options, STEP, Sample, SeriesKey};
+        use edgelb_api::HealthState;
+        let now = edgelb::history::sampler::unix_now();
+        let t0 = now - now.rem_euclid(STEP) - 300;
+        let h = History::open(&data_dir.join("history"), now, Options::default()).expect("history");
+        let vs = VsKey::new(vip, 80, edgelb_api::Protocol::Tcp);
+        let mut times = Vec::new();
+        for i in 0..25u64 {
+            let t = t0 + i as i64 * STEP;
+            times.push(t);
+            let mut samples = vec![
+                Sample {
+                    key: SeriesKey::Service(vs),
+                    values: [f32::NAN, 7.0, f32::NAN, f32::NAN],
+                    counters: Some([20 * i, 1000 * i, 5000 * i]),
+                    health: None,
+                },
+                Sample {
+                    key: SeriesKey::Pool(pool.to_owned()),
+                    values: [1.0 + i as f32, 0.0, 250.0 - i as f32, 0.0],
+                    counters: None,
+                    health: None,
+                },
+            ];
+            for (n, (ip, rate)) in Self::RS.iter().enumerate() {
+                let down = n == 1 && (10..15).contains(&i);
+                samples.push(Sample {
+                    key: SeriesKey::RealServer(vs, SocketAddr::new(ip.parse().expect("ip"), 30080)),
+                    values: [f32::NAN, 3.0 + n as f32, f32::NAN, f32::NAN],
+                    counters: Some([(rate * 10.0) as u64 * i, 0, 0]),
+                    health: Some((
+                        if down { HealthState::Down } else { HealthState::Up },
+                        t,
+                        if down { "connect: Connection refused" } else { "ok" },
+                    )),
+                });
+            }
+            h.record(t, samples).expect("record");
+        }
+        h.flush().expect("flush");
+        WrittenHistory { times }
+    }
+}
