@@ -140,6 +140,100 @@ async fn fill(app: &TestAppliance) {
     app.token("grafana-readonly", "viewer", None).await;
 }
 
+/// A day of made-up but plausible history for `vip`:80 (the shop's frontend) and its three
+/// nodes, written through the appliance's own time-series code: traffic that follows the time
+/// of day, a node down for twenty minutes three hours ago, and pool `public` filling up.
+fn synthetic_history(data_dir: &std::path::Path, vip: std::net::IpAddr, allocated_now: f32) {
+    use edgelb::forwarding::VsKey;
+    use edgelb::history::{History, Options, STEP, Sample, SeriesKey};
+    use edgelb_api::HealthState;
+    let now = edgelb::history::sampler::unix_now();
+    let start = now - now.rem_euclid(STEP) - 26 * 3600;
+    let h = History::open(&data_dir.join("history"), start, Options::default()).expect("history");
+    let vs = VsKey::new(vip, 80, edgelb_api::Protocol::Tcp);
+    let nodes: Vec<std::net::SocketAddr> = (11..=13)
+        .map(|i| format!("192.168.10.{i}:30080").parse().expect("addr"))
+        .collect();
+    let mut conns = [0u64; 3];
+    let mut bytes = [0u64; 3];
+    let mut t = start;
+    while t < now - 20 {
+        let day = (t % 86_400) as f64 / 86_400.0;
+        let wobble = ((t / 10) % 7) as f64 / 7.0;
+        let rate = 35.0 + 25.0 * (2.0 * std::f64::consts::PI * (day - 0.35)).sin() + 4.0 * wobble;
+        let down = (now - 3 * 3600..now - 3 * 3600 + 1200).contains(&t);
+        let mut samples = Vec::new();
+        let mut vs_c = [0u64; 3];
+        for (n, a) in nodes.iter().enumerate() {
+            let share = if n == 1 && down {
+                0.0
+            } else if down {
+                0.5
+            } else {
+                1.0 / 3.0
+            };
+            conns[n] += (rate * share * 10.0) as u64;
+            bytes[n] += (rate * share * 10.0 * 9_000.0) as u64;
+            samples.push(Sample {
+                key: SeriesKey::RealServer(vs, *a),
+                values: [f32::NAN, (rate * share * 4.0) as f32, f32::NAN, f32::NAN],
+                counters: Some([conns[n], bytes[n] / 12, bytes[n]]),
+                health: Some((
+                    if n == 1 && down {
+                        HealthState::Down
+                    } else {
+                        HealthState::Up
+                    },
+                    if n == 1 && t >= now - 3 * 3600 + 1200 {
+                        now - 3 * 3600 + 1200
+                    } else if n == 1 && down {
+                        now - 3 * 3600
+                    } else {
+                        start
+                    },
+                    if n == 1 && down {
+                        "connect: Connection refused"
+                    } else {
+                        "ok"
+                    },
+                )),
+            });
+            vs_c[0] += conns[n];
+            vs_c[1] += bytes[n] / 12;
+            vs_c[2] += bytes[n];
+        }
+        samples.push(Sample {
+            key: SeriesKey::Service(vs),
+            values: [f32::NAN, (rate * 4.0) as f32, f32::NAN, f32::NAN],
+            counters: Some(vs_c),
+            health: None,
+        });
+        samples.push(Sample {
+            key: SeriesKey::Totals,
+            values: [f32::NAN, (rate * 4.0) as f32, f32::NAN, f32::NAN],
+            counters: Some(vs_c),
+            health: None,
+        });
+        samples.push(Sample {
+            key: SeriesKey::Appliance,
+            values: [1.0 + wobble.round() as f32, 0.8 + wobble as f32, 10.0, 30.0],
+            counters: None,
+            health: None,
+        });
+        let filled = (t - start) as f32 / (now - start) as f32;
+        let allocated = (2.0 + (allocated_now - 2.0) * filled).round();
+        samples.push(Sample {
+            key: SeriesKey::Pool("public".into()),
+            values: [allocated, 1.0, 85.0 - allocated - 1.0, 0.0],
+            counters: None,
+            health: None,
+        });
+        h.record(t, samples).expect("record");
+        t += STEP;
+    }
+    h.flush().expect("flush");
+}
+
 /// Saves the whole page (the window grows to the page's height).
 async fn shot(b: &Browser, name: &str, width: u32) {
     b.client.set_window_size(width, 900).await.expect("resize");
@@ -161,8 +255,25 @@ async fn shot(b: &Browser, name: &str, width: u32) {
 #[tokio::main]
 async fn main() {
     std::fs::create_dir_all(out_dir()).expect("docs/screenshots");
-    let app = TestAppliance::start().await;
-    fill(&app).await;
+    let first = TestAppliance::start().await;
+    fill(&first).await;
+    // A day of history for the graphs, written while the appliance is down, then served.
+    let (_, frontend) = first
+        .get("/api/v1/clusters/prod/services/shop/frontend", &first.admin)
+        .await;
+    let vip = frontend["ips"][0].as_str().expect("ip").parse().expect("ip");
+    let (_, public) = first.get("/api/v1/pools/public", &first.admin).await;
+    let allocated = public["usage"]["allocated"].as_f64().expect("allocated") as f32;
+    let (admin, admin_password, data_dir) = (
+        first.admin.clone(),
+        first.admin_password.clone(),
+        first.data_dir.clone(),
+    );
+    let keep = first.stop().await;
+    synthetic_history(&data_dir, vip, allocated);
+    let mut app = TestAppliance::start_in(data_dir).await;
+    app.admin = admin;
+    app.admin_password = admin_password;
     let base = app.url.clone();
     let b = Browser::start(1280, 900).await;
 
@@ -185,6 +296,8 @@ async fn main() {
         ("dashboard", "/"),
         ("pools", "/pools"),
         ("pool-detail", "/pools/lab"),
+        ("pool-history", "/pools/public?range=24h"),
+        ("service-history", "/services/prod/shop/frontend?range=24h"),
         ("pool-new", "/pools/new"),
         ("pool-edit", "/pools/public/edit"),
         ("allocations", "/allocations"),
@@ -244,4 +357,5 @@ async fn main() {
 
     b.close().await;
     app.stop().await;
+    drop(keep);
 }

@@ -396,6 +396,131 @@ async fn the_history_of_a_reused_address_lists_both_holders_in_order() {
     app.stop().await;
 }
 
+/// The API's value of `column` at unix time `t`, as the console's tables print it.
+fn api_at(window: &serde_json::Value, column: &serde_json::Value, t: i64) -> String {
+    let start = time::OffsetDateTime::parse(
+        window["start"].as_str().expect("start"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339")
+    .unix_timestamp();
+    let i = usize::try_from((t - start) / window["step_seconds"].as_i64().expect("step")).expect("in the window");
+    let v = column[i]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no value at {t}: {}", column[i]));
+    format!("{v}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphs_draw_the_recorded_history_switch_ranges_and_match_the_api() {
+    use common::WrittenHistory;
+    let app = TestAppliance::start().await;
+    app.pool("public", &["203.0.113.0/26"]).await;
+    app.cluster("prod").await;
+    let (s, v) = app
+        .put(
+            "/api/v1/clusters/prod/services/default/web",
+            &app.admin,
+            service_spec("u1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ip: std::net::IpAddr = v["ips"][0].as_str().expect("ip").parse().expect("ip");
+    let (token, password) = (app.admin.clone(), app.admin_password.clone());
+    let data_dir = app.data_dir.clone();
+    let keep = app.stop().await;
+    // Recorded through the appliance's own time-series code, then served by a new start.
+    let written = WrittenHistory::write(&data_dir, ip, "public");
+    let app = TestAppliance::start_in(data_dir).await;
+    let base = app.url.clone();
+    let b = Browser::start(1280, 1000).await;
+    b.login(&base, "admin", &password).await;
+
+    // From the Services list to the Service's page: per port and per real server.
+    b.goto(&format!("{base}/services")).await;
+    b.click("a[href='/services/prod/default/web']").await;
+    assert_eq!(b.text("h1").await, "Service default/web");
+    let chart = "#chart-0-connections";
+    assert_eq!(
+        b.find(chart).await.attr("data-step").await.expect("attr").as_deref(),
+        Some("10")
+    );
+    assert!(b.has(&format!("{chart} polyline.s0")).await, "the port's line is drawn");
+    assert!(
+        b.has(&format!("{chart} polyline.s2")).await,
+        "and its second real server's"
+    );
+    // The second real server went down at sample 10 and came back at 15: both marked.
+    assert_eq!(b.texts(&format!("{chart} .marks .badge")).await, ["down", "up"]);
+    let (_, api) = app
+        .get("/api/v1/history/services/prod/default/web?range=1h", &token)
+        .await;
+    let port = &api["ports"][0];
+    b.click_in_place(&format!("{chart} summary")).await;
+    for &t in &written.times[1..] {
+        let row = b.texts(&format!("{chart}-table tr[data-time='{t}'] td")).await;
+        let want: Vec<String> = std::iter::once(api_at(&api["window"], &port["traffic"]["connections_per_second"], t))
+            .chain(
+                port["real_servers"]
+                    .as_array()
+                    .expect("real servers")
+                    .iter()
+                    .map(|r| api_at(&api["window"], &r["traffic"]["connections_per_second"], t)),
+            )
+            .collect();
+        assert_eq!(row[1..], want[..], "at {t}");
+        assert_eq!(want, ["2", "1.2", "0.8"], "what was recorded");
+    }
+
+    // The ranges switch: 5-minute means over 24 hours, hourly over 30 days.
+    b.click("a[data-range='24h']").await;
+    assert!(b.path().await.ends_with("?range=24h"));
+    assert_eq!(
+        b.find(chart).await.attr("data-step").await.expect("attr").as_deref(),
+        Some("300")
+    );
+    assert_eq!(
+        b.find(chart).await.attr("data-points").await.expect("attr").as_deref(),
+        Some("288")
+    );
+    let (_, day) = app
+        .get("/api/v1/history/services/prod/default/web?range=24h", &token)
+        .await;
+    let bytes = "#chart-0-bytes";
+    b.click_in_place(&format!("{bytes} summary")).await;
+    let rows = b.texts(&format!("{bytes}-table tbody tr td:nth-child(3)")).await;
+    assert!(rows.contains(&"500".to_owned()), "bytes out per second: {rows:?}");
+    let five = api_at(
+        &day["window"],
+        &day["ports"][0]["traffic"]["bytes_out_per_second"],
+        written.times[12],
+    );
+    assert!(rows.contains(&five), "{five} in {rows:?}");
+    b.click("a[data-range='30d']").await;
+    assert_eq!(
+        b.find(chart).await.attr("data-step").await.expect("attr").as_deref(),
+        Some("3600")
+    );
+    assert_eq!(b.find("a.current").await.text().await.expect("text"), "30d");
+
+    // The dashboard: pools over time, and the pool's page: its usage and run-out date.
+    b.goto(&format!("{base}/")).await;
+    let (_, whole) = app.get("/api/v1/history/appliance?range=1h", &token).await;
+    b.click_in_place("#chart-pools summary").await;
+    let t = written.times[3];
+    let row = b.texts(&format!("#chart-pools-table tr[data-time='{t}'] td")).await;
+    assert_eq!(row[1], api_at(&whole["window"], &whole["pools"][0]["allocated"], t));
+    assert_eq!(row[1], "4", "allocated at sample 3");
+    assert!(b.has("#chart-connections").await && b.has("#chart-passes").await);
+    b.goto(&format!("{base}/pools/public")).await;
+    let run_out = b.text("#run-out").await;
+    assert!(run_out.contains("runs out around"), "{run_out}");
+    assert!(b.has("#chart-pool polyline.s0").await);
+    b.close().await;
+    app.stop().await;
+    drop(keep);
+}
+
 /// Without a browser: the console pages carry a strict CSP, and a POST without a session is
 /// refused before any handler runs.
 #[tokio::test]

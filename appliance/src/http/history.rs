@@ -192,7 +192,7 @@ pub async fn appliance(s: &AppState, range: HistoryRange) -> Result<ApplianceHis
     .await
 }
 
-fn pool_of(history: &History, name: String, range: HistoryRange, now: i64) -> std::io::Result<PoolHistory> {
+pub fn pool_of(history: &History, name: String, range: HistoryRange, now: i64) -> std::io::Result<PoolHistory> {
     let s = history.series(&SeriesKey::Pool(name.clone()), range_of(range), now)?;
     let free = column(&s, 2);
     let slope = fit(&s, 2);

@@ -176,6 +176,11 @@ impl Browser {
         panic!("clicking {css} on {} loaded no new page", self.path().await);
     }
 
+    /// Clicks something that changes the page in place (a `<details>` summary).
+    pub async fn click_in_place(&self, css: &str) {
+        self.find(css).await.click().await.expect("click");
+    }
+
     pub async fn value(&self, css: &str) -> String {
         self.find(css)
             .await

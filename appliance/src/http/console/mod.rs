@@ -7,7 +7,9 @@
 //! bearer token: the API stays bearer-only, the console session-only.
 
 mod assets;
+mod chart;
 mod forms;
+mod graphs;
 mod guard;
 mod pages;
 mod session;
@@ -51,6 +53,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/allocations", get(pages::allocations))
         .route("/services", get(pages::services))
+        .route("/services/{cluster}/{namespace}/{name}", get(graphs::service))
         .route("/clusters", get(pages::clusters))
         .route("/tokens", get(forms::tokens).post(forms::create_token))
         .route("/tokens/{id}/revoke", post(forms::revoke_token))

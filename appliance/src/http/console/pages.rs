@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use edgelb_api::{AllocationState, Node};
 
+use super::graphs::{self, RangeNav, RangeQuery};
 use super::view::{
     AllocationQuery, AllocationRow, AllocationsPage, AuditPage, AuditQuery, AuditRow, ClusterRow, ClustersPage,
     DashboardPage, DataplaneView, HistoryPage, HistoryQuery, HistoryRow, Layout, PoolPage, PoolRow, PoolsPage,
@@ -32,7 +33,10 @@ pub async fn dashboard(
     State(s): State<AppState>,
     Extension(console): Extension<Arc<Console>>,
     user: ConsoleUser,
+    Query(range): Query<RangeQuery>,
 ) -> PageResult {
+    let r = range.range();
+    let charts = graphs::dashboard(&s, r).await?;
     let pools = s.store.list_pools().await?;
     let clusters = s.store.list_clusters().await?;
     let services = s.store.count_services().await?;
@@ -46,6 +50,8 @@ pub async fn dashboard(
     let flash = console.take_flash(&user);
     Ok(DashboardPage {
         l: Layout::new(&user, "dashboard", "Dashboard", &flash),
+        charts,
+        ranges: RangeNav::new("/", r),
         vips: pools.iter().map(|p| p.usage.allocated).sum(),
         held: pools.iter().map(|p| p.usage.held).sum(),
         pools: pools.iter().map(PoolRow::of).collect(),
@@ -76,8 +82,11 @@ pub async fn pool(
     Extension(console): Extension<Arc<Console>>,
     user: ConsoleUser,
     Path(name): Path<String>,
+    Query(range): Query<RangeQuery>,
 ) -> PageResult {
     let pool = s.store.get_pool(&name).await?;
+    let r = range.range();
+    let chart = graphs::pool(&s, &name, r).await?;
     let page = s
         .store
         .list_allocations(&AllocationFilter {
@@ -90,6 +99,8 @@ pub async fn pool(
     let flash = console.take_flash(&user);
     Ok(PoolPage {
         l: Layout::new(&user, "pools", format!("Pool {name}"), &flash),
+        ranges: RangeNav::new(&format!("/pools/{name}"), r),
+        chart,
         pool: PoolRow::of(&pool),
         created: time(pool.created_at),
         updated: time(pool.updated_at),

@@ -12,6 +12,7 @@ use edgelb_api::{Pool, PoolSpec};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
+pub use super::graphs::RangeNav;
 use super::{ConsoleUser, Flash};
 use crate::forwarding::{Capabilities, VsKey};
 use crate::http::error::{MAX_FIELD_ERRORS, bounded};
@@ -285,6 +286,9 @@ impl AuditRow {
 #[template(path = "dashboard.html")]
 pub struct DashboardPage {
     pub l: Layout,
+    /// Rendered SVG graphs (empty without a history).
+    pub charts: Vec<String>,
+    pub ranges: RangeNav,
     pub pools: Vec<PoolRow>,
     pub clusters: usize,
     pub services: u64,
@@ -346,6 +350,9 @@ impl AllocationRow {
 #[template(path = "pool.html")]
 pub struct PoolPage {
     pub l: Layout,
+    /// Its usage over time, and when it runs out, in words.
+    pub chart: Option<(String, String)>,
+    pub ranges: RangeNav,
     pub pool: PoolRow,
     pub spec: PoolSpec,
     pub created: String,
@@ -353,6 +360,21 @@ pub struct PoolPage {
     pub allocations: Vec<AllocationRow>,
     pub held: Vec<AllocationRow>,
     pub more: bool,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "service.html")]
+pub struct ServicePage {
+    pub l: Layout,
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<String>,
+    pub pool: String,
+    pub has_history: bool,
+    pub ranges: RangeNav,
+    /// Per address and port: its title and rendered graphs.
+    pub sections: Vec<(String, Vec<String>)>,
 }
 
 /// Errors of a form, by field; messages not tied to a field go under `""`.
