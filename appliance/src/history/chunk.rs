@@ -78,30 +78,59 @@ fn invalid(what: &str) -> std::io::Error {
 /// appears under `path` only once complete.
 pub fn write<'a>(
     path: &Path,
-    mut header: Header,
+    header: Header,
     entries: impl Iterator<Item = (u32, &'a [Values])>,
 ) -> std::io::Result<u64> {
-    let tmp = path.with_extension("tmp");
-    let file = File::create(&tmp)?;
-    let mut w = BufWriter::with_capacity(1 << 16, file);
-    w.write_all(&[0u8; HEADER as usize])?;
-    let mut count = 0u32;
+    let mut w = Writer::create(path, header)?;
     for (id, values) in entries {
-        debug_assert_eq!(values.len(), usize::from(header.slots));
-        w.write_all(&id.to_le_bytes())?;
+        w.push(id, values)?;
+    }
+    w.finish()
+}
+
+/// A chunk being written, entry by entry (a rollup streams its merge into one).
+#[derive(Debug)]
+pub struct Writer {
+    w: BufWriter<File>,
+    header: Header,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl Writer {
+    pub fn create(path: &Path, header: Header) -> std::io::Result<Writer> {
+        let tmp = path.with_extension("tmp");
+        let mut w = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        w.write_all(&[0u8; HEADER as usize])?;
+        Ok(Writer {
+            w,
+            header: Header { count: 0, ..header },
+            tmp,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Adds the next entry (ids increase).
+    pub fn push(&mut self, id: u32, values: &[Values]) -> std::io::Result<()> {
+        debug_assert_eq!(values.len(), usize::from(self.header.slots));
+        self.w.write_all(&id.to_le_bytes())?;
         for v in values {
             for x in v {
-                w.write_all(&x.to_le_bytes())?;
+                self.w.write_all(&x.to_le_bytes())?;
             }
         }
-        count += 1;
+        self.header.count += 1;
+        Ok(())
     }
-    header.count = count;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.write_all_at(&header.encode(), 0)?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    Ok(HEADER + u64::from(count) * header.entry_size())
+
+    /// Completes the file and puts it in place; returns its size.
+    pub fn finish(self) -> std::io::Result<u64> {
+        let file = self.w.into_inner().map_err(|e| e.into_error())?;
+        file.write_all_at(&self.header.encode(), 0)?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path)?;
+        Ok(HEADER + u64::from(self.header.count) * self.header.entry_size())
+    }
 }
 
 /// A chunk opened for lookups.

@@ -228,8 +228,6 @@ struct Inner {
     prev: Vec<[u64; 3]>,
     health: Vec<u8>,
     free: Vec<u32>,
-    /// The real servers each virtual service has had.
-    rs_of: HashMap<VsKey, Vec<SocketAddr>>,
     /// Names not yet in `history/series`.
     unsaved: Vec<(u32, SeriesKey)>,
     transitions: Vec<Transition>,
@@ -309,7 +307,6 @@ impl History {
             prev: Vec::new(),
             health: Vec::new(),
             free: Vec::new(),
-            rs_of: HashMap::new(),
             unsaved: Vec::new(),
             transitions: Vec::new(),
             open_start: i64::MIN,
@@ -437,7 +434,9 @@ impl History {
                 .append(true)
                 .open(self.dir.join("series"))?;
             let mut text = String::new();
-            for (id, key) in inner.unsaved.drain(..) {
+            // Taken, not drained: the first minute names every series, and its room is not
+            // kept for the next ones.
+            for (id, key) in std::mem::take(&mut inner.unsaved) {
                 text.push_str(&format!("{id} {} {key}\n", inner.last_seen[id as usize]));
             }
             f.write_all(text.as_bytes())?;
@@ -543,7 +542,14 @@ impl History {
                 present |= 1 << i;
             }
         }
-        let mut out: Vec<(u32, Vec<Values>)> = Vec::new();
+        let header = Header {
+            step: COARSE_STEP as u32,
+            slots: COARSE_SLOTS as u16,
+            present,
+            start: hour,
+            count: 0,
+        };
+        let mut out = chunk::Writer::create(&coarse_path(&self.dir, hour), header)?;
         while let Some(id) = sources.iter().filter_map(|s| s.2.as_ref().map(|h| h.0)).min() {
             let mut sum = [[0f64; METRICS]; COARSE_SLOTS];
             let mut nan = [[0u32; METRICS]; COARSE_SLOTS];
@@ -553,6 +559,10 @@ impl History {
                 }
                 let (_, values) = head.take().expect("checked");
                 for (s, v) in values.iter().enumerate() {
+                    // An unsampled slot is NaN here and not in `sampled` either: skip it.
+                    if !entries.header.sampled(s) {
+                        continue;
+                    }
                     let c = (*base + s) / PER_COARSE;
                     for m in 0..METRICS {
                         if v[m].is_nan() {
@@ -567,7 +577,6 @@ impl History {
             let row: Vec<Values> = (0..COARSE_SLOTS)
                 .map(|c| {
                     std::array::from_fn(|m| {
-                        // An unsampled fine slot is NaN in the chunk too: not counted either way.
                         let n = sampled[c].saturating_sub(nan[c][m]);
                         if n == 0 {
                             f32::NAN
@@ -578,21 +587,10 @@ impl History {
                 })
                 .collect();
             if !is_zero(&row) {
-                out.push((id, row));
+                out.push(id, &row)?;
             }
         }
-        let header = Header {
-            step: COARSE_STEP as u32,
-            slots: COARSE_SLOTS as u16,
-            present,
-            start: hour,
-            count: 0,
-        };
-        let written = chunk::write(
-            &coarse_path(&self.dir, hour),
-            header,
-            out.iter().map(|(id, v)| (*id, v.as_slice())),
-        )?;
+        let written = out.finish()?;
         let mut inner = self.lock();
         inner.stats.bytes_written += written;
         inner.stats.chunks_written += 1;
@@ -651,7 +649,7 @@ impl History {
             let mut hour = floor(start, COARSE_SPAN);
             let mut five: Vec<(i64, Values)> = Vec::new();
             while hour < start + n * step {
-                let slots = self.coarse_slots(id, hour, &open)?;
+                let slots = self.coarse_slots(id, hour, now, &open)?;
                 five.extend(
                     slots
                         .iter()
@@ -701,7 +699,13 @@ impl History {
 
     /// The twelve 5-minute values of the hour from `hour`: its coarse chunk, or, for an hour
     /// not rolled up yet, the means of its fine chunks.
-    fn coarse_slots(&self, id: Option<u32>, hour: i64, open: &Open) -> std::io::Result<[Values; COARSE_SLOTS]> {
+    fn coarse_slots(
+        &self,
+        id: Option<u32>,
+        hour: i64,
+        now: i64,
+        open: &Open,
+    ) -> std::io::Result<[Values; COARSE_SLOTS]> {
         let mut out = [NO_DATA; COARSE_SLOTS];
         if let Some(c) = Chunk::open(&coarse_path(&self.dir, hour))? {
             let found = match id {
@@ -715,6 +719,10 @@ impl History {
             }
             return Ok(out);
         }
+        // Not rolled up, and its fine chunks gone too (or never there): no data.
+        if hour + COARSE_SPAN <= now - FINE_KEEP - FINE_SPAN {
+            return Ok(out);
+        }
         let per = (COARSE_STEP / FINE_SPAN) as usize;
         let mut fine = Vec::with_capacity(COARSE_SPAN as usize / STEP as usize);
         for m in 0..(COARSE_SPAN / FINE_SPAN) {
@@ -726,9 +734,18 @@ impl History {
         Ok(out)
     }
 
-    /// The real servers virtual service `vs` has had in the history.
+    /// The real servers virtual service `vs` has had in the history (a scan of the names: a
+    /// millisecond at 100,000 series, and no index to keep in memory).
     pub fn real_servers_of(&self, vs: VsKey) -> Vec<SocketAddr> {
-        let mut v = self.lock().rs_of.get(&vs).cloned().unwrap_or_default();
+        let mut v: Vec<SocketAddr> = self
+            .lock()
+            .ids
+            .keys()
+            .filter_map(|k| match k {
+                SeriesKey::RealServer(k, a) if *k == vs => Some(*a),
+                _ => None,
+            })
+            .collect();
         v.sort();
         v
     }
@@ -772,9 +789,6 @@ struct Open {
 
 impl Inner {
     fn index(&mut self, id: u32, key: SeriesKey) {
-        if let SeriesKey::RealServer(vs, rs) = &key {
-            self.rs_of.entry(*vs).or_default().push(*rs);
-        }
         self.ids.insert(key, id);
     }
 

@@ -278,3 +278,22 @@ fn series_names_round_trip() {
         "protocols are upper case"
     );
 }
+
+#[test]
+fn a_rollup_averages_over_the_sampled_slots_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = open(dir.path(), T0);
+    let key = SeriesKey::Totals;
+    // The first 5 minutes: only the first three slots of each minute sampled, each 6.0;
+    // then one sample in the next hour, to roll this one up.
+    for m in 0..5 {
+        for s in 0..3 {
+            h.record(T0 + m * 60 + s * STEP, [gauge(key.clone(), 6.0)])
+                .expect("record");
+        }
+    }
+    h.record(T0 + 3600, [gauge(key.clone(), 1.0)]).expect("record");
+    assert!(coarse_path(dir.path(), T0).exists());
+    let day = h.series(&key, Range::Day, T0 + 3600).expect("read");
+    assert_eq!(at(&day, T0), [6.0, 12.0, 0.0, 0.0]);
+}
