@@ -3259,6 +3259,10 @@ async fn the_history_of_a_service_and_a_pool_reads_back_what_was_recorded_over_h
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = get(&app, "/api/v1/history/appliance", &agent).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The history's size on /metrics: the port, its two real servers and the pool.
+    let m = get(&app, "/metrics", "").await;
+    assert!(m.text.contains("edgelb_history_series 4\n"), "{}", m.text);
+    assert!(m.text.contains("edgelb_history_written_bytes_total "), "{}", m.text);
     app.stop().await;
     drop(keep);
 }

@@ -191,6 +191,7 @@ pub struct Metrics {
     capacity: CapacityGauges,
     services: Gauge,
     dataplane: Arc<RwLock<StatusFeed>>,
+    history: Arc<RwLock<Option<crate::history::History>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -228,6 +229,8 @@ impl Metrics {
         let rx = StatusFeed::fixed(Arc::new(edgelb_api::DataplaneStatus::default()));
         let dataplane = Arc::new(RwLock::new(rx));
         registry.register_collector(Box::new(DataplaneCollector(dataplane.clone())));
+        let history = Arc::new(RwLock::new(None));
+        registry.register_collector(Box::new(HistoryCollector(history.clone())));
         Metrics {
             registry,
             requests,
@@ -237,7 +240,13 @@ impl Metrics {
             capacity,
             services,
             dataplane,
+            history,
         }
+    }
+
+    /// Reports the history's size and writes from now on.
+    pub fn set_history(&self, history: crate::history::History) {
+        *self.history.write().unwrap_or_else(|e| e.into_inner()) = Some(history);
     }
 
     /// Reads IPVS counters from the data plane's published status from now on.
@@ -284,6 +293,41 @@ const COUNTERS: [(&str, &str, CounterOf); 5] = [
     ("bytes_out", "Bytes to clients", |c| c.bytes_out),
 ];
 
+/// The history's size and what it wrote, read at each scrape.
+#[derive(Debug)]
+struct HistoryCollector(Arc<RwLock<Option<crate::history::History>>>);
+
+impl Collector for HistoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(h) = self.0.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Ok(());
+        };
+        let st = h.stats();
+        let series = ConstGauge::new(i64::try_from(st.series).unwrap_or(i64::MAX));
+        series.encode(encoder.encode_descriptor(
+            "history_series",
+            "Time series the appliance keeps",
+            None,
+            series.metric_type(),
+        )?)?;
+        let written = ConstCounter::new(st.bytes_written);
+        written.encode(encoder.encode_descriptor(
+            "history_written_bytes",
+            "Bytes of history chunks written",
+            None,
+            written.metric_type(),
+        )?)?;
+        let dropped = ConstCounter::new(st.over_cap);
+        dropped.encode(encoder.encode_descriptor(
+            "history_dropped_samples",
+            "Samples not kept because the history holds its maximum number of series",
+            None,
+            dropped.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let published = self.0.read().unwrap_or_else(|e| e.into_inner()).latest();
@@ -305,6 +349,13 @@ impl Collector for DataplaneCollector {
             "Reconcile passes",
             None,
             passes.metric_type(),
+        )?)?;
+        let busy = ConstCounter::new(status.pass_micros as f64 / 1e6);
+        busy.encode(encoder.encode_descriptor(
+            "dataplane_pass_seconds",
+            "Time spent in reconcile passes",
+            None,
+            busy.metric_type(),
         )?)?;
         let builds = ConstCounter::new(status.full_builds);
         builds.encode(encoder.encode_descriptor(

@@ -72,6 +72,7 @@ impl AppState {
 
     /// Serves graphs and the history API from `history`.
     pub fn with_history(mut self, history: History) -> AppState {
+        self.metrics.set_history(history.clone());
         self.history = Some(history);
         self
     }
