@@ -1,5 +1,6 @@
 //! Server time of every console page with 50 pools and 10,000 allocations (10,000 Services in
-//! 4 clusters of 25 nodes, a few hundred audit entries): the router is driven in-process (no
+//! 4 clusters of 25 nodes, a few hundred audit entries, and 25 hours of history for the pools
+//! and one Service with 25 real servers): the router is driven in-process (no
 //! TLS, no socket), so the numbers are the handler + store + template time a browser waits for.
 //!
 //! Run: `cargo run --release -p edgelb --example console_bench` — prints a Markdown table and
@@ -92,6 +93,49 @@ async fn fill(store: &Store) {
     eprintln!("filled {SERVICES} services in {:.1?}", started.elapsed());
 }
 
+/// A day and an hour of history, every 10 s, for every pool and for one Service's port with 25
+/// real servers, written through the history code: the dashboard, pool and Service pages then
+/// draw full graphs.
+fn fill_history(dir: &std::path::Path, vip: std::net::IpAddr) -> edgelb::history::History {
+    use edgelb::forwarding::VsKey;
+    use edgelb::history::{History, Options, STEP, Sample, SeriesKey};
+    let now = edgelb::history::sampler::unix_now();
+    let start = now - now.rem_euclid(STEP) - 25 * 3600;
+    let h = History::open(dir, start, Options::default()).expect("history");
+    let vs = VsKey::new(vip, 80, Protocol::Tcp);
+    let mut t = start;
+    while t < now - 10 {
+        let n = ((t - start) / STEP) as u64;
+        let mut samples: Vec<Sample> = (0..POOLS)
+            .map(|p| Sample {
+                key: SeriesKey::Pool(format!("pool-{p:02}")),
+                values: [(n % 200) as f32, 3.0, 50.0, 0.0],
+                counters: None,
+                health: None,
+            })
+            .collect();
+        for key in [SeriesKey::Service(vs), SeriesKey::Totals] {
+            samples.push(Sample {
+                key,
+                values: [f32::NAN, 100.0, f32::NAN, f32::NAN],
+                counters: Some([50 * n, 40_000 * n, 400_000 * n]),
+                health: None,
+            });
+        }
+        for r in 0..25u8 {
+            samples.push(Sample {
+                key: SeriesKey::RealServer(vs, std::net::SocketAddr::new([192, 168, 1, 10 + r].into(), 30001)),
+                values: [f32::NAN, 4.0, f32::NAN, f32::NAN],
+                counters: Some([2 * n, 1_600 * n, 16_000 * n]),
+                health: None,
+            });
+        }
+        h.record(t, samples).expect("record");
+        t += STEP;
+    }
+    h
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
@@ -103,13 +147,21 @@ async fn main() {
     store.bootstrap().await.expect("bootstrap");
     fill(&store).await;
     let session = store.create_session("admin").await.expect("session");
-    let app = edgelb::http::app(AppState::new(
-        store.clone(),
-        ServerInfo {
-            version: "bench".into(),
-            dataplane: "none".into(),
-        },
-    ));
+    let svc = store
+        .get_service("cluster-1", "ns-1", "svc-00001")
+        .await
+        .expect("service");
+    let history = fill_history(&dir.path().join("history"), svc.ips[0]);
+    let app = edgelb::http::app(
+        AppState::new(
+            store.clone(),
+            ServerInfo {
+                version: "bench".into(),
+                dataplane: "none".into(),
+            },
+        )
+        .with_history(history),
+    );
     let first = store
         .list_allocations(&edgelb::store::AllocationFilter {
             limit: 1,
@@ -121,8 +173,14 @@ async fn main() {
     let pages = [
         "/login".to_owned(),
         "/".to_owned(),
+        "/?range=24h".to_owned(),
+        "/?range=30d".to_owned(),
         "/pools".to_owned(),
         "/pools/pool-00".to_owned(),
+        "/pools/pool-00?range=30d".to_owned(),
+        "/services/cluster-1/ns-1/svc-00001".to_owned(),
+        "/services/cluster-1/ns-1/svc-00001?range=24h".to_owned(),
+        "/services/cluster-1/ns-1/svc-00001?range=30d".to_owned(),
         "/pools/new".to_owned(),
         "/pools/pool-00/edit".to_owned(),
         "/pools/pool-00/delete".to_owned(),

@@ -6,9 +6,11 @@
 # within fall x interval that real server's weight is 0 in `ipvsadm -Ln`, new requests stop
 # reaching the node with zero failures after detection, the long-lived connection still
 # echoes; the status endpoint and /metrics say the backend is down. The server started again
-# brings the weight back to 1. A `Local` Service: the node whose healthCheckNodePort /healthz
-# answers 503 gets weight 0 and no traffic. A node turning NotReady is drained (weight 0), not
-# removed. Every metric the Grafana dashboard (deploy/grafana) queries is exported. Needs `--ship
+# brings the weight back to 1, and the appliance's own history (GET /api/v1/history/...) has
+# recorded both transitions and the real traffic from IPVS's counters. A `Local` Service: the
+# node whose healthCheckNodePort /healthz answers 503 gets weight 0 and no traffic. A node
+# turning NotReady is drained (weight 0), not removed. Every metric the Grafana dashboard
+# (deploy/grafana) queries is exported. Needs `--ship
 # target/release/edgelb --ship /usr/bin/curl --ship /usr/bin/jq --ship /usr/bin/socat --ship
 # deploy/grafana/edgelb-dashboard.json:/lab/grafana-dashboard.json`.
 
@@ -57,7 +59,7 @@ sleep 0.5
 
 edgelb_start --dataplane ipvs --interface front --resync-seconds 30 \
     --health-interval-seconds "$INTERVAL" --health-timeout-seconds 0.4 --health-fall "$FALL" \
-    --health-rise 2 --drain-timeout-seconds 60
+    --health-rise 2 --drain-timeout-seconds 180
 
 must edgelb_api POST /api/v1/pools '{"name":"lab","ranges":["10.0.0.100-10.0.0.101"],"scheduler":"rr"}' >/dev/null
 must edgelb_api POST /api/v1/clusters '{"name":"lab"}' >/dev/null
@@ -73,6 +75,18 @@ for n in $LAB_NODES; do
     wait_until 10 "$(node_addr "$n"):30080 is a real server at weight 1" weight_is "$(node_addr "$n"):30080" 1
 done
 in_ns appliance ipvsadm -Ln
+
+# The appliance's own history samples every 10 s, from IPVS's counters and the published health:
+# once it has seen the three real servers up, it records what follows.
+HISTORY="/api/v1/history/services/lab/default/web?range=1h"
+transitions_of() {
+    edgelb_api GET "$HISTORY" | jq -r --arg ip "$1" \
+        '.ports[0].real_servers[] | select(.ip == $ip) | .transitions[].to' | tr '\n' ' '
+}
+history_has_real_servers() {
+    [ "$(edgelb_api GET "$HISTORY" | jq '.ports[0].real_servers | length')" = 3 ]
+}
+wait_until 15 "the history has sampled the three real servers" history_has_real_servers
 
 # --- a node's server dies while a long-lived connection to it is open ------------------------
 mkfifo /tmp/ll_in
@@ -152,9 +166,19 @@ for _m in $_used; do
     assert_ok "the dashboard's $_m is exported" is_exported "$_m"
 done
 
+history_says() { transitions_of "$(node_addr "$victim")" | grep -q "$1"; }
+wait_until 15 "the history recorded $victim going down" history_says down
+
 # --- it comes back ---------------------------------------------------------------------------
 serve "$victim"
 wait_until 10 "$victim is back at weight 1 once its server answers again" weight_is "$victim_rs" 1
+wait_until 15 "the history recorded $victim coming back after going down" history_says "down up"
+history=$(edgelb_api GET "$HISTORY")
+positive() { echo "$history" | jq "[$1[] | select(. != null and . > 0)] | length"; }
+assert_ok "the history has the port's new connections (real traffic, from IPVS's counters)" \
+    [ "$(positive .ports[0].traffic.connections_per_second)" -ge 1 ]
+assert_ok "and its bytes in" [ "$(positive .ports[0].traffic.bytes_in_per_second)" -ge 1 ]
+assert_eq "and a series for each real server" 3 "$(echo "$history" | jq '.ports[0].real_servers | length')"
 answers=
 for i in 1 2 3 4 5 6; do
     answers="$answers $(ask)"

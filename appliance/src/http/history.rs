@@ -172,13 +172,17 @@ pub async fn appliance(s: &AppState, range: HistoryRange) -> Result<ApplianceHis
     let pools: Vec<String> = s.store.list_pools().await?.into_iter().map(|p| p.spec.name).collect();
     blocking(move || {
         let now = unix_now();
-        let r = range_of(range);
-        let totals = history.series(&SeriesKey::Totals, r, now)?;
-        let app = history.series(&SeriesKey::Appliance, r, now)?;
+        let mut keys = vec![SeriesKey::Totals, SeriesKey::Appliance];
+        keys.extend(pools.iter().map(|p| SeriesKey::Pool(p.clone())));
+        let mut all = history.series_many(&keys, range_of(range), now)?.into_iter();
+        let (Some(totals), Some(app)) = (all.next(), all.next()) else {
+            return Err(std::io::Error::other("the history answered fewer series than asked"));
+        };
         let pools = pools
             .into_iter()
-            .map(|p| pool_of(&history, p, range, now))
-            .collect::<std::io::Result<Vec<_>>>()?;
+            .zip(all)
+            .map(|(p, s)| pool_from(p, range, &s))
+            .collect();
         Ok(ApplianceHistory {
             window: window(&totals, range),
             traffic: traffic(&totals),
@@ -194,8 +198,12 @@ pub async fn appliance(s: &AppState, range: HistoryRange) -> Result<ApplianceHis
 
 pub fn pool_of(history: &History, name: String, range: HistoryRange, now: i64) -> std::io::Result<PoolHistory> {
     let s = history.series(&SeriesKey::Pool(name.clone()), range_of(range), now)?;
-    let free = column(&s, 2);
-    let slope = fit(&s, 2);
+    Ok(pool_from(name, range, &s))
+}
+
+fn pool_from(name: String, range: HistoryRange, s: &Series) -> PoolHistory {
+    let free = column(s, 2);
+    let slope = fit(s, 2);
     let runs_out_at = match (slope, s.last(2)) {
         (Some(slope), Some((t, left))) if slope < 0.0 => {
             let secs = f64::from(left) / -slope;
@@ -203,15 +211,15 @@ pub fn pool_of(history: &History, name: String, range: HistoryRange, now: i64) -
         }
         _ => None,
     };
-    Ok(PoolHistory {
+    PoolHistory {
         name,
-        window: window(&s, range),
-        allocated: column(&s, 0),
-        held: column(&s, 1),
+        window: window(s, range),
+        allocated: column(s, 0),
+        held: column(s, 1),
         free,
         consumed_per_day: slope.map(|k| round(-k * 86_400.0)),
         runs_out_at,
-    })
+    }
 }
 
 /// The least-squares slope of metric `m` per second, over the points that have it.
@@ -256,16 +264,25 @@ pub async fn service(
         let now = unix_now();
         let r = range_of(range);
         let transitions = history.transitions(&keys, now - r.span())?;
-        let mut ports = Vec::new();
-        let mut win = None;
+        // Every port's series and its real servers', read together.
+        let mut wanted = Vec::new();
+        let mut layout = Vec::new();
         for k in &keys {
-            let own = history.series(&SeriesKey::Service(*k), r, now)?;
-            win.get_or_insert_with(|| window(&own, range));
-            let real_servers = history
-                .real_servers_of(*k)
-                .into_iter()
-                .map(|a| real_server(&history, *k, a, r, now, &transitions))
-                .collect::<std::io::Result<Vec<_>>>()?;
+            let rss = history.real_servers_of(*k);
+            wanted.push(SeriesKey::Service(*k));
+            wanted.extend(rss.iter().map(|a| SeriesKey::RealServer(*k, *a)));
+            layout.push((*k, rss));
+        }
+        wanted.push(SeriesKey::Totals);
+        let mut all = history.series_many(&wanted, r, now)?.into_iter();
+        let mut ports = Vec::new();
+        for (k, rss) in layout {
+            let own = all.next().ok_or_else(|| std::io::Error::other("a series is missing"))?;
+            let mut real_servers = Vec::new();
+            for a in rss {
+                let series = all.next().ok_or_else(|| std::io::Error::other("a series is missing"))?;
+                real_servers.push(real_server(k, a, &series, &transitions));
+            }
             ports.push(PortHistory {
                 ip: k.vip,
                 port: k.port,
@@ -274,12 +291,8 @@ pub async fn service(
                 real_servers,
             });
         }
-        // A Service with no ports yet still gets the window it would have.
-        let win = match win {
-            Some(w) => w,
-            None => window(&history.series(&SeriesKey::Totals, r, now)?, range),
-        };
-        Ok((ports, win))
+        let last = all.next().ok_or_else(|| std::io::Error::other("a series is missing"))?;
+        Ok((ports, window(&last, range)))
     })
     .await?;
     Ok(ServiceHistory {
@@ -291,19 +304,11 @@ pub async fn service(
     })
 }
 
-fn real_server(
-    history: &History,
-    k: VsKey,
-    a: SocketAddr,
-    r: Range,
-    now: i64,
-    transitions: &[Transition],
-) -> std::io::Result<RealServerHistory> {
-    let own = history.series(&SeriesKey::RealServer(k, a), r, now)?;
-    Ok(RealServerHistory {
+fn real_server(k: VsKey, a: SocketAddr, own: &Series, transitions: &[Transition]) -> RealServerHistory {
+    RealServerHistory {
         ip: a.ip(),
         port: a.port(),
-        traffic: traffic(&own),
+        traffic: traffic(own),
         transitions: transitions
             .iter()
             .filter(|t| t.vs == k && t.real_server == a)
@@ -314,7 +319,7 @@ fn real_server(
                 reason: t.reason.clone(),
             })
             .collect(),
-    })
+    }
 }
 
 #[cfg(test)]
