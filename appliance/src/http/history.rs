@@ -168,8 +168,17 @@ fn traffic(s: &Series) -> TrafficHistory {
 
 /// The appliance's history as the API and the dashboard show it.
 pub async fn appliance(s: &AppState, range: HistoryRange) -> Result<ApplianceHistory, ApiError> {
-    let history = history_of(s)?;
     let pools: Vec<String> = s.store.list_pools().await?.into_iter().map(|p| p.spec.name).collect();
+    appliance_with(s, range, pools).await
+}
+
+/// [`appliance`] for pools already read.
+pub async fn appliance_with(
+    s: &AppState,
+    range: HistoryRange,
+    pools: Vec<String>,
+) -> Result<ApplianceHistory, ApiError> {
+    let history = history_of(s)?;
     blocking(move || {
         let now = unix_now();
         let mut keys = vec![SeriesKey::Totals, SeriesKey::Appliance];

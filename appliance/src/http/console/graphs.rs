@@ -59,16 +59,32 @@ impl RangeNav {
     }
 }
 
+/// At most this many lines in a graph; the rest are in a table of their own.
+const LINES: usize = 6;
+
+/// The last value with data, for ordering (0 when none).
+fn last(v: &[Option<f64>]) -> f64 {
+    v.iter().rev().find_map(|x| *x).unwrap_or(0.0)
+}
+
+fn sum(v: &[Option<f64>]) -> f64 {
+    v.iter().flatten().sum()
+}
+
+fn max(v: &[Option<f64>]) -> f64 {
+    v.iter().flatten().fold(0.0, |a, b| a.max(*b))
+}
+
 fn console_error(e: ApiError) -> ConsoleError {
     ConsoleError::new(e.status, e.detail)
 }
 
 /// The dashboard's graphs; none when the appliance keeps no history.
-pub async fn dashboard(s: &AppState, r: HistoryRange) -> Result<Vec<String>, ConsoleError> {
+pub async fn dashboard(s: &AppState, r: HistoryRange, pools: Vec<String>) -> Result<Vec<String>, ConsoleError> {
     if s.history.is_none() {
         return Ok(Vec::new());
     }
-    let h = history::appliance(s, r).await.map_err(console_error)?;
+    let h = history::appliance_with(s, r, pools).await.map_err(console_error)?;
     let w = &h.window;
     let t = &h.traffic;
     let mut charts = vec![
@@ -116,14 +132,25 @@ pub async fn dashboard(s: &AppState, r: HistoryRange) -> Result<Vec<String>, Con
         .render(),
     ];
     if !h.pools.is_empty() {
+        // The busiest few: fifty lines are no graph (each pool's page has its own).
+        let mut pools: Vec<&PoolHistory> = h.pools.iter().collect();
+        pools.sort_by(|a, b| {
+            last(&b.allocated)
+                .total_cmp(&last(&a.allocated))
+                .then(a.name.cmp(&b.name))
+        });
+        let title = match pools.len() > LINES {
+            true => format!("Addresses allocated, the {LINES} fullest of {} pools", pools.len()),
+            false => "Addresses allocated, per pool".to_owned(),
+        };
+        pools.truncate(LINES);
         charts.push(
             Chart {
                 id: "chart-pools".into(),
-                title: "Addresses allocated, per pool".into(),
+                title,
                 unit: "addresses",
                 window: w,
-                lines: h
-                    .pools
+                lines: pools
                     .iter()
                     .map(|p| Line {
                         label: p.name.clone(),
@@ -214,6 +241,25 @@ pub fn run_out(p: &PoolHistory) -> String {
     }
 }
 
+/// One address and port on a Service's page.
+#[derive(Debug, Clone)]
+pub struct PortSection {
+    pub title: String,
+    pub charts: Vec<String>,
+    /// Every real server it had in the window's retention, drawn or not.
+    pub real_servers: Vec<RealServerSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RealServerSummary {
+    pub address: String,
+    pub mean_connections: String,
+    pub max_active: String,
+    pub transitions: usize,
+    /// Whether it has a line in the graphs (the busiest do).
+    pub drawn: bool,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ServicePath {
     cluster: String,
@@ -259,12 +305,18 @@ pub async fn service(
                     rs.transitions.iter().map(move |t| mark_of(&name, t))
                 })
                 .collect();
+            // The port, and its busiest real servers over the window.
+            let mut busiest: Vec<&edgelb_api::RealServerHistory> = port.real_servers.iter().collect();
+            busiest.sort_by(|a, b| {
+                sum(&b.traffic.connections_per_second).total_cmp(&sum(&a.traffic.connections_per_second))
+            });
+            busiest.truncate(LINES - 1);
             let per_rs = |f: fn(&edgelb_api::TrafficHistory) -> &Vec<Option<f64>>| -> Vec<Line<'_>> {
                 std::iter::once(Line {
                     label: "all".into(),
                     values: f(&port.traffic),
                 })
-                .chain(port.real_servers.iter().map(|rs| Line {
+                .chain(busiest.iter().map(|rs| Line {
                     label: format!("{}:{}", rs.ip, rs.port),
                     values: f(&rs.traffic),
                 }))
@@ -309,7 +361,28 @@ pub async fn service(
                 }
                 .render(),
             ];
-            sections.push((vs, charts));
+            let real_servers = port
+                .real_servers
+                .iter()
+                .map(|rs| RealServerSummary {
+                    address: format!("{}:{}", rs.ip, rs.port),
+                    mean_connections: super::chart::number(
+                        (sum(&rs.traffic.connections_per_second)
+                            / rs.traffic.connections_per_second.iter().flatten().count().max(1) as f64
+                            * 100.0)
+                            .round()
+                            / 100.0,
+                    ),
+                    max_active: super::chart::number(max(&rs.traffic.active_connections)),
+                    transitions: rs.transitions.len(),
+                    drawn: busiest.iter().any(|b| b.ip == rs.ip && b.port == rs.port),
+                })
+                .collect();
+            sections.push(PortSection {
+                title: vs,
+                charts,
+                real_servers,
+            });
         }
     }
     let flash = console.take_flash(&user);

@@ -36,8 +36,8 @@ pub async fn dashboard(
     Query(range): Query<RangeQuery>,
 ) -> PageResult {
     let r = range.range();
-    let charts = graphs::dashboard(&s, r).await?;
     let pools = s.store.list_pools().await?;
+    let charts = graphs::dashboard(&s, r, pools.iter().map(|p| p.spec.name.clone()).collect()).await?;
     let clusters = s.store.list_clusters().await?;
     let services = s.store.count_services().await?;
     let audit = s

@@ -373,8 +373,8 @@ pub struct ServicePage {
     pub pool: String,
     pub has_history: bool,
     pub ranges: RangeNav,
-    /// Per address and port: its title and rendered graphs.
-    pub sections: Vec<(String, Vec<String>)>,
+    /// Per address and port: its graphs and real servers.
+    pub sections: Vec<super::graphs::PortSection>,
 }
 
 /// Errors of a form, by field; messages not tied to a field go under `""`.
