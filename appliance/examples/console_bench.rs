@@ -147,6 +147,14 @@ async fn main() {
     store.bootstrap().await.expect("bootstrap");
     fill(&store).await;
     let session = store.create_session("admin").await.expect("session");
+    // The same console without a history: what the graphs cost, measured in this run.
+    let plain = edgelb::http::app(AppState::new(
+        store.clone(),
+        ServerInfo {
+            version: "bench".into(),
+            dataplane: "none".into(),
+        },
+    ));
     let svc = store
         .get_service("cluster-1", "ns-1", "svc-00001")
         .await
@@ -173,6 +181,7 @@ async fn main() {
     let pages = [
         "/login".to_owned(),
         "/".to_owned(),
+        "/ (without a history)".to_owned(),
         "/?range=24h".to_owned(),
         "/?range=30d".to_owned(),
         "/pools".to_owned(),
@@ -208,12 +217,16 @@ async fn main() {
         for run in 0..RUNS + 2 {
             // The sign-in page is what someone without a session sees.
             let cookie = if path == "/login" { "" } else { cookie.as_str() };
-            let req = Request::get(path.as_str())
+            let (router, uri) = match path.strip_suffix(" (without a history)") {
+                Some(p) => (&plain, p),
+                None => (&app, path.as_str()),
+            };
+            let req = Request::get(uri)
                 .header(header::COOKIE, cookie)
                 .body(Body::empty())
                 .expect("request");
             let t = Instant::now();
-            let resp = app.clone().oneshot(req).await.expect("response");
+            let resp = router.clone().oneshot(req).await.expect("response");
             let status = resp.status();
             let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
             let took = t.elapsed();
