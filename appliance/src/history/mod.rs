@@ -750,6 +750,22 @@ impl History {
         Ok(out)
     }
 
+    /// The last sample of each series, from memory (no file is read): `None` for a series not
+    /// sampled last time. For live figures, such as the Services list's.
+    pub fn latest(&self, keys: &[SeriesKey]) -> Vec<Option<Values>> {
+        let inner = self.lock();
+        let Some(slot) = (0..FINE_SLOTS).rev().find(|s| inner.open_present & (1 << s) != 0) else {
+            return vec![None; keys.len()];
+        };
+        let t = inner.open_start + slot as i64 * STEP;
+        keys.iter()
+            .map(|k| {
+                let id = *inner.ids.get(k)? as usize;
+                (inner.last_seen[id] == t).then(|| inner.open[id * FINE_SLOTS + slot])
+            })
+            .collect()
+    }
+
     /// The real servers virtual service `vs` has had in the history (a scan of the names: a
     /// millisecond at 100,000 series, and no index to keep in memory).
     pub fn real_servers_of(&self, vs: VsKey) -> Vec<SocketAddr> {

@@ -297,3 +297,19 @@ fn a_rollup_averages_over_the_sampled_slots_only() {
     let day = h.series(&key, Range::Day, T0 + 3600).expect("read");
     assert_eq!(at(&day, T0), [6.0, 12.0, 0.0, 0.0]);
 }
+
+#[test]
+fn the_latest_sample_is_read_from_memory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = open(dir.path(), T0);
+    let (a, b) = (SeriesKey::Pool("a".into()), SeriesKey::Pool("b".into()));
+    assert_eq!(h.latest(std::slice::from_ref(&a)), [None], "nothing sampled yet");
+    h.record(T0, [gauge(a.clone(), 1.0), gauge(b.clone(), 5.0)])
+        .expect("record");
+    h.record(T0 + 10, [gauge(a.clone(), 2.0)]).expect("record");
+    assert_eq!(
+        h.latest(&[a, b]),
+        [Some([2.0, 4.0, 0.0, 0.0]), None],
+        "b was not in the last sample"
+    );
+}

@@ -181,6 +181,27 @@ pub async fn allocations(
     .into_response())
 }
 
+/// A Service's new connections per second and active connections at the history's last sample.
+fn now_of(s: &AppState, programmed: &[edgelb_api::VirtualServiceStatus]) -> String {
+    let Some(h) = &s.history else { return String::new() };
+    let keys: Vec<crate::history::SeriesKey> = programmed
+        .iter()
+        .map(|v| crate::history::SeriesKey::Service(VsKey::new(v.ip, v.port, v.protocol)))
+        .collect();
+    let latest: Vec<crate::history::Values> = h.latest(&keys).into_iter().flatten().collect();
+    if latest.is_empty() {
+        return String::new();
+    }
+    let sum = |m: usize| {
+        latest
+            .iter()
+            .map(|v| f64::from(v[m]))
+            .filter(|x| !x.is_nan())
+            .sum::<f64>()
+    };
+    format!("now: {:.1} new/s, {} active", sum(0), sum(1).round())
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default)]
 pub struct ServicesQuery {
@@ -253,6 +274,7 @@ pub async fn services(
                     programmed: false,
                     connections: String::new(),
                     bytes: String::new(),
+                    now: String::new(),
                 };
             };
             let cluster_nodes = nodes.get(&svc.cluster).map(Vec::as_slice).unwrap_or_default();
@@ -333,6 +355,7 @@ pub async fn services(
                 },
                 real_servers,
                 pending: false,
+                now: now_of(&s, &programmed),
                 programmed: !programmed.is_empty(),
                 connections,
                 bytes: bytes_total,

@@ -573,6 +573,9 @@ pub struct ServiceRow {
     pub programmed: bool,
     pub connections: String,
     pub bytes: String,
+    /// New connections per second and active connections at the last sample (10 s old at
+    /// most), when the appliance keeps a history.
+    pub now: String,
 }
 
 #[derive(Debug, Clone)]
