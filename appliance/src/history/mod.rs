@@ -288,6 +288,38 @@ fn mean<'a>(values: impl Iterator<Item = &'a Values>) -> Values {
     })
 }
 
+/// A chunk to read, or `None`: there is none, or it cannot be read (truncated, not ours, an I/O
+/// error). A damaged chunk costs its minute or hour of graphs (a gap), never the rest; it is
+/// logged, and replaced when its minute is written again or expires.
+fn readable(path: &Path) -> Option<Chunk> {
+    match Chunk::open(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "skipping a history chunk that cannot be read");
+            None
+        }
+    }
+}
+
+/// Series `id` in chunk `c`, a damaged entry read as absent (logged).
+fn found_in(c: &Chunk, id: u32) -> Option<Vec<Values>> {
+    c.find(id).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "a history chunk's entry cannot be read");
+        None
+    })
+}
+
+/// The next entry of a chunk being merged; a read error ends that chunk (logged).
+fn next_entry(entries: &mut chunk::Entries) -> Option<(u32, Vec<Values>)> {
+    match entries.next()? {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "a history chunk ends early in a rollup");
+            None
+        }
+    }
+}
+
 fn is_zero(row: &[Values]) -> bool {
     row.iter().flatten().all(|x| *x == 0.0 || x.is_nan())
 }
@@ -520,7 +552,7 @@ impl History {
         // Sampled fine slots in each coarse slot.
         let mut sampled = [0u32; COARSE_SLOTS];
         for m in 0..(COARSE_SPAN / FINE_SPAN) {
-            let Some(c) = Chunk::open(&fine_path(&self.dir, hour + m * FINE_SPAN))? else {
+            let Some(c) = readable(&fine_path(&self.dir, hour + m * FINE_SPAN)) else {
                 continue;
             };
             let base = m as usize * FINE_SLOTS;
@@ -530,7 +562,7 @@ impl History {
                 }
             }
             let mut entries = c.entries();
-            let head = entries.next().transpose()?;
+            let head = next_entry(&mut entries);
             sources.push((base, entries, head));
         }
         if sources.is_empty() {
@@ -572,7 +604,7 @@ impl History {
                         }
                     }
                 }
-                *head = entries.next().transpose()?;
+                *head = next_entry(entries);
             }
             let row: Vec<Values> = (0..COARSE_SLOTS)
                 .map(|c| {
@@ -696,12 +728,12 @@ impl History {
                 return Ok(out);
             }
         }
-        let Some(c) = Chunk::open(&fine_path(&self.dir, minute))? else {
+        let Some(c) = readable(&fine_path(&self.dir, minute)) else {
             return Ok(out);
         };
         for (k, slots) in out.iter_mut().enumerate() {
             let found = match open.ids[k] {
-                Some(id) => c.find(id)?,
+                Some(id) => found_in(&c, id),
                 None => None,
             };
             for (s, slot) in slots.iter_mut().enumerate() {
@@ -717,10 +749,10 @@ impl History {
     /// coarse chunk, or, for an hour not rolled up yet, the means of its fine chunks.
     fn coarse_slots(&self, hour: i64, now: i64, open: &Open) -> std::io::Result<Vec<[Values; COARSE_SLOTS]>> {
         let mut out = vec![[NO_DATA; COARSE_SLOTS]; open.ids.len()];
-        if let Some(c) = Chunk::open(&coarse_path(&self.dir, hour))? {
+        if let Some(c) = readable(&coarse_path(&self.dir, hour)) {
             for (k, slots) in out.iter_mut().enumerate() {
                 let found = match open.ids[k] {
-                    Some(id) => c.find(id)?,
+                    Some(id) => found_in(&c, id),
                     None => None,
                 };
                 for (s, slot) in slots.iter_mut().enumerate() {

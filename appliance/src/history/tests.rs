@@ -313,3 +313,30 @@ fn the_latest_sample_is_read_from_memory() {
         "b was not in the last sample"
     );
 }
+
+#[test]
+fn a_damaged_chunk_is_a_gap_not_an_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = open(dir.path(), T0);
+    let key = SeriesKey::Totals;
+    for i in 0..18 {
+        h.record(T0 + i * STEP, [gauge(key.clone(), 3.0)]).expect("record");
+    }
+    // The first minute cut short (a full disk, say), the second not ours at all.
+    let first = fine_path(dir.path(), T0);
+    let len = std::fs::metadata(&first).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .expect("open")
+        .set_len(len - 3)
+        .expect("truncate");
+    std::fs::write(fine_path(dir.path(), T0 + 60), b"not a chunk").expect("write");
+    let s = h.series(&key, Range::Hour, T0 + 170).expect("still read");
+    assert!(at(&s, T0)[0].is_nan() && at(&s, T0 + 60)[0].is_nan(), "gaps");
+    assert_eq!(at(&s, T0 + 120)[0], 3.0, "the rest is there");
+    // The hour still rolls up, from what can be read.
+    h.record(T0 + 3600, [gauge(key.clone(), 3.0)]).expect("record");
+    let day = h.series(&key, Range::Day, T0 + 3600).expect("read");
+    assert_eq!(at(&day, T0)[0], 3.0);
+}
