@@ -158,6 +158,17 @@ impl Range {
     }
 }
 
+/// The API's name for the same ranges.
+impl From<edgelb_api::HistoryRange> for Range {
+    fn from(r: edgelb_api::HistoryRange) -> Range {
+        match r {
+            edgelb_api::HistoryRange::Hour => Range::Hour,
+            edgelb_api::HistoryRange::Day => Range::Day,
+            edgelb_api::HistoryRange::Month => Range::Month,
+        }
+    }
+}
+
 /// Points of one series: `points[i]` is at `start + i * step` (unix seconds), the mean over the
 /// step that begins there.
 #[derive(Debug, Clone, PartialEq)]
@@ -373,7 +384,7 @@ impl History {
                 continue;
             }
             inner.last_seen[id as usize] = seen;
-            inner.index(id, key);
+            inner.ids.insert(key, id);
         }
         inner.free = (0..len as u32)
             .rev()
@@ -436,7 +447,7 @@ impl History {
         let slot = ((t - minute) / STEP) as usize;
         for s in samples {
             let Some(id) = inner.id_of(&s.key) else { continue };
-            inner.put(&s.key, id, slot, t, s.values, s.counters, s.health);
+            inner.put(id, slot, t, &s);
         }
         inner.open_present |= 1 << slot;
         drop(inner);
@@ -854,10 +865,6 @@ struct Open {
 }
 
 impl Inner {
-    fn index(&mut self, id: u32, key: SeriesKey) {
-        self.ids.insert(key, id);
-    }
-
     /// The id of `key`, made if new (`None` past the cap).
     fn id_of(&mut self, key: &SeriesKey) -> Option<u32> {
         if let Some(id) = self.ids.get(key) {
@@ -885,23 +892,15 @@ impl Inner {
         // Not seen before: no rate from a previous sample.
         self.last_seen[id as usize] = i64::MIN;
         self.unsaved.push((id, key.clone()));
-        self.index(id, key.clone());
+        self.ids.insert(key.clone(), id);
         Some(id)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn put(
-        &mut self,
-        key: &SeriesKey,
-        id: u32,
-        slot: usize,
-        t: i64,
-        mut values: Values,
-        counters: Option<[u64; 3]>,
-        health: Option<(HealthState, i64, &str)>,
-    ) {
+    /// Puts sample `s` of series `id` in slot `slot` of the open minute (time `t`).
+    fn put(&mut self, id: u32, slot: usize, t: i64, s: &Sample) {
+        let mut values = s.values;
         let i = id as usize;
-        if let Some(c) = counters {
+        if let Some(c) = s.counters {
             let elapsed = match self.last_seen[i] {
                 i64::MIN => 0,
                 seen => t.saturating_sub(seen),
@@ -918,12 +917,12 @@ impl Inner {
             }
             self.prev[i] = c;
         }
-        if let Some((h, since, reason)) = health {
+        if let Some((h, since, reason)) = s.health {
             let code = health_code(h);
             let before = self.health[i];
             if before != 0
                 && before != code
-                && let SeriesKey::RealServer(vs, rs) = key
+                && let SeriesKey::RealServer(vs, rs) = &s.key
             {
                 self.transitions.push(Transition {
                     time: since,

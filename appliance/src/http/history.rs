@@ -77,13 +77,15 @@ pub async fn pool_history(
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> Result<Json<PoolHistory>, ApiError> {
     caller.can_read("read the history")?;
-    // A pool that does not exist is a 404, whatever the history holds.
-    let pool = s.store.get_pool(&p.name).await?;
-    let history = history_of(&s)?;
-    let range = q.range.unwrap_or_default();
-    let name = pool.spec.name;
-    let out = blocking(move || pool_of(&history, name, range, unix_now())).await?;
-    Ok(Json(out))
+    Ok(Json(pool(&s, &p.name, q.range.unwrap_or_default()).await?))
+}
+
+/// A pool's history as the API and its console page show it; a pool that does not exist is a
+/// 404, whatever the history holds.
+pub async fn pool(s: &AppState, name: &str, range: HistoryRange) -> Result<PoolHistory, ApiError> {
+    let name = s.store.get_pool(name).await?.spec.name;
+    let history = history_of(s)?;
+    blocking(move || pool_of(&history, name, range, unix_now())).await
 }
 
 /// A Service's traffic over the range, per address and port and per real server (every one it
@@ -118,14 +120,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the history: {e}")))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the history: {e}")))
-}
-
-fn range_of(r: HistoryRange) -> Range {
-    match r {
-        HistoryRange::Hour => Range::Hour,
-        HistoryRange::Day => Range::Day,
-        HistoryRange::Month => Range::Month,
-    }
 }
 
 fn time_of(unix: i64) -> OffsetDateTime {
@@ -183,7 +177,7 @@ pub async fn appliance_with(
         let now = unix_now();
         let mut keys = vec![SeriesKey::Totals, SeriesKey::Appliance];
         keys.extend(pools.iter().map(|p| SeriesKey::Pool(p.clone())));
-        let mut all = history.series_many(&keys, range_of(range), now)?.into_iter();
+        let mut all = history.series_many(&keys, Range::from(range), now)?.into_iter();
         let (Some(totals), Some(app)) = (all.next(), all.next()) else {
             return Err(std::io::Error::other("the history answered fewer series than asked"));
         };
@@ -205,8 +199,8 @@ pub async fn appliance_with(
     .await
 }
 
-pub fn pool_of(history: &History, name: String, range: HistoryRange, now: i64) -> std::io::Result<PoolHistory> {
-    let s = history.series(&SeriesKey::Pool(name.clone()), range_of(range), now)?;
+fn pool_of(history: &History, name: String, range: HistoryRange, now: i64) -> std::io::Result<PoolHistory> {
+    let s = history.series(&SeriesKey::Pool(name.clone()), Range::from(range), now)?;
     Ok(pool_from(name, range, &s))
 }
 
@@ -271,7 +265,7 @@ pub async fn service(
     }
     let (ports, win) = blocking(move || {
         let now = unix_now();
-        let r = range_of(range);
+        let r = Range::from(range);
         let transitions = history.transitions(&keys, now - r.span())?;
         // Every port's series and its real servers', read together.
         let mut wanted = Vec::new();

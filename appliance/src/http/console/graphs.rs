@@ -24,20 +24,17 @@ pub struct RangeQuery {
 impl RangeQuery {
     /// The range asked for; anything else is the default hour.
     pub fn range(&self) -> HistoryRange {
-        match self.range.as_str() {
-            "24h" => HistoryRange::Day,
-            "30d" => HistoryRange::Month,
-            _ => HistoryRange::Hour,
-        }
+        RANGES
+            .into_iter()
+            .find(|r| range_str(*r) == self.range)
+            .unwrap_or_default()
     }
 }
 
+const RANGES: [HistoryRange; 3] = [HistoryRange::Hour, HistoryRange::Day, HistoryRange::Month];
+
 fn range_str(r: HistoryRange) -> &'static str {
-    match r {
-        HistoryRange::Hour => "1h",
-        HistoryRange::Day => "24h",
-        HistoryRange::Month => "30d",
-    }
+    crate::history::Range::from(r).as_str()
 }
 
 /// The links that switch a page's graphs between ranges.
@@ -51,7 +48,7 @@ impl RangeNav {
     pub fn new(path: &str, r: HistoryRange) -> RangeNav {
         RangeNav {
             current: range_str(r),
-            links: [HistoryRange::Hour, HistoryRange::Day, HistoryRange::Month]
+            links: RANGES
                 .into_iter()
                 .map(|x| (range_str(x), format!("{path}?range={}", range_str(x))))
                 .collect(),
@@ -187,19 +184,10 @@ pub async fn dashboard(s: &AppState, r: HistoryRange, pools: Vec<String>) -> Res
 
 /// A pool's graph and what its trend says; nothing when the appliance keeps no history.
 pub async fn pool(s: &AppState, name: &str, r: HistoryRange) -> Result<Option<(String, String)>, ConsoleError> {
-    let Some(h) = s.history.clone() else {
+    if s.history.is_none() {
         return Ok(None);
-    };
-    let name = name.to_owned();
-    let p = tokio::task::spawn_blocking(move || history::pool_of(&h, name, r, crate::history::sampler::unix_now()))
-        .await
-        .map_err(|e| ConsoleError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
-            ConsoleError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reading the history: {e}"),
-            )
-        })?;
+    }
+    let p = history::pool(s, name, r).await.map_err(console_error)?;
     let chart = Chart {
         id: "chart-pool".into(),
         title: format!("Pool {} over time", p.name),
