@@ -16,8 +16,9 @@ step "disk space before building"
 df -h . || true
 
 # Debian packages: qemu and friends for the kernel lab; chromium and its driver for the console
-# tests; prometheus for its promtool (the /metrics format and the alerting rules in deploy/).
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat util-linux chromium chromium-driver python3-venv prometheus)
+# tests; prometheus for its promtool (the /metrics format and the alerting rules in deploy/);
+# postgresql for the PostgreSQL store's tests (edgelb-pgtest starts its own server from its binaries).
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod ipvsadm iproute2 nftables curl jq socat util-linux chromium chromium-driver python3-venv prometheus postgresql)
 step "installing Debian packages: ${PACKAGES[*]}"
 if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive

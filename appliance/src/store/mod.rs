@@ -14,9 +14,12 @@ mod auth;
 #[cfg(test)]
 mod batch_tests;
 mod clusters;
+#[cfg(test)]
+mod dialect_tests;
 mod listing;
 mod nodes;
 mod pools;
+pub mod postgres;
 mod queries;
 mod services;
 pub mod sessions;
@@ -42,7 +45,7 @@ pub use auth::{Bootstrap, Principal, new_password};
 pub use queries::{AddressHistoryFilter, AllocationFilter, AuditFilter};
 pub use snapshot::{DataplaneSnapshot, SnapshotPool, SnapshotService};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "edgelb.db";
@@ -524,7 +527,6 @@ impl Store {
 /// to do, before anything is written to it (sqlx alone would say only that a migration is
 /// missing).
 async fn refuse_a_newer_schema(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
-    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let table: Option<(String,)> =
         sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
             .fetch_optional(&mut *conn)
@@ -535,11 +537,17 @@ async fn refuse_a_newer_schema(conn: &mut SqliteConnection, path: &Path) -> Resu
     let (applied,): (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
         .fetch_one(&mut *conn)
         .await?;
+    schema_known(&MIGRATOR, applied, &format!("the database {}", path.display()))
+}
+
+/// Refuses a schema version `applied` newer than `migrator` knows, saying what to do; `what`
+/// names the database.
+fn schema_known(migrator: &sqlx::migrate::Migrator, applied: Option<i64>, what: &str) -> Result<()> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
     match applied {
         Some(v) if v > known => Err(StoreError::io(format!(
-            "the database {} has schema version {v}, newer than this edgelb {} knows (up to {known}): \
+            "{what} has schema version {v}, newer than this edgelb {} knows (up to {known}): \
              run the edgelb that upgraded it (or a later one), or restore a backup taken before that upgrade",
-            path.display(),
             env!("CARGO_PKG_VERSION")
         ))),
         _ => Ok(()),

@@ -723,7 +723,7 @@ async fn the_history_migration_starts_each_address_in_use_or_held_with_one_entry
         .await
         .expect("delete");
     // As before the migration: no history; then its backfill, exactly as the file has it.
-    let migration = include_str!("../../../migrations/0007_address_history.sql");
+    let migration = include_str!("../../../migrations/sqlite/0007_address_history.sql");
     let backfill = &migration[migration.find("-- Backfill").expect("the backfill part")..];
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join(super::DB_FILE));
     let mut conn = sqlx::ConnectOptions::connect(&options).await.expect("connect");
@@ -2253,7 +2253,7 @@ async fn pool_health_overrides_are_validated_stored_patched_and_cleared() {
 async fn a_database_from_before_pool_health_upgrades_without_losing_its_pools() {
     let dir = tempfile::tempdir().expect("temp dir");
     let old_migrations = tempfile::tempdir().expect("temp dir");
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
     for file in ["0001_initial.sql", "0002_console.sql"] {
         std::fs::copy(here.join(file), old_migrations.path().join(file)).expect("copy migration");
     }
