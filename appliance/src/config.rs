@@ -51,12 +51,31 @@ pub enum Command {
     /// Manage console users.
     #[command(subcommand)]
     User(UserCommand),
+    /// The store as a whole: copy it between SQLite and PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Write a consistent copy of the database, while the appliance runs.
     Backup {
         /// Where to write the copy (must not exist).
         file: PathBuf,
         #[command(flatten)]
         data: DataDirArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a whole store into an empty one (SQLite to PostgreSQL, PostgreSQL to SQLite, or
+    /// either to its own kind), verify that every row arrived, and only then commit. The source
+    /// is read at one moment and may be in use; a target that holds anything is refused.
+    Copy {
+        /// The store to read: `sqlite:/var/lib/edgelb/edgelb.db` or `postgres://user@host/db`
+        /// (a password in the URL is never shown; PGPASSWORD is read as well).
+        #[arg(long)]
+        from: String,
+        /// The store to write: a new SQLite file, or a PostgreSQL database holding no edgelb rows.
+        #[arg(long)]
+        to: String,
     },
 }
 

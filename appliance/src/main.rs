@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use edgelb::config::{self, Cli, Command, LogFormat};
+use edgelb::store::copy::Location;
 use edgelb::{cli, server, tls};
 
 fn init_logging(format: LogFormat) {
@@ -91,6 +92,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => {
             let dir = config::data_dir(&config::DataDirArg { data_dir: None }, &file);
             cli::user(cmd, &dir).await?;
+        }
+        Command::Store(config::StoreCommand::Copy { from, to }) => {
+            let (from, to) = (Location::parse(&from)?, Location::parse(&to)?);
+            let report = edgelb::store::copy::copy(&from, &to).await?;
+            for (table, rows) in &report.tables {
+                println!("{table:<18} {rows:>9} rows");
+            }
+            println!(
+                "copied {} into {} and verified every row",
+                from.describe(),
+                to.describe()
+            );
         }
         Command::Backup { file: dest, data } => {
             let dir = config::data_dir(&data, &file);

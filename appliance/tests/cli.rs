@@ -595,6 +595,67 @@ async fn backup_is_a_consistent_copy_taken_while_serving() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_serving_store_to_postgres_and_back() {
+    let app = TestAppliance::start().await;
+    app.pool("public", &["198.51.100.0/24"]).await;
+    let source = format!("sqlite:{}", app.data_dir.join(edgelb::store::DB_FILE).display());
+    let pg = edgelb_pgtest::database("cli_copy");
+    let out = edgelb(&["store", "copy", "--from", &source, "--to", &pg], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("pools") && said.contains("and verified every row"),
+        "{said}"
+    );
+    let again = edgelb(&["store", "copy", "--from", &source, "--to", &pg], &[]);
+    assert!(!again.status.success(), "a target that holds a store is refused");
+    assert!(stderr(&again).contains("is not empty"), "{}", stderr(&again));
+    let _kept = app.stop().await;
+
+    let back = tempfile::tempdir().expect("tempdir");
+    let file = back.path().join(edgelb::store::DB_FILE);
+    let to = format!("sqlite:{}", file.display());
+    let out = edgelb(&["store", "copy", "--from", &pg, "--to", &to], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = edgelb::store::Store::open(back.path()).await.expect("opens");
+    assert_eq!(
+        store.get_pool("public").await.expect("pool").spec.ranges,
+        vec!["198.51.100.0/24"]
+    );
+
+    // A password given in the URL is never printed, not even in an error.
+    let secret = pg
+        .replacen("postgres://edgelb@", "postgres://edgelb:s3cret-pw@", 1)
+        .replace("/t", "/missing_t");
+    let out = edgelb(
+        &[
+            "store",
+            "copy",
+            "--from",
+            &secret,
+            "--to",
+            &format!("sqlite:{}", back.path().join("x.db").display()),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        !stderr(&out).contains("s3cret-pw") && !stdout(&out).contains("s3cret-pw"),
+        "{}",
+        stderr(&out)
+    );
+    let out = edgelb(
+        &["store", "copy", "--from", "mysql://u:s3cret-pw@h/db", "--to", &to],
+        &[],
+    );
+    assert!(
+        stderr(&out).contains("give sqlite:") && !stderr(&out).contains("s3cret-pw"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn check_config_reports_every_problem_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");

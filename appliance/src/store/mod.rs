@@ -14,6 +14,9 @@ mod auth;
 #[cfg(test)]
 mod batch_tests;
 mod clusters;
+pub mod copy;
+#[cfg(test)]
+mod copy_tests;
 #[cfg(test)]
 mod dialect_tests;
 mod listing;

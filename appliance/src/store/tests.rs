@@ -112,7 +112,7 @@ pub(super) async fn audit_actions(store: &Store) -> Vec<String> {
 }
 
 /// Every page of allocations matching the filter.
-async fn all_allocations(store: &Store, filter: AllocationFilter) -> Vec<Allocation> {
+pub(super) async fn all_allocations(store: &Store, filter: AllocationFilter) -> Vec<Allocation> {
     let mut out = Vec::new();
     let mut f = AllocationFilter { limit: 1000, ..filter };
     loop {
@@ -1597,7 +1597,7 @@ async fn sync_validates_its_list_and_needs_the_cluster() {
 
 // ---- nodes ----
 
-fn node(name: &str, addr: &str, ready: bool) -> Node {
+pub(super) fn node(name: &str, addr: &str, ready: bool) -> Node {
     Node {
         name: name.to_owned(),
         addresses: vec![ip(addr)],
