@@ -193,7 +193,7 @@ impl Store {
                 let mut tx = begin(&mut w.conn).await?;
                 if let Some(c) = &spec.cluster {
                     let found: Option<(String,)> =
-                        sqlx::query_as("SELECT name FROM clusters WHERE name = ?").bind(c).fetch_optional(&mut *tx).await?;
+                        sqlx::query_as("SELECT name FROM clusters WHERE name = $1").bind(c).fetch_optional(&mut *tx).await?;
                     if found.is_none() {
                         return Err(StoreError::Unprocessable(format!(
                             "cluster '{c}' does not exist: create it first (POST /api/v1/clusters)"
@@ -202,7 +202,7 @@ impl Store {
                 }
                 let (id, secret) = new_secret();
                 sqlx::query(
-                    "INSERT INTO tokens (id, name, role, cluster, secret_hash, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO tokens (id, name, role, cluster, secret_hash, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(&id)
                 .bind(&spec.name)
@@ -251,7 +251,7 @@ impl Store {
                     w.touch_nothing();
                     let mut tx = begin(&mut w.conn).await?;
                     let row: Option<TokenRow> = sqlx::query_as(
-                        "SELECT id, name, role, cluster, created_by, created_at, last_used_at FROM tokens WHERE id = ?",
+                        "SELECT id, name, role, cluster, created_by, created_at, last_used_at FROM tokens WHERE id = $1",
                     )
                     .bind(&id)
                     .fetch_optional(&mut *tx)
@@ -259,7 +259,7 @@ impl Store {
                     let token = row
                         .ok_or_else(|| StoreError::NotFound(format!("token '{id}' does not exist")))?
                         .token()?;
-                    sqlx::query("DELETE FROM tokens WHERE id = ?")
+                    sqlx::query("DELETE FROM tokens WHERE id = $1")
                         .bind(&id)
                         .execute(&mut *tx)
                         .await?;
@@ -293,7 +293,7 @@ impl Store {
         }
         let generation = self.token_generation();
         let row: Option<SecretRow> =
-            sqlx::query_as("SELECT name, role, cluster, secret_hash, last_used_at FROM tokens WHERE id = ?")
+            sqlx::query_as("SELECT name, role, cluster, secret_hash, last_used_at FROM tokens WHERE id = $1")
                 .bind(id)
                 .fetch_optional(self.read())
                 .await?;
@@ -318,7 +318,7 @@ impl Store {
                 Box::pin(async move {
                     // Nothing the data plane reads.
                     w.touch_nothing();
-                    sqlx::query("UPDATE tokens SET last_used_at = ? WHERE id = ?")
+                    sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
                         .bind(now)
                         .bind(id)
                         .execute(&mut w.conn)
@@ -357,7 +357,7 @@ impl Store {
                 // Nothing the data plane reads.
                 w.touch_nothing();
                 let mut tx = begin(&mut w.conn).await?;
-                sqlx::query("INSERT INTO users (name, password_hash, role, created_at) VALUES (?, ?, ?, ?)")
+                sqlx::query("INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(&name)
                     .bind(&hash)
                     .bind(role.as_str())
@@ -384,7 +384,7 @@ impl Store {
 
     /// The principal for a user name and password, or `None`.
     pub async fn authenticate_user(&self, name: &str, password: &str) -> Result<Option<Principal>> {
-        let row: Option<(String, String)> = sqlx::query_as("SELECT password_hash, role FROM users WHERE name = ?")
+        let row: Option<(String, String)> = sqlx::query_as("SELECT password_hash, role FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(self.read())
             .await?;

@@ -8,7 +8,7 @@ use super::{Result, Store, StoreError, audit, begin, ts};
 use crate::ipam;
 
 pub(super) async fn require_cluster(conn: &mut SqliteConnection, cluster: &str) -> Result<()> {
-    let found: Option<(String,)> = sqlx::query_as("SELECT name FROM clusters WHERE name = ?")
+    let found: Option<(String,)> = sqlx::query_as("SELECT name FROM clusters WHERE name = $1")
         .bind(cluster)
         .fetch_optional(conn)
         .await?;
@@ -33,7 +33,7 @@ impl Store {
         self.write(move |w, now| {
             Box::pin(async move {
                 let mut tx = begin(&mut w.conn).await?;
-                sqlx::query("INSERT INTO clusters (name, description, created_at) VALUES (?, ?, ?)")
+                sqlx::query("INSERT INTO clusters (name, description, created_at) VALUES ($1, $2, $3)")
                     .bind(&spec.name)
                     .bind(&spec.description)
                     .bind(now)
@@ -75,7 +75,7 @@ impl Store {
 
     pub async fn get_cluster(&self, name: &str) -> Result<Cluster> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} WHERE c.name = ?",
+            "{} WHERE c.name = $1",
             Self::CLUSTER_SELECT
         )))
         .bind(name)
@@ -95,7 +95,7 @@ impl Store {
                     .await
                     .map_err(|_| StoreError::NotFound(format!("cluster '{name}' does not exist")))?;
                 let services: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT namespace, name FROM services WHERE cluster = ? ORDER BY namespace, name LIMIT 11",
+                    "SELECT namespace, name FROM services WHERE cluster = $1 ORDER BY namespace, name LIMIT 11",
                 )
                 .bind(&name)
                 .fetch_all(&mut *tx)
@@ -111,7 +111,7 @@ impl Store {
                     )));
                 }
                 // Held addresses of the cluster's former Services stay held; the pool keeps them.
-                sqlx::query("DELETE FROM clusters WHERE name = ?")
+                sqlx::query("DELETE FROM clusters WHERE name = $1")
                     .bind(&name)
                     .execute(&mut *tx)
                     .await?;
@@ -139,7 +139,7 @@ impl Store {
     /// Records an agent's call (at most every 15 s per cluster, to spare the writer).
     pub async fn touch_cluster(&self, cluster: &str, agent_version: Option<&str>) -> Result<()> {
         let last: Option<(Option<i64>, Option<String>)> =
-            sqlx::query_as("SELECT last_contact, agent_version FROM clusters WHERE name = ?")
+            sqlx::query_as("SELECT last_contact, agent_version FROM clusters WHERE name = $1")
                 .bind(cluster)
                 .fetch_optional(self.read())
                 .await?;
@@ -155,7 +155,7 @@ impl Store {
         self.write(move |w, now| {
             Box::pin(async move {
                 w.touch_nothing();
-                sqlx::query("UPDATE clusters SET last_contact = ?, agent_version = ? WHERE name = ?")
+                sqlx::query("UPDATE clusters SET last_contact = $1, agent_version = $2 WHERE name = $3")
                     .bind(now)
                     .bind(agent_version)
                     .bind(cluster)

@@ -16,22 +16,22 @@ impl Store {
         let (keys, total): (Vec<ServiceKey>, (i64,)) = match cluster {
             Some(c) => (
                 sqlx::query_as(
-                    "SELECT cluster, namespace, name FROM services WHERE cluster = ? \
-                     ORDER BY namespace, name LIMIT ? OFFSET ?",
+                    "SELECT cluster, namespace, name FROM services WHERE cluster = $1 \
+                     ORDER BY namespace, name LIMIT $2 OFFSET $3",
                 )
                 .bind(c)
                 .bind(limit)
                 .bind(offset)
                 .fetch_all(self.read())
                 .await?,
-                sqlx::query_as("SELECT COUNT(*) FROM services WHERE cluster = ?")
+                sqlx::query_as("SELECT COUNT(*) FROM services WHERE cluster = $1")
                     .bind(c)
                     .fetch_one(self.read())
                     .await?,
             ),
             None => (
                 sqlx::query_as(
-                    "SELECT cluster, namespace, name FROM services ORDER BY cluster, namespace, name LIMIT ? OFFSET ?",
+                    "SELECT cluster, namespace, name FROM services ORDER BY cluster, namespace, name LIMIT $1 OFFSET $2",
                 )
                 .bind(limit)
                 .bind(offset)

@@ -512,7 +512,7 @@ impl Store {
                 }
                 let mut tx = begin(&mut w.conn).await?;
                 for ip in &expired {
-                    sqlx::query("DELETE FROM addresses WHERE ip = ? AND state = 'held'")
+                    sqlx::query("DELETE FROM addresses WHERE ip = $1 AND state = 'held'")
                         .bind(ip_blob(*ip))
                         .execute(&mut *tx)
                         .await?;
@@ -583,6 +583,12 @@ fn ts(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// A flag as the schema stores it: 0 or 1, an integer in both dialects (PostgreSQL would refuse
+/// a boolean bound to its BIGINT column).
+fn flag(b: bool) -> i64 {
+    i64::from(b)
+}
+
 fn ip_blob(n: u128) -> Vec<u8> {
     n.to_be_bytes().to_vec()
 }
@@ -608,7 +614,7 @@ async fn audit(
     before: Option<&serde_json::Value>,
     after: Option<&serde_json::Value>,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO audit (time, actor, action, object, before, after) VALUES (?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit (time, actor, action, object, before, after) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(now)
         .bind(actor)
         .bind(action)

@@ -6,7 +6,7 @@ use edgelb_api::{FieldError, Node, NodeList};
 use sqlx::{Row, SqliteConnection};
 
 use super::clusters::require_cluster;
-use super::{Change, Result, Store, StoreError, audit, begin};
+use super::{Change, Result, Store, StoreError, audit, begin, flag};
 
 impl Store {
     // ---- nodes ----
@@ -53,20 +53,20 @@ impl Store {
                     w.touch_nothing();
                     return Ok(());
                 }
-                sqlx::query("DELETE FROM nodes WHERE cluster = ?").bind(&cluster).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM nodes WHERE cluster = $1").bind(&cluster).execute(&mut *tx).await?;
                 for n in &list.nodes {
                     let addrs = serde_json::to_string(&n.addresses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     sqlx::query(
                         "INSERT INTO nodes (cluster, name, addresses, ready, schedulable, excluded, no_tunnel, updated_at) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     )
                     .bind(&cluster)
                     .bind(&n.name)
                     .bind(addrs)
-                    .bind(n.ready)
-                    .bind(n.schedulable)
-                    .bind(n.excluded)
-                    .bind(n.no_tunnel)
+                    .bind(flag(n.ready))
+                    .bind(flag(n.schedulable))
+                    .bind(flag(n.excluded))
+                    .bind(flag(n.no_tunnel))
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
@@ -99,7 +99,7 @@ impl Store {
 
 pub(super) async fn nodes_of(conn: &mut SqliteConnection, cluster: &str) -> Result<Vec<Node>> {
     let rows = sqlx::query(
-        "SELECT name, addresses, ready, schedulable, excluded, no_tunnel FROM nodes WHERE cluster = ? ORDER BY name",
+        "SELECT name, addresses, ready, schedulable, excluded, no_tunnel FROM nodes WHERE cluster = $1 ORDER BY name",
     )
     .bind(cluster)
     .fetch_all(conn)
@@ -110,10 +110,10 @@ pub(super) async fn nodes_of(conn: &mut SqliteConnection, cluster: &str) -> Resu
                 name: r.try_get(0)?,
                 addresses: serde_json::from_str(r.try_get::<&str, _>(1)?)
                     .map_err(|e| StoreError::Corrupt(format!("node addresses: {e}")))?,
-                ready: r.try_get(2)?,
-                schedulable: r.try_get(3)?,
-                excluded: r.try_get(4)?,
-                no_tunnel: r.try_get(5)?,
+                ready: r.try_get::<i64, _>(2)? != 0,
+                schedulable: r.try_get::<i64, _>(3)? != 0,
+                excluded: r.try_get::<i64, _>(4)? != 0,
+                no_tunnel: r.try_get::<i64, _>(5)? != 0,
             })
         })
         .collect()

@@ -8,7 +8,7 @@ use edgelb_api::{
 };
 use sqlx::{Row, SqliteConnection};
 
-use super::{Result, Store, StoreError, audit, begin, blob_ip, ip_blob, json_vec, ts};
+use super::{Result, Store, StoreError, audit, begin, blob_ip, flag, ip_blob, json_vec, ts};
 use crate::forwarding::Capabilities;
 use crate::ipam::{AddrInfo, Hold, Ipam, PoolDef, ServiceKey, VecMap};
 
@@ -16,8 +16,9 @@ use crate::ipam::{AddrInfo, Hold, Ipam, PoolDef, ServiceKey, VecMap};
 struct PoolRow {
     name: String,
     ranges: String,
-    auto_assign: bool,
-    avoid_buggy_ips: bool,
+    /// Flags are 0/1 integers in both dialects (see [`super::flag`]).
+    auto_assign: i64,
+    avoid_buggy_ips: i64,
     priority: i64,
     clusters: String,
     namespaces: String,
@@ -38,8 +39,8 @@ impl PoolRow {
         Ok(PoolSpec {
             name: self.name.clone(),
             ranges: json_vec(&self.ranges)?,
-            auto_assign: self.auto_assign,
-            avoid_buggy_ips: self.avoid_buggy_ips,
+            auto_assign: self.auto_assign != 0,
+            avoid_buggy_ips: self.avoid_buggy_ips != 0,
             priority: i32::try_from(self.priority).map_err(|_| StoreError::Corrupt("priority".into()))?,
             clusters: json_vec(&self.clusters)?,
             namespaces: json_vec(&self.namespaces)?,
@@ -212,7 +213,7 @@ impl Store {
     }
 
     pub async fn get_pool(&self, name: &str) -> Result<Pool> {
-        let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = ?")))
+        let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = $1")))
             .bind(name)
             .fetch_optional(self.read())
             .await?;
@@ -223,19 +224,27 @@ impl Store {
 
     /// (allocated, held) per pool and family; expired holds count as free.
     async fn usage_counts(&self, pool: Option<&str>) -> Result<BTreeMap<String, Counts>> {
-        // IPv4 is stored IPv4-mapped: ::ffff:a.b.c.d.
-        const COUNTS: &str = "SELECT pool, substr(ip, 1, 12) = X'00000000000000000000FFFF', \
-             SUM(state = 'allocated'), SUM(state = 'held' AND held_until > ?) FROM addresses";
+        // IPv4 is stored IPv4-mapped: ::ffff:a.b.c.d. The prefix is bound, and the sums count
+        // with CASE, so the text is the same in both dialects (no blob literal, no SUM of a
+        // boolean).
+        const COUNTS: &str = "SELECT pool, CASE WHEN substr(ip, 1, 12) = $1 THEN 1 ELSE 0 END, \
+             SUM(CASE WHEN state = 'allocated' THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN state = 'held' AND held_until > $2 THEN 1 ELSE 0 END) FROM addresses";
+        let v4_prefix = ip_blob(0xffff_0000_0000)[..12].to_vec();
         let rows = match pool {
             Some(p) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("{COUNTS} WHERE pool = ? GROUP BY pool, 2")))
-                    .bind(super::now())
-                    .bind(p)
-                    .fetch_all(self.read())
-                    .await?
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{COUNTS} WHERE pool = $3 GROUP BY pool, 2"
+                )))
+                .bind(v4_prefix)
+                .bind(super::now())
+                .bind(p)
+                .fetch_all(self.read())
+                .await?
             }
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!("{COUNTS} GROUP BY pool, 2")))
+                    .bind(v4_prefix)
                     .bind(super::now())
                     .fetch_all(self.read())
                     .await?
@@ -243,9 +252,9 @@ impl Store {
         };
         let mut out: BTreeMap<String, Counts> = BTreeMap::new();
         for row in rows {
-            let family = match row.try_get::<bool, _>(1)? {
-                true => IpFamily::Ipv4,
-                false => IpFamily::Ipv6,
+            let family = match row.try_get::<i64, _>(1)? {
+                1 => IpFamily::Ipv4,
+                _ => IpFamily::Ipv6,
             };
             let a: i64 = row.try_get(2)?;
             let h: i64 = row.try_get(3)?;
@@ -295,10 +304,11 @@ impl Store {
         self.write(move |w, now| {
             Box::pin(async move {
                 let mut tx = begin(&mut w.conn).await?;
-                let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = ?")))
-                    .bind(&name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let row: Option<PoolRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = $1")))
+                        .bind(&name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 let old = row
                     .ok_or_else(|| StoreError::NotFound(format!("pool '{name}' does not exist")))?
                     .spec()?;
@@ -331,7 +341,7 @@ impl Store {
                     .filter(|ip| !def.contains(*ip))
                     .collect();
                 for ip in &gone {
-                    sqlx::query("DELETE FROM addresses WHERE ip = ?")
+                    sqlx::query("DELETE FROM addresses WHERE ip = $1")
                         .bind(ip_blob(*ip))
                         .execute(&mut *tx)
                         .await?;
@@ -363,22 +373,23 @@ impl Store {
         self.write(move |w, now| {
             Box::pin(async move {
                 let mut tx = begin(&mut w.conn).await?;
-                let row: Option<PoolRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = ?")))
-                    .bind(&name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let row: Option<PoolRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_POOL} WHERE name = $1")))
+                        .bind(&name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 let old = row
                     .ok_or_else(|| StoreError::NotFound(format!("pool '{name}' does not exist")))?
                     .spec()?;
                 w.ipam.check_pool_delete(&name, now)?;
                 let gone = w.ipam.expired_in_pool(&name, now);
                 for ip in &gone {
-                    sqlx::query("DELETE FROM addresses WHERE ip = ?")
+                    sqlx::query("DELETE FROM addresses WHERE ip = $1")
                         .bind(ip_blob(*ip))
                         .execute(&mut *tx)
                         .await?;
                 }
-                sqlx::query("DELETE FROM pools WHERE name = ?")
+                sqlx::query("DELETE FROM pools WHERE name = $1")
                     .bind(&name)
                     .execute(&mut *tx)
                     .await?;
@@ -407,11 +418,11 @@ async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64
         "INSERT INTO pools (ranges, auto_assign, avoid_buggy_ips, priority, clusters, namespaces, scheduler, \
          hold_seconds, name, created_at, updated_at, health, forwarding, capacity_warning_percent, \
          capacity_critical_percent) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10, ?11, ?12, ?13, ?14)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)"
     } else {
-        "UPDATE pools SET ranges = ?, auto_assign = ?, avoid_buggy_ips = ?, priority = ?, clusters = ?, \
-         namespaces = ?, scheduler = ?, hold_seconds = ?, updated_at = ?10, health = ?11, forwarding = ?12, \
-         capacity_warning_percent = ?13, capacity_critical_percent = ?14 WHERE name = ?9"
+        "UPDATE pools SET ranges = $1, auto_assign = $2, avoid_buggy_ips = $3, priority = $4, clusters = $5, \
+         namespaces = $6, scheduler = $7, hold_seconds = $8, updated_at = $10, health = $11, forwarding = $12, \
+         capacity_warning_percent = $13, capacity_critical_percent = $14 WHERE name = $9"
     };
     let health = spec
         .health
@@ -421,8 +432,8 @@ async fn insert_or_update(conn: &mut SqliteConnection, spec: &PoolSpec, now: i64
     let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     sqlx::query(sql)
         .bind(json(&spec.ranges))
-        .bind(spec.auto_assign)
-        .bind(spec.avoid_buggy_ips)
+        .bind(flag(spec.auto_assign))
+        .bind(flag(spec.avoid_buggy_ips))
         .bind(i64::from(spec.priority))
         .bind(json(&spec.clusters))
         .bind(json(&spec.namespaces))

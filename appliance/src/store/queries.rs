@@ -95,7 +95,7 @@ impl Store {
             let (lo, hi): (&[u8], &[u8]) = (first.try_get(0)?, last.try_get(0)?);
             let links: Vec<(Vec<u8>, String, String, String)> = sqlx::query_as(
                 "SELECT sa.ip, sa.namespace, sa.name, s.uid FROM service_addresses sa \
-                 JOIN services s USING (cluster, namespace, name) WHERE sa.ip BETWEEN ? AND ? \
+                 JOIN services s USING (cluster, namespace, name) WHERE sa.ip BETWEEN $1 AND $2 \
                  ORDER BY sa.ip, sa.namespace, sa.name",
             )
             .bind(lo)

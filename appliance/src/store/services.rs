@@ -168,7 +168,7 @@ pub(super) async fn write_decision(
         match a.how {
             How::New => {
                 sqlx::query(
-                    "INSERT INTO addresses (ip, pool, cluster, sharing_key, state, since) VALUES (?, ?, ?, ?, 'allocated', ?)",
+                    "INSERT INTO addresses (ip, pool, cluster, sharing_key, state, since) VALUES ($1, $2, $3, $4, 'allocated', $5)",
                 )
                 .bind(&ip)
                 .bind(&a.pool)
@@ -181,8 +181,8 @@ pub(super) async fn write_decision(
             }
             How::Reclaim | How::Recycle => {
                 sqlx::query(
-                    "UPDATE addresses SET pool = ?, cluster = ?, sharing_key = ?, state = 'allocated', held_namespace = NULL, \
-                     held_name = NULL, held_uid = NULL, held_until = NULL, since = ? WHERE ip = ?",
+                    "UPDATE addresses SET pool = $1, cluster = $2, sharing_key = $3, state = 'allocated', held_namespace = NULL, \
+                     held_name = NULL, held_uid = NULL, held_until = NULL, since = $4 WHERE ip = $5",
                 )
                 .bind(&a.pool)
                 .bind(&key.cluster)
@@ -195,8 +195,8 @@ pub(super) async fn write_decision(
             How::Keep | How::Share => {
                 // A sole user may change its sharing key; the address follows it.
                 sqlx::query(
-                    "UPDATE addresses SET sharing_key = ?1 WHERE ip = ?2 AND sharing_key IS NOT ?1 AND NOT EXISTS \
-                     (SELECT 1 FROM service_addresses WHERE ip = ?2 AND NOT (cluster = ?3 AND namespace = ?4 AND name = ?5))",
+                    "UPDATE addresses SET sharing_key = $1 WHERE ip = $2 AND sharing_key IS NOT $1 AND NOT EXISTS \
+                     (SELECT 1 FROM service_addresses WHERE ip = $2 AND NOT (cluster = $3 AND namespace = $4 AND name = $5))",
                 )
                 .bind(sharing_key)
                 .bind(&ip)
@@ -207,7 +207,7 @@ pub(super) async fn write_decision(
                 .await?;
             }
         }
-        sqlx::query("INSERT OR IGNORE INTO service_addresses (cluster, namespace, name, ip) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO service_addresses (cluster, namespace, name, ip) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(&key.cluster)
             .bind(&key.namespace)
             .bind(&key.name)
@@ -222,7 +222,7 @@ pub(super) async fn write_decision(
 async fn write_releases(conn: &mut SqliteConnection, key: &ServiceKey, uid: &str, releases: &[Release]) -> Result<()> {
     for r in releases {
         let ip = ip_blob(r.ip);
-        sqlx::query("DELETE FROM service_addresses WHERE cluster = ? AND namespace = ? AND name = ? AND ip = ?")
+        sqlx::query("DELETE FROM service_addresses WHERE cluster = $1 AND namespace = $2 AND name = $3 AND ip = $4")
             .bind(&key.cluster)
             .bind(&key.namespace)
             .bind(&key.name)
@@ -232,15 +232,15 @@ async fn write_releases(conn: &mut SqliteConnection, key: &ServiceKey, uid: &str
         match r.outcome {
             Outcome::StillShared => {}
             Outcome::Freed => {
-                sqlx::query("DELETE FROM addresses WHERE ip = ?")
+                sqlx::query("DELETE FROM addresses WHERE ip = $1")
                     .bind(&ip)
                     .execute(&mut *conn)
                     .await?;
             }
             Outcome::Held(until) => {
                 sqlx::query(
-                    "UPDATE addresses SET state = 'held', held_namespace = ?, held_name = ?, held_uid = ?, held_until = ? \
-                     WHERE ip = ?",
+                    "UPDATE addresses SET state = 'held', held_namespace = $1, held_name = $2, held_uid = $3, held_until = $4 \
+                     WHERE ip = $5",
                 )
                 .bind(&key.namespace)
                 .bind(&key.name)
@@ -574,7 +574,7 @@ async fn write_simple(conn: &mut SqliteConnection, writes: &[Write], now: i64) -
                 .push("'allocated'")
                 .push_bind(now);
         });
-        q.push("; INSERT OR IGNORE INTO service_addresses (cluster, namespace, name, ip) ");
+        q.push("; INSERT INTO service_addresses (cluster, namespace, name, ip) ");
         q.push_values(&assigns, |mut row, (wr, a)| {
             let k = &wr.put.key;
             row.push_bind(k.cluster.as_str())
@@ -582,6 +582,7 @@ async fn write_simple(conn: &mut SqliteConnection, writes: &[Write], now: i64) -
                 .push_bind(k.name.as_str())
                 .push_bind(ip_blob(a.ip));
         });
+        q.push(" ON CONFLICT DO NOTHING");
     }
     q.build().execute(&mut *conn).await.map_err(|e| {
         // The allocation state said these addresses were free: only a writer other than this
@@ -598,7 +599,7 @@ async fn write_simple(conn: &mut SqliteConnection, writes: &[Write], now: i64) -
 async fn write_one(conn: &mut SqliteConnection, wr: &Write, now: i64) -> Result<()> {
     let (put, k) = (&wr.put, &wr.put.key);
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{AUDIT_ROW}VALUES (?, ?, ?, ?, {AUDIT_BEFORE}? AND namespace = ? AND name = ?), ?)"
+        "{AUDIT_ROW}VALUES ($1, $2, $3, $4, {AUDIT_BEFORE}$5 AND namespace = $6 AND name = $7), $8)"
     )))
     .bind(now)
     .bind(&put.actor)
@@ -611,7 +612,7 @@ async fn write_one(conn: &mut SqliteConnection, wr: &Write, now: i64) -> Result<
     .execute(&mut *conn)
     .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{SERVICE_ROW}VALUES (?, ?, ?, ?, ?, ?, ?){SERVICE_UPSERT}"
+        "{SERVICE_ROW}VALUES ($1, $2, $3, $4, $5, $6, $7){SERVICE_UPSERT}"
     )))
     .bind(&k.cluster)
     .bind(&k.namespace)
@@ -748,7 +749,7 @@ impl Store {
             Box::pin(async move {
                 let mut tx = begin(&mut w.conn).await?;
                 let uid: Option<(String,)> =
-                    sqlx::query_as("SELECT uid FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
+                    sqlx::query_as("SELECT uid FROM services WHERE cluster = $1 AND namespace = $2 AND name = $3")
                         .bind(&key.cluster)
                         .bind(&key.namespace)
                         .bind(&key.name)
@@ -759,7 +760,7 @@ impl Store {
                 };
                 let releases = w.ipam.release_all(&key, now);
                 write_releases(&mut tx, &key, &uid, &releases).await?;
-                sqlx::query("DELETE FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
+                sqlx::query("DELETE FROM services WHERE cluster = $1 AND namespace = $2 AND name = $3")
                     .bind(&key.cluster)
                     .bind(&key.namespace)
                     .bind(&key.name)
@@ -789,7 +790,7 @@ impl Store {
 
     pub async fn get_service(&self, cluster: &str, namespace: &str, name: &str) -> Result<Service> {
         let row: Option<ServiceRow> = sqlx::query_as(
-            "SELECT cluster, namespace, name, uid, spec, updated_at FROM services WHERE cluster = ? AND namespace = ? AND name = ?",
+            "SELECT cluster, namespace, name, uid, spec, updated_at FROM services WHERE cluster = $1 AND namespace = $2 AND name = $3",
         )
         .bind(cluster)
         .bind(namespace)
@@ -814,7 +815,7 @@ impl Store {
         let rows: Vec<ServiceRow> = match cluster {
             Some(c) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "{ALL} WHERE cluster = ? ORDER BY namespace, name"
+                    "{ALL} WHERE cluster = $1 ORDER BY namespace, name"
                 )))
                 .bind(c)
                 .fetch_all(self.read())
@@ -848,11 +849,11 @@ impl Store {
         one: Option<(&str, &str)>,
     ) -> Result<BTreeMap<(String, String), Vec<AssignedIp>>> {
         const SELECT: &str = "SELECT sa.namespace, sa.name, sa.ip, a.pool FROM service_addresses sa \
-             JOIN addresses a USING (ip) WHERE sa.cluster = ?";
+             JOIN addresses a USING (ip) WHERE sa.cluster = $1";
         let rows = match one {
             Some((ns, name)) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{SELECT} AND sa.namespace = ? AND sa.name = ? ORDER BY sa.ip"
+                    "{SELECT} AND sa.namespace = $2 AND sa.name = $3 ORDER BY sa.ip"
                 )))
                 .bind(cluster)
                 .bind(ns)

@@ -59,7 +59,7 @@ pub(super) fn check_password(password: &str) -> Result<()> {
 
 /// A user's role as stored; `NotFound` for no such user.
 async fn role_of(tx: &mut sqlx::SqliteConnection, name: &str) -> Result<String> {
-    let role: Option<(String,)> = sqlx::query_as("SELECT role FROM users WHERE name = ?")
+    let role: Option<(String,)> = sqlx::query_as("SELECT role FROM users WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -92,12 +92,12 @@ impl Store {
                     expires_at: now + SESSION_SECONDS,
                 };
                 let mut tx = begin(&mut w.conn).await?;
-                sqlx::query("DELETE FROM console_sessions WHERE expires_at <= ?")
+                sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
-                    "INSERT INTO console_sessions (id_hash, user, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO console_sessions (id_hash, \"user\", csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(session_hash(&s.secret))
                 .bind(&user)
@@ -126,8 +126,8 @@ impl Store {
     /// The live session a cookie secret stands for, or `None` (unknown, expired, user gone).
     pub async fn session(&self, secret: &str) -> Result<Option<Session>> {
         let row: Option<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT s.user, u.role, s.csrf, s.expires_at FROM console_sessions s JOIN users u ON u.name = s.user \
-             WHERE s.id_hash = ? AND s.expires_at > ?",
+            "SELECT s.\"user\", u.role, s.csrf, s.expires_at FROM console_sessions s JOIN users u ON u.name = s.\"user\" \
+             WHERE s.id_hash = $1 AND s.expires_at > $2",
         )
         .bind(session_hash(secret))
         .bind(super::now())
@@ -154,7 +154,7 @@ impl Store {
                 w.touch_nothing();
                 let mut tx = begin(&mut w.conn).await?;
                 let user: Option<(String,)> =
-                    sqlx::query_as("DELETE FROM console_sessions WHERE id_hash = ? RETURNING user")
+                    sqlx::query_as("DELETE FROM console_sessions WHERE id_hash = $1 RETURNING \"user\"")
                         .bind(&hash)
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -193,8 +193,8 @@ impl Store {
     async fn users(&self, only: Option<&str>) -> Result<Vec<User>> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT u.name, u.role, u.created_at, \
-             (SELECT COUNT(*) FROM console_sessions s WHERE s.user = u.name AND s.expires_at > ?) \
-             FROM users u WHERE ? IS NULL OR u.name = ? ORDER BY u.name",
+             (SELECT COUNT(*) FROM console_sessions s WHERE s.\"user\" = u.name AND s.expires_at > $1) \
+             FROM users u WHERE $2 IS NULL OR u.name = $3 ORDER BY u.name",
         )
         .bind(super::now())
         .bind(only)
@@ -229,7 +229,7 @@ impl Store {
                 if role == "admin" {
                     not_the_last_admin(&mut tx, &name, "create another admin first").await?;
                 }
-                sqlx::query("DELETE FROM users WHERE name = ?")
+                sqlx::query("DELETE FROM users WHERE name = $1")
                     .bind(&name)
                     .execute(&mut *tx)
                     .await?;
@@ -295,7 +295,7 @@ impl Store {
                     if before == "admin" {
                         not_the_last_admin(&mut tx, &name, "make another user admin first").await?;
                     }
-                    sqlx::query("UPDATE users SET role = ? WHERE name = ?")
+                    sqlx::query("UPDATE users SET role = $1 WHERE name = $2")
                         .bind(role.as_str())
                         .bind(&name)
                         .execute(&mut *tx)
@@ -312,12 +312,12 @@ impl Store {
                     .await?;
                 }
                 if let Some(hash) = &hash {
-                    sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
+                    sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
                         .bind(hash)
                         .bind(&name)
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query("DELETE FROM console_sessions WHERE user = ? AND id_hash != ?")
+                    sqlx::query("DELETE FROM console_sessions WHERE \"user\" = $1 AND id_hash != $2")
                         .bind(&name)
                         .bind(&keep)
                         .execute(&mut *tx)

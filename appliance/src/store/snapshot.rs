@@ -122,10 +122,10 @@ impl Store {
             nodes.entry(row.try_get(0)?).or_default().push(Node {
                 name: row.try_get(1)?,
                 addresses: addrs,
-                ready: row.try_get(3)?,
-                schedulable: row.try_get(4)?,
-                excluded: row.try_get(5)?,
-                no_tunnel: row.try_get(6)?,
+                ready: row.try_get::<i64, _>(3)? != 0,
+                schedulable: row.try_get::<i64, _>(4)? != 0,
+                excluded: row.try_get::<i64, _>(5)? != 0,
+                no_tunnel: row.try_get::<i64, _>(6)? != 0,
             });
         }
         tx.commit().await?;
@@ -141,7 +141,7 @@ impl Store {
         let mut tx = self.read().begin().await?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let row = sqlx::query("SELECT spec FROM services WHERE cluster = ? AND namespace = ? AND name = ?")
+            let row = sqlx::query("SELECT spec FROM services WHERE cluster = $1 AND namespace = $2 AND name = $3")
                 .bind(&key.cluster)
                 .bind(&key.namespace)
                 .bind(&key.name)
@@ -152,7 +152,7 @@ impl Store {
             let mut addresses = Vec::new();
             for row in sqlx::query(
                 "SELECT sa.ip, a.pool FROM service_addresses sa JOIN addresses a USING (ip) \
-                 WHERE sa.cluster = ? AND sa.namespace = ? AND sa.name = ? AND a.state = 'allocated' ORDER BY sa.ip",
+                 WHERE sa.cluster = $1 AND sa.namespace = $2 AND sa.name = $3 AND a.state = 'allocated' ORDER BY sa.ip",
             )
             .bind(&key.cluster)
             .bind(&key.namespace)

@@ -79,7 +79,7 @@ impl Store {
                                 Ok(Some(assign)) => {
                                     sqlx::query(
                                         "INSERT INTO services (cluster, namespace, name, uid, spec, created_at, updated_at) \
-                                         VALUES (?, ?, ?, ?, NULL, ?5, ?5) ON CONFLICT DO NOTHING",
+                                         VALUES ($1, $2, $3, $4, NULL, $5, $5) ON CONFLICT DO NOTHING",
                                     )
                                     .bind(&key.cluster)
                                     .bind(&key.namespace)
