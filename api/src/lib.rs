@@ -1047,7 +1047,7 @@ pub const PROBLEM_POOL_EXHAUSTED: &str = "urn:edgelb:problem:pool-exhausted";
 pub const POOL_EXHAUSTED_DETAIL: &str = "pool exhausted: ";
 
 /// What the appliance tells about itself (`GET /api/v1/info`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Info {
     pub version: String,
     /// `ipvs` or `none`.
@@ -1055,6 +1055,28 @@ pub struct Info {
     /// Who is calling, and with which role.
     pub actor: String,
     pub role: Role,
+    /// The store the appliance keeps its state in, checked for this answer.
+    #[serde(default)]
+    pub store: StoreInfo,
+}
+
+/// The store the appliance keeps its state in, and how it answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StoreInfo {
+    /// `sqlite` (the embedded default) or `postgres` (shared by several appliances).
+    #[schema(example = "sqlite")]
+    pub kind: String,
+    /// The database file, or the PostgreSQL URL without its password.
+    #[schema(example = "/var/lib/edgelb/edgelb.db")]
+    pub location: String,
+    /// Whether the database answered the check.
+    pub answering: bool,
+    /// How long the check took, in milliseconds; `null` when it got no answer.
+    pub latency_ms: Option<f64>,
+    /// Why the check failed, when it did.
+    pub last_error: Option<String>,
+    /// Database errors since the appliance started.
+    pub errors: u64,
 }
 
 /// Traffic counters from IPVS, since the virtual service or real server was created.

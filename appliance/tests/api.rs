@@ -2441,6 +2441,17 @@ async fn healthz_and_readyz_answer_without_a_token() {
     let r = get(&app, "/readyz", "").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.text.contains("dataplane: none"), "{}", r.text);
+    assert!(r.text.contains("store: sqlite answers in "), "{}", r.text);
+    // The store in use, checked for the answer; its location only to a caller with a token.
+    let info = get(&app, "/api/v1/info", &app.admin).await;
+    assert_eq!(info.json["store"]["kind"], "sqlite", "{}", info.text);
+    assert_eq!(
+        info.json["store"]["location"],
+        app.data_dir.join("edgelb.db").display().to_string()
+    );
+    assert_eq!(info.json["store"]["answering"], true);
+    assert!(info.json["store"]["latency_ms"].as_f64().is_some(), "{}", info.text);
+    assert!(!r.text.contains(&app.data_dir.display().to_string()), "{}", r.text);
     app.stop().await;
 }
 

@@ -39,6 +39,11 @@ async fn console_works_end_to_end_in_a_real_browser() {
     assert_eq!(b.path().await, "/");
     assert!(b.text("h1").await.contains("Dashboard"));
     assert_eq!(b.text("#dataplane-mode").await, "none");
+    let store = b.text("#store").await;
+    assert!(
+        store.contains("sqlite") && store.contains("edgelb.db") && store.contains("answers in"),
+        "{store}"
+    );
     assert!(
         b.text("#health-none")
             .await

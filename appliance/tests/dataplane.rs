@@ -366,3 +366,65 @@ async fn status_and_metrics_show_each_real_servers_health_check() {
     probing.abort();
     drop(listener);
 }
+
+/// A store whose database stops answering: `/readyz` says so (without the file's location:
+/// it answers anyone), `/api/v1/info` and `/metrics` report it, and the dashboard's numbers come
+/// from the same check.
+#[tokio::test]
+async fn a_store_that_stops_answering_is_reported_by_readyz_info_and_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).await.expect("store");
+    let token = store.bootstrap().await.expect("bootstrap").expect("first start").token;
+    let state = AppState::new(
+        store.clone(),
+        ServerInfo {
+            version: "test".into(),
+            dataplane: "none".into(),
+        },
+    );
+    let router = app(state);
+    let (code, body) = call(&router, "/readyz", "").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("store: sqlite answers in "), "{body}");
+    let (code, body) = call(&router, "/api/v1/info", &token).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let info: edgelb_api::Info = serde_json::from_str(&body).expect("info");
+    assert_eq!(info.store.kind, "sqlite");
+    assert_eq!(info.store.location, dir.path().join("edgelb.db").display().to_string());
+    assert!(
+        info.store.answering && info.store.latency_ms.is_some() && info.store.last_error.is_none(),
+        "{body}"
+    );
+    let (_, metrics) = call(&router, "/metrics", &token).await;
+    assert!(metrics.contains("edgelb_store_up{kind=\"sqlite\"} 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("edgelb_store_check_seconds{kind=\"sqlite\"} "),
+        "{metrics}"
+    );
+    let errors_before = info.store.errors;
+
+    store.close_reads_for_tests().await;
+    let (code, body) = call(&router, "/readyz", "").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.starts_with("not ready: the store (sqlite) does not answer: "),
+        "{body}"
+    );
+    assert!(
+        !body.contains(&dir.path().display().to_string()),
+        "no location to anyone: {body}"
+    );
+    let health = store.health();
+    assert!(
+        !health.answering && health.latency.is_none() && health.last_error.is_some(),
+        "{health:?}"
+    );
+    assert!(health.errors > errors_before, "the failed check is counted: {health:?}");
+    let (code, metrics) = call(&router, "/metrics", &token).await;
+    assert_eq!(code, StatusCode::OK, "{metrics}");
+    assert!(metrics.contains("edgelb_store_up{kind=\"sqlite\"} 0\n"), "{metrics}");
+    assert!(
+        !metrics.contains("edgelb_store_check_seconds"),
+        "no latency without an answer: {metrics}"
+    );
+}

@@ -80,12 +80,27 @@ pub fn routes() -> Router<AppState> {
 /// Who the caller is and what runs here.
 #[utoipa::path(get, path = "/api/v1/info", tag = "appliance", responses((status = 200, body = Info)))]
 pub async fn info(State(s): State<AppState>, caller: Caller) -> Json<Info> {
+    // A store that does not answer is what this says, not an error of the request.
+    let _ = s.store.ping().await;
     Json(Info {
         version: s.info.version.clone(),
         dataplane: s.info.dataplane.clone(),
         actor: caller.0.actor,
         role: caller.0.role,
+        store: store_info(&s.store.health()),
     })
+}
+
+/// The wire form of the store's last check.
+pub fn store_info(h: &crate::store::StoreHealth) -> edgelb_api::StoreInfo {
+    edgelb_api::StoreInfo {
+        kind: h.kind.to_owned(),
+        location: h.location.clone(),
+        answering: h.answering,
+        latency_ms: h.latency.map(|d| d.as_secs_f64() * 1000.0),
+        last_error: h.last_error.clone(),
+        errors: h.errors,
+    }
 }
 
 // ---- pools ----

@@ -192,6 +192,7 @@ pub struct Metrics {
     services: Gauge,
     dataplane: Arc<RwLock<StatusFeed>>,
     history: Arc<RwLock<Option<crate::history::History>>>,
+    store: Arc<RwLock<Option<crate::store::Store>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -231,6 +232,8 @@ impl Metrics {
         registry.register_collector(Box::new(DataplaneCollector(dataplane.clone())));
         let history = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(HistoryCollector(history.clone())));
+        let store = Arc::new(RwLock::new(None));
+        registry.register_collector(Box::new(StoreCollector(store.clone())));
         Metrics {
             registry,
             requests,
@@ -241,7 +244,13 @@ impl Metrics {
             services,
             dataplane,
             history,
+            store,
         }
+    }
+
+    /// Reports how `store` answers (its last check, made every few seconds).
+    pub fn set_store(&self, store: crate::store::Store) {
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
     }
 
     /// Reports the history's size and writes from now on.
@@ -292,6 +301,63 @@ const COUNTERS: [(&str, &str, CounterOf); 5] = [
     ("bytes_in", "Bytes from clients", |c| c.bytes_in),
     ("bytes_out", "Bytes to clients", |c| c.bytes_out),
 ];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    kind: String,
+}
+
+/// The store's last check (made every few seconds, and at each `/readyz`), read at each scrape.
+#[derive(Debug)]
+struct StoreCollector(Arc<RwLock<Option<crate::store::Store>>>);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.0.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Ok(());
+        };
+        let h = store.health();
+        let labels = StoreLabels {
+            kind: h.kind.to_owned(),
+        };
+        let up = ConstGauge::new(i64::from(h.answering));
+        up.encode(
+            encoder
+                .encode_descriptor(
+                    "store_up",
+                    "1 when the store's database answered its last check",
+                    None,
+                    up.metric_type(),
+                )?
+                .encode_family(&labels)?,
+        )?;
+        if let Some(latency) = h.latency {
+            let ping = ConstGauge::new(latency.as_secs_f64());
+            ping.encode(
+                encoder
+                    .encode_descriptor(
+                        "store_check_seconds",
+                        "How long the store's last answered check took",
+                        None,
+                        ping.metric_type(),
+                    )?
+                    .encode_family(&labels)?,
+            )?;
+        }
+        let errors = ConstCounter::new(h.errors);
+        errors.encode(
+            encoder
+                .encode_descriptor(
+                    "store_errors",
+                    "Database errors since the appliance started",
+                    None,
+                    errors.metric_type(),
+                )?
+                .encode_family(&labels)?,
+        )?;
+        Ok(())
+    }
+}
 
 /// The history's size and what it wrote, read at each scrape.
 #[derive(Debug)]

@@ -61,9 +61,11 @@ impl AppState {
             mode: info.dataplane.clone(),
             ..DataplaneStatus::default()
         }));
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_store(store.clone());
         AppState {
             store,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             info: Arc::new(info),
             dataplane,
             history: None,
@@ -131,15 +133,21 @@ async fn healthz() -> &'static str {
 /// forwards.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let dp = state.dataplane.latest().summary().clone();
-    match state.store.ping().await {
+    let ping = state.store.ping().await;
+    let h = state.store.health();
+    let store = match h.latency {
+        Some(d) => format!("store: {} answers in {:.2} ms", h.kind, d.as_secs_f64() * 1000.0),
+        None => format!("store: {}", h.kind),
+    };
+    match ping {
         Ok(()) if state.info.dataplane == "none" => (
             StatusCode::OK,
-            "ready (dataplane: none: control plane only, no traffic is forwarded)\n".to_owned(),
+            format!("ready (dataplane: none: control plane only, no traffic is forwarded), {store}\n"),
         ),
         Ok(()) if dp.last_sync.is_none() => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "not ready (dataplane: {}): not programmed yet{}\n",
+                "not ready (dataplane: {}): not programmed yet{}, {store}\n",
                 state.info.dataplane,
                 dp.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
             ),
@@ -147,7 +155,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(()) => (
             StatusCode::OK,
             format!(
-                "ready (dataplane: {}){}\n",
+                "ready (dataplane: {}){}, {store}\n",
                 state.info.dataplane,
                 dp.last_error
                     .as_ref()
@@ -159,7 +167,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             tracing::warn!(error = %e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: the database does not answer\n".to_owned(),
+                // No location: this answers anyone, without a token.
+                format!(
+                    "not ready: the store ({}) does not answer: {}\n",
+                    h.kind,
+                    h.last_error.as_deref().unwrap_or("no answer")
+                ),
             )
         }
     }

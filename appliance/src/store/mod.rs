@@ -65,7 +65,7 @@ pub enum StoreError {
     #[error("{0}")]
     Unprocessable(String),
     #[error("database error")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("applying database migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is not valid: {0}")]
@@ -107,8 +107,20 @@ impl StoreError {
                 tracing::warn!(error = %db, "the database refused a write the allocator allowed");
                 StoreError::Conflict(message())
             }
-            _ => StoreError::Db(e),
+            _ => StoreError::from(e),
         }
+    }
+}
+
+/// Database errors since the process started (every store's: a process has one), for
+/// `/metrics` and `/api/v1/info`. Refusals the schema exists for (a unique address taken) are
+/// answers, not errors, and are not counted.
+static DB_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        DB_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        StoreError::Db(e)
     }
 }
 
@@ -239,8 +251,31 @@ fn spec_digest(json: &str) -> [u8; 16] {
     d
 }
 
+/// How the store answers: for `/readyz`, `/api/v1/info`, the dashboard and `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreHealth {
+    /// `sqlite` (or, with the shared store, `postgres`).
+    pub kind: &'static str,
+    /// Where it is: the file, or the database URL without its password.
+    pub location: String,
+    /// Whether the last check got an answer.
+    pub answering: bool,
+    /// How long the last check that got an answer took.
+    pub latency: Option<Duration>,
+    /// Why the last check failed, when it did.
+    pub last_error: Option<String>,
+    /// Database errors since the process started.
+    pub errors: u64,
+}
+
+/// How often the store checks by itself that its database answers (besides `/readyz` and
+/// `/api/v1/info`, which check when asked).
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
+
 struct Inner {
     read: SqlitePool,
+    /// The last check of the database (see [`Store::ping`]).
+    health: std::sync::Mutex<(bool, Option<Duration>, Option<String>)>,
     write: Mutex<Writer>,
     changes: watch::Sender<u64>,
     /// What each recent commit changed; its generation is the one `changes` carries.
@@ -368,10 +403,13 @@ impl Store {
                 path,
                 token_cache: Default::default(),
                 token_generation: Default::default(),
+                health: std::sync::Mutex::new((true, None, None)),
                 offered: std::sync::RwLock::new(Arc::new(Capabilities::ipvs(Default::default()))),
             }),
         };
         tokio::spawn(checkpoint_wal(Arc::downgrade(&store.inner), checkpointer));
+        tokio::spawn(check_health(Arc::downgrade(&store.inner)));
+        store.ping().await?;
         Ok(store)
     }
 
@@ -494,10 +532,48 @@ impl Store {
         Ok(row.0)
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers (one query on a read connection, timed); the answer is
+    /// kept for [`Store::health`].
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(self.read()).await?;
-        Ok(())
+        let started = std::time::Instant::now();
+        let out = tokio::time::timeout(HEALTH_EVERY, sqlx::query("SELECT 1").execute(self.read())).await;
+        let mut h = self.inner.health.lock().unwrap_or_else(|e| e.into_inner());
+        match out {
+            Ok(Ok(_)) => {
+                *h = (true, Some(started.elapsed()), None);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                *h = (false, None, Some(e.to_string()));
+                Err(e.into())
+            }
+            Err(_) => {
+                let what = format!("no answer in {} s", HEALTH_EVERY.as_secs());
+                DB_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *h = (false, None, Some(what.clone()));
+                Err(StoreError::io(what))
+            }
+        }
+    }
+
+    /// The last check of the database, without checking again.
+    pub fn health(&self) -> StoreHealth {
+        let (answering, latency, last_error) = self.inner.health.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        StoreHealth {
+            kind: "sqlite",
+            location: self.inner.path.display().to_string(),
+            answering,
+            latency,
+            last_error,
+            errors: DB_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the read connections, so that the database stops answering reads (for tests of
+    /// what a store that does not answer looks like).
+    #[doc(hidden)]
+    pub async fn close_reads_for_tests(&self) {
+        self.read().close().await;
     }
 
     /// Deletes holds that have ended; returns how many.
@@ -554,6 +630,19 @@ fn schema_known(migrator: &sqlx::migrate::Migrator, applied: Option<i64>, what: 
             env!("CARGO_PKG_VERSION")
         ))),
         _ => Ok(()),
+    }
+}
+
+/// Checks every [`HEALTH_EVERY`] that the database answers, so `/metrics` and the dashboard
+/// show a fresh answer; ends when the store is dropped.
+async fn check_health(store: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = store.upgrade() else { break };
+        let _ = Store { inner }.ping().await;
     }
 }
 

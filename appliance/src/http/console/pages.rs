@@ -14,7 +14,7 @@ use super::graphs::{self, RangeNav, RangeQuery};
 use super::view::{
     AllocationQuery, AllocationRow, AllocationsPage, AuditPage, AuditQuery, AuditRow, ClusterRow, ClustersPage,
     DashboardPage, DataplaneView, HistoryPage, HistoryQuery, HistoryRow, Layout, PoolPage, PoolRow, PoolsPage,
-    RealServer, ServiceRow, ServicesPage, ago, bytes, query, sock, time,
+    RealServer, ServiceRow, ServicesPage, StoreView, ago, bytes, query, sock, time,
 };
 use super::{Console, ConsoleUser, PageResult};
 use crate::forwarding::{self, StatusView, VsKey};
@@ -58,6 +58,7 @@ pub async fn dashboard(
         clusters: clusters.len(),
         services,
         dataplane: dataplane_view(&*s.dataplane.latest(), &s.info.dataplane),
+        store: StoreView::of(&s.store.health()),
         audit: audit.items.iter().map(AuditRow::of).collect(),
     }
     .into_response())

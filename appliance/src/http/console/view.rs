@@ -295,7 +295,35 @@ pub struct DashboardPage {
     pub vips: u64,
     pub held: u64,
     pub dataplane: DataplaneView,
+    pub store: StoreView,
     pub audit: Vec<AuditRow>,
+}
+
+/// The store, as the dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct StoreView {
+    pub kind: String,
+    pub location: String,
+    /// `answers in 0.21 ms`, or why it does not.
+    pub state: String,
+    pub answering: bool,
+    pub errors: u64,
+}
+
+impl StoreView {
+    pub fn of(h: &crate::store::StoreHealth) -> StoreView {
+        StoreView {
+            kind: h.kind.to_owned(),
+            location: h.location.clone(),
+            state: match (h.answering, h.latency, &h.last_error) {
+                (true, Some(d), _) => format!("answers in {:.2} ms", d.as_secs_f64() * 1000.0),
+                (true, None, _) => "answers".to_owned(),
+                (false, _, e) => format!("does not answer: {}", e.as_deref().unwrap_or("no answer")),
+            },
+            answering: h.answering,
+            errors: h.errors,
+        }
+    }
 }
 
 #[derive(Template, WebTemplate)]
