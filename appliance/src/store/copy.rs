@@ -83,6 +83,13 @@ impl Location {
             Location::Postgres(url) => redact(url),
         }
     }
+
+    fn dialect(&self) -> Dialect {
+        match self {
+            Location::Sqlite(_) => Dialect::Sqlite,
+            Location::Postgres(_) => Dialect::Postgres,
+        }
+    }
 }
 
 /// A PostgreSQL URL with its password (in the user part, or a `password=` option) hidden.
@@ -147,8 +154,9 @@ pub async fn copy(from: &Location, to: &Location) -> Result<CopyReport> {
         return Err(StoreError::io("the source and the target are the same store"));
     }
     sqlx::any::install_default_drivers();
-    let (mut src, src_dialect) = open_source(from).await?;
-    let (mut dst, dst_dialect) = open_target(to).await?;
+    let (src_dialect, dst_dialect) = (from.dialect(), to.dialect());
+    let mut src = open_source(from).await?;
+    let mut dst = open_target(to).await?;
 
     // One moment of the source, however long the copy takes.
     match src_dialect {
@@ -218,8 +226,8 @@ pub async fn copy(from: &Location, to: &Location) -> Result<CopyReport> {
     Ok(report)
 }
 
-async fn open_source(from: &Location) -> Result<(AnyConnection, Dialect)> {
-    let (mut conn, dialect) = match from {
+async fn open_source(from: &Location) -> Result<AnyConnection> {
+    let mut conn = match from {
         Location::Sqlite(path) => {
             if !path.is_file() {
                 return Err(StoreError::io(format!(
@@ -227,9 +235,9 @@ async fn open_source(from: &Location) -> Result<(AnyConnection, Dialect)> {
                     from.describe()
                 )));
             }
-            (AnyConnection::connect(&sqlite_url(path, "ro")).await?, Dialect::Sqlite)
+            AnyConnection::connect(&sqlite_url(path, "ro")).await?
         }
-        Location::Postgres(url) => (AnyConnection::connect(url).await?, Dialect::Postgres),
+        Location::Postgres(url) => AnyConnection::connect(url).await?,
     };
     let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
@@ -247,12 +255,12 @@ async fn open_source(from: &Location) -> Result<(AnyConnection, Dialect)> {
             applied.map_or("none".to_owned(), |v| v.to_string())
         )));
     }
-    Ok((conn, dialect))
+    Ok(conn)
 }
 
 /// Prepares the target: a new SQLite file (mode 0600: it will hold password hashes) or a
 /// PostgreSQL database, migrated to this binary's schema.
-async fn open_target(to: &Location) -> Result<(AnyConnection, Dialect)> {
+async fn open_target(to: &Location) -> Result<AnyConnection> {
     match to {
         Location::Sqlite(path) => {
             if path.exists() {
@@ -265,11 +273,11 @@ async fn open_target(to: &Location) -> Result<(AnyConnection, Dialect)> {
             let mut native = sqlx::SqliteConnection::connect_with(&options(path)).await?;
             MIGRATOR.run(&mut native).await?;
             native.close().await?;
-            Ok((AnyConnection::connect(&sqlite_url(path, "rw")).await?, Dialect::Sqlite))
+            Ok(AnyConnection::connect(&sqlite_url(path, "rw")).await?)
         }
         Location::Postgres(url) => {
             postgres::migrate(url, &to.describe()).await?;
-            Ok((AnyConnection::connect(url).await?, Dialect::Postgres))
+            Ok(AnyConnection::connect(url).await?)
         }
     }
 }
@@ -288,7 +296,8 @@ fn create_private(path: &Path) -> Result<()> {
         })
 }
 
-fn sqlite_url(path: &Path, mode: &str) -> String {
+/// The `Any` driver's URL of a SQLite file, opened `ro` or `rw`.
+pub(super) fn sqlite_url(path: &Path, mode: &str) -> String {
     format!("sqlite://{}?mode={mode}", path.display())
 }
 

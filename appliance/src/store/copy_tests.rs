@@ -13,11 +13,12 @@ use super::*;
 
 const SERVICES: usize = 10_000;
 
-/// Every row of every table, as the copy's own reader sees it, sorted.
+/// Every row of every table, sorted, as a reader of its own sees it (independent of the copy's:
+/// each value's type is guessed from what the driver returns).
 async fn dump(location: &Location) -> Vec<(String, Vec<String>)> {
     sqlx::any::install_default_drivers();
     let url = match location {
-        Location::Sqlite(p) => format!("sqlite://{}?mode=ro", p.display()),
+        Location::Sqlite(p) => super::copy::sqlite_url(p, "ro"),
         Location::Postgres(u) => u.clone(),
     };
     let mut conn = AnyConnection::connect(&url).await.expect("connect");
@@ -289,7 +290,7 @@ fn a_postgres_password_is_never_shown() {
 async fn the_copy_knows_every_table() {
     let (dir, _store) = with_pool_and_cluster(&[], "prod").await;
     sqlx::any::install_default_drivers();
-    let mut conn = AnyConnection::connect(&format!("sqlite://{}?mode=ro", dir.path().join(DB_FILE).display()))
+    let mut conn = AnyConnection::connect(&super::copy::sqlite_url(&dir.path().join(DB_FILE), "ro"))
         .await
         .expect("connect");
     let tables: std::collections::BTreeSet<String> = sqlx::query_scalar(
