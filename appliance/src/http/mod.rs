@@ -135,10 +135,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let dp = state.dataplane.latest().summary().clone();
     let ping = state.store.ping().await;
     let h = state.store.health();
-    let store = match h.latency {
-        Some(d) => format!("store: {} answers in {:.2} ms", h.kind, d.as_secs_f64() * 1000.0),
-        None => format!("store: {}", h.kind),
-    };
+    let store = format!("store: {} {}", h.kind, h.state());
     match ping {
         Ok(()) if state.info.dataplane == "none" => (
             StatusCode::OK,
@@ -168,11 +165,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 // No location: this answers anyone, without a token.
-                format!(
-                    "not ready: the store ({}) does not answer: {}\n",
-                    h.kind,
-                    h.last_error.as_deref().unwrap_or("no answer")
-                ),
+                format!("not ready: the store ({}) {}\n", h.kind, h.state()),
             )
         }
     }

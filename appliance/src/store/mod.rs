@@ -268,14 +268,26 @@ pub struct StoreHealth {
     pub errors: u64,
 }
 
+impl StoreHealth {
+    /// `answers in 0.21 ms`, or `does not answer: why`, for people.
+    pub fn state(&self) -> String {
+        match (&self.last_error, self.latency) {
+            (None, Some(d)) => format!("answers in {:.2} ms", d.as_secs_f64() * 1000.0),
+            (None, None) => "answers".to_owned(),
+            (Some(e), _) => format!("does not answer: {e}"),
+        }
+    }
+}
+
 /// How often the store checks by itself that its database answers (besides `/readyz` and
 /// `/api/v1/info`, which check when asked).
 const HEALTH_EVERY: Duration = Duration::from_secs(5);
 
 struct Inner {
     read: SqlitePool,
-    /// The last check of the database (see [`Store::ping`]).
-    health: std::sync::Mutex<(bool, Option<Duration>, Option<String>)>,
+    /// The last check of the database (see [`Store::ping`]): how long it took when it got an
+    /// answer, or why it did not.
+    health: std::sync::Mutex<(Option<Duration>, Option<String>)>,
     write: Mutex<Writer>,
     changes: watch::Sender<u64>,
     /// What each recent commit changed; its generation is the one `changes` carries.
@@ -403,7 +415,7 @@ impl Store {
                 path,
                 token_cache: Default::default(),
                 token_generation: Default::default(),
-                health: std::sync::Mutex::new((true, None, None)),
+                health: std::sync::Mutex::new((None, None)),
                 offered: std::sync::RwLock::new(Arc::new(Capabilities::ipvs(Default::default()))),
             }),
         };
@@ -540,17 +552,17 @@ impl Store {
         let mut h = self.inner.health.lock().unwrap_or_else(|e| e.into_inner());
         match out {
             Ok(Ok(_)) => {
-                *h = (true, Some(started.elapsed()), None);
+                *h = (Some(started.elapsed()), None);
                 Ok(())
             }
             Ok(Err(e)) => {
-                *h = (false, None, Some(e.to_string()));
+                *h = (None, Some(e.to_string()));
                 Err(e.into())
             }
             Err(_) => {
                 let what = format!("no answer in {} s", HEALTH_EVERY.as_secs());
                 DB_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                *h = (false, None, Some(what.clone()));
+                *h = (None, Some(what.clone()));
                 Err(StoreError::io(what))
             }
         }
@@ -558,11 +570,11 @@ impl Store {
 
     /// The last check of the database, without checking again.
     pub fn health(&self) -> StoreHealth {
-        let (answering, latency, last_error) = self.inner.health.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (latency, last_error) = self.inner.health.lock().unwrap_or_else(|e| e.into_inner()).clone();
         StoreHealth {
             kind: "sqlite",
             location: self.inner.path.display().to_string(),
-            answering,
+            answering: last_error.is_none(),
             latency,
             last_error,
             errors: DB_ERRORS.load(std::sync::atomic::Ordering::Relaxed),

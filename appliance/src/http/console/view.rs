@@ -315,11 +315,7 @@ impl StoreView {
         StoreView {
             kind: h.kind.to_owned(),
             location: h.location.clone(),
-            state: match (h.answering, h.latency, &h.last_error) {
-                (true, Some(d), _) => format!("answers in {:.2} ms", d.as_secs_f64() * 1000.0),
-                (true, None, _) => "answers".to_owned(),
-                (false, _, e) => format!("does not answer: {}", e.as_deref().unwrap_or("no answer")),
-            },
+            state: h.state(),
             answering: h.answering,
             errors: h.errors,
         }
